@@ -1,0 +1,95 @@
+"""One error family for mechunlearn.
+
+Every error raised for bad *user input* is a :class:`MechUnlearnError`. Messages name the
+offending input, its shape or value, and what was expected, so the fix is obvious from the
+message alone. Subclasses also inherit from the closest built-in exception (``KeyError``,
+``ValueError``, ...) so generic ``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MechUnlearnError(Exception):
+    """Base class of every error mechunlearn raises on purpose."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class UnknownHookError(MechUnlearnError, KeyError):
+    """A hook name that the model does not have."""
+
+    def __init__(self, name: str, available: Iterable[str], n: int = 5) -> None:
+        avail = sorted(set(available))
+        close = difflib.get_close_matches(name, avail, n=n, cutoff=0.5)
+        hint = f" Closest real hook names: {close}." if close else ""
+        layers = sorted({a.split(".")[1] for a in avail if a.startswith("blocks.")}, key=int)
+        extra = f" The model has blocks {layers[0]}..{layers[-1]}." if layers else ""
+        super().__init__(
+            f"Unknown hook name {name!r}: the model has no such hook point.{hint}{extra} "
+            "List them with `sorted(model.hook_dict)`."
+        )
+        self.name = name
+        self.suggestions = close
+
+
+class ShapeError(MechUnlearnError, ValueError):
+    """A tensor/array with the wrong number of dimensions or the wrong size."""
+
+
+class EmptyDataError(MechUnlearnError, ValueError):
+    """An input that must contain at least one sample (or a minimum number) is empty."""
+
+
+class NonFiniteError(MechUnlearnError, ValueError):
+    """NaN or inf values where finite numbers are required."""
+
+
+class DTypeError(MechUnlearnError, TypeError):
+    """An unsupported dtype."""
+
+
+class ConfigError(MechUnlearnError, ValueError):
+    """An invalid option or combination of options."""
+
+
+class HookNotFiredError(MechUnlearnError, RuntimeError):
+    """A hook added by :func:`mechunlearn.apply` never ran inside its block."""
+
+
+class StoreError(MechUnlearnError, OSError):
+    """A FeatureStore problem: missing, corrupt or foreign files."""
+
+
+class StoreMismatchError(StoreError):
+    """Features from a different model, site, dtype or dimension than the store holds."""
+
+
+class ArchitectureError(MechUnlearnError, NotImplementedError):
+    """A model whose architecture an operation does not know how to handle."""
+
+
+def check_finite(name: str, x: object) -> None:
+    """Raise :class:`NonFiniteError` naming ``name`` if tensor/array ``x`` has NaN or inf."""
+    import numpy as np
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise NonFiniteError(
+                f"{name} (shape {tuple(x.shape)}) contains {n} NaN/inf value(s); "
+                "clean or drop those samples first."
+            )
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            n = int((~np.isfinite(arr)).sum())
+            raise NonFiniteError(
+                f"{name} (shape {arr.shape}) contains {n} NaN/inf value(s); "
+                "clean or drop those samples first."
+            )

