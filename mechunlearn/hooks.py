@@ -33,10 +33,10 @@ from torch import Tensor
 from mechunlearn.errors import ConfigError, HookNotFiredError, ShapeError
 from mechunlearn.sites import Site, first_real_index
 
-Positions = Union[str, int, Sequence[int], Tensor]
+Positions = Union[str, int, Sequence[int], Tensor]  # noqa: UP007 (runtime alias)
 
-_CONTEXT: contextvars.ContextVar[dict[str, Tensor | None]] = contextvars.ContextVar(
-    "mechunlearn_hook_context", default={}
+_CONTEXT: contextvars.ContextVar[dict[str, Tensor | None] | None] = contextvars.ContextVar(
+    "mechunlearn_hook_context", default=None
 )
 
 
@@ -164,7 +164,7 @@ def position_mask(positions: Positions, b: int, p: int, device: torch.device) ->
 
 
 def _context_mask(name: str, b: int, p: int, device: torch.device) -> Tensor | None:
-    m = _CONTEXT.get().get(name)
+    m = (_CONTEXT.get() or {}).get(name)
     if m is None:
         return None
     if tuple(m.shape) != (b, p):

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, UnknownHookError
 
-Position = Union[Literal["last", "mean", "response_mean", "all"], int]
+Position = Union[Literal["last", "mean", "response_mean", "all"], int]  # noqa: UP007
 ResidKind = Literal["pre", "mid", "post"]
 SiteKind = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 
