@@ -1,0 +1,343 @@
+"""Weight-space edits: remove directions from everything that writes to the residual stream.
+
+``orthogonalize_(model, directions)`` replaces every *writer* ``W`` (token, positional and
+token-type embeddings, the attention output projection and the MLP output projection of every
+block, with their biases) by ``(I - U^T U) W``, ``U`` ``[k, d]`` orthonormal. Its exact
+activation-space twin is a projection ``x - (x U^T) U`` applied at each writer's output hook
+(:func:`writer_hooks`); ``tests/test_weights.py`` checks the two agree to 1e-4 in float32.
+
+**What is guaranteed.** Pre-LN models (GPT-2): the residual stream is the sum of the writers'
+outputs, so after the edit it has *no* component along ``U`` at any ``hook_resid_*``.
+Post-LN models (BERT): each writer's output is projected *before* the residual add and
+LayerNorm; LayerNorm's mean-centring and affine bias can put a component back, so only the
+writer outputs (not the normalised stream) are direction-free. Both claims are tested.
+
+**Ties.** A writer tensor shared with a non-writer (GPT-2/BERT tie the unembedding to the
+token embedding) is untied first: the other holder gets a private copy of the original
+values, so the unembedding is not edited. ``handle.undo()`` restores every edited tensor bit
+for bit and re-ties. Hugging Face ``Conv1D`` (GPT-2) stores weights ``[in, out]``; ``nn.Linear``
+stores ``[out, in]``; both are handled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mechunlearn.errors import ArchitectureError, ConfigError, ShapeError, check_finite
+
+SUPPORTED = {"gpt2": "pre_ln", "bert": "post_ln"}
+WRITER_KINDS = ("embed", "pos_embed", "token_type_embed", "attn", "mlp")
+_RESID_HOOK_SUFFIXES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
+                        "hook_mlp_out", "hook_embed", "hook_pos_embed", "hook_in", "hook_out")
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One module that writes to the residual stream.
+
+    Attributes:
+        name: bridge path, e.g. ``"blocks.0.attn.o"``.
+        kind: one of :data:`WRITER_KINDS`.
+        hook: hook name of its output (``[batch, pos, d_model]``), e.g. ``blocks.0.attn.o.hook_out``.
+        module: the wrapped ``nn.Embedding`` / ``nn.Linear`` / ``Conv1D``.
+    """
+
+    name: str
+    kind: str
+    hook: str
+    module: nn.Module = field(repr=False, compare=False)
+
+
+def architecture(model: Any) -> str:
+    """``"pre_ln"`` or ``"post_ln"``; :class:`ArchitectureError` for unsupported models."""
+    hf = getattr(model, "original_model", None)
+    mtype = getattr(getattr(hf, "config", None), "model_type", None)
+    if mtype not in SUPPORTED:
+        raise ArchitectureError(
+            f"Weight edits support Hugging Face model types {sorted(SUPPORTED)} wrapped by "
+            f"TransformerBridge.boot_transformers; got {type(model).__name__} with model_type "
+            f"{mtype!r}. Its residual writers are unknown, so nothing was edited."
+        )
+    return SUPPORTED[mtype]
+
+
+def find_writers(model: Any, kinds: Sequence[str] | None = None) -> list[Writer]:
+    """Residual-stream writers of a GPT-2 or BERT TransformerBridge, in forward order.
+
+    Args:
+        kinds: subset of :data:`WRITER_KINDS` (default: all the model has).
+    """
+    architecture(model)
+    if kinds is not None:
+        bad = [k for k in kinds if k not in WRITER_KINDS]
+        if bad or isinstance(kinds, str):
+            raise ArchitectureError(
+                f"Unknown writer kind(s) {bad or kinds!r}; known kinds: {WRITER_KINDS}."
+            )
+    out: list[Writer] = []
+    for kind in ("embed", "pos_embed", "token_type_embed"):
+        comp = getattr(model, kind, None)
+        if comp is not None:
+            out.append(Writer(kind, kind, f"{kind}.hook_out", _inner(comp, kind, nn.Embedding)))
+    for i, block in enumerate(model.blocks):
+        for kind, path in (("attn", "attn.o"), ("mlp", "mlp.out")):
+            comp = block
+            for part in path.split("."):
+                comp = getattr(comp, part, None)
+            name = f"blocks.{i}.{path}"
+            if comp is None:
+                raise ArchitectureError(
+                    f"Block {i} has no `{path}` component; cannot find its {kind} writer."
+                )
+            out.append(Writer(name, kind, f"{name}.hook_out", _inner(comp, name, _Dense)))
+    if kinds is not None:
+        have = {w.kind for w in out}
+        missing = [k for k in kinds if k not in have]
+        if missing:
+            raise ArchitectureError(f"This model has no writer(s) of kind {missing}.")
+        out = [w for w in out if w.kind in kinds]
+    return out
+
+
+class _Dense:  # marker for isinstance checks: nn.Linear or transformers Conv1D
+    pass
+
+
+def _inner(comp: nn.Module, name: str, want: type) -> nn.Module:
+    mod = getattr(comp, "_original_component", comp)
+    ok = _is_dense(mod) if want is _Dense else isinstance(mod, want)
+    if not ok:
+        raise ArchitectureError(
+            f"Writer {name!r} wraps a {type(mod).__name__}; weight edits know nn.Embedding, "
+            "nn.Linear and transformers Conv1D only."
+        )
+    return mod
+
+
+def _is_dense(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
+
+
+def writer_hooks(model: Any, kinds: Sequence[str] | None = None) -> list[str]:
+    """Hook names at the writers' outputs (where activation projection twins the weight edit)."""
+    return [w.hook for w in find_writers(model, kinds)]
+
+
+def as_basis(directions: Any, d_model: int) -> Tensor:
+    """Orthonormal ``[k, d_model]`` float64 basis from a tensor ``[k, d]``/``[d]`` or a
+    ``Directions`` object (``.basis``, ``.site``). Non-orthonormal input is orthonormalised
+    (QR); rank-deficient input raises :class:`ShapeError`."""
+    site = getattr(directions, "site", None)
+    u = getattr(directions, "basis", directions)
+    if not isinstance(u, Tensor):
+        raise ConfigError(f"directions must be a Tensor or Directions, got {type(directions).__name__}.")
+    if site is not None:
+        hook = getattr(site, "hook_name", str(site))
+        if not hook.endswith(_RESID_HOOK_SUFFIXES):
+            raise ConfigError(
+                f"Directions were found at {hook!r}, which is not a residual-stream "
+                f"(d_model) hook; orthogonalisation needs a direction in the residual stream."
+            )
+    u = u.detach().to(torch.float64)
+    if u.ndim == 1:
+        u = u[None]
+    if u.ndim != 2 or u.shape[1] != d_model or u.shape[0] == 0:
+        raise ShapeError(
+            f"directions must be [k, d_model={d_model}] with k >= 1, got {tuple(u.shape)}."
+        )
+    check_finite("directions", u)
+    q, r = torch.linalg.qr(u.T)
+    if bool((r.diagonal().abs() < 1e-8 * max(1.0, float(u.norm(dim=1).max()))).any()):
+        raise ShapeError(f"directions {tuple(u.shape)} are linearly dependent (or zero).")
+    return q.T.contiguous()
+
+
+def project_out(x: Tensor, basis: Tensor) -> Tensor:
+    """``x - (x U^T) U`` for ``x [..., d]`` and orthonormal ``U [k, d]`` (dtype follows x)."""
+    u = basis.to(x.dtype)
+    return x - (x @ u.T) @ u
+
+
+@dataclass
+class EditHandle:
+    """Restores edited tensors bit for bit. ``undo()`` is idempotent."""
+
+    saved: list[tuple[nn.Parameter, Tensor]] = field(default_factory=list)
+    retied: list[tuple[nn.Module, str, nn.Parameter]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def undo(self) -> None:
+        """Copy the saved values back and re-tie parameters that were untied."""
+        if self.done:
+            return
+        with torch.no_grad():
+            for p, old in self.saved:
+                p.copy_(old)
+        for mod, attr, p in self.retied:
+            setattr(mod, attr, p)
+        self.done = True
+
+    def __enter__(self) -> EditHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+
+def _holders(model: Any, p: nn.Parameter, owner: nn.Module) -> list[tuple[nn.Module, str]]:
+    found: list[tuple[nn.Module, str]] = []
+    seen: set[int] = set()
+    roots = [model, getattr(model, "original_model", None)]
+    for root in roots:
+        if root is None:
+            continue
+        for mod in root.modules():
+            if id(mod) in seen or mod is owner:
+                continue
+            seen.add(id(mod))
+            for attr, q in mod._parameters.items():
+                if q is p:
+                    found.append((mod, attr))
+    return found
+
+
+def _new_values(w: Writer, u: Tensor) -> list[tuple[nn.Parameter, Tensor]]:
+    mod = w.module
+    out = []
+    W = mod.weight
+    W64 = W.detach().to(torch.float64)
+    if isinstance(mod, nn.Embedding) or type(mod).__name__ == "Conv1D":  # [*, d] rows
+        new = W64 - (W64 @ u.T) @ u
+    else:  # nn.Linear [d, in]
+        new = W64 - u.T @ (u @ W64)
+    out.append((W, new.to(W.dtype)))
+    b = getattr(mod, "bias", None)
+    if isinstance(b, Tensor):
+        b64 = b.detach().to(torch.float64)
+        out.append((b, (b64 - (b64 @ u.T) @ u).to(b.dtype)))
+    return out
+
+
+def orthogonalize_(model: Any, directions: Any, writers: Sequence[str] | None = None
+                   ) -> EditHandle:
+    """Remove ``directions`` from every residual writer of ``model``, in place.
+
+    Args:
+        model: GPT-2- or BERT-style ``TransformerBridge`` (weights of ``model.original_model``,
+            shared with the bridge, are edited).
+        directions: ``[k, d_model]`` / ``[d_model]`` tensor or a ``Directions`` object.
+        writers: writer kinds to edit (subset of :data:`WRITER_KINDS`; default all).
+
+    Returns:
+        :class:`EditHandle`; ``undo()`` restores the weights bit for bit. On any error the model
+        is left unchanged.
+    """
+    ws = find_writers(model, writers)
+    u = as_basis(directions, int(model.cfg.d_model))
+    plan: list[tuple[nn.Parameter, Tensor]] = []
+    for w in ws:
+        plan.extend(_new_values(w, u.to(w.module.weight.device)))
+    handle = EditHandle(names=[w.name for w in ws])
+    owners = {id(p): w.module for w in ws for p in w.module.parameters(recurse=False)}
+    try:
+        for p, _ in plan:
+            for mod, attr in _holders(model, p, owners[id(p)]):
+                if not any(m2 is mod and a2 == attr for m2, a2, _ in handle.retied):
+                    setattr(mod, attr, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+                    handle.retied.append((mod, attr, p))
+        with torch.no_grad():
+            for p, new in plan:
+                handle.saved.append((p, p.detach().clone()))
+                p.copy_(new)
+    except BaseException:
+        handle.undo()
+        raise
+    return handle
+
+
+def hf_state_dict(model: Any) -> dict[str, Tensor]:
+    """The wrapped Hugging Face model's weights under their plain HF names.
+
+    ``boot_transformers`` nests HF modules inside bridge components (``._original_component``);
+    this strips those wrappers and drops bridge-only aliases. Raises :class:`ArchitectureError`
+    if two paths disagree about one HF tensor.
+    """
+    hf = model.original_model
+    out: dict[str, Tensor] = {}
+    for name, t in hf.state_dict().items():
+        key = name.replace("._original_component", "")
+        if key in out and not torch.equal(out[key], t):
+            raise ArchitectureError(f"Two bridge paths disagree about HF tensor {key!r}.")
+        out[key] = t
+    return out
+
+
+def export_hf(model: Any, path: str | os.PathLike[str], check: bool = True,
+              atol: float = 1e-5) -> Path:
+    """Save the (edited) bridge's HF model + tokenizer as a safetensors folder, atomically.
+
+    The unembedding is saved untied when an edit untied it (``tie_word_embeddings=False``).
+    With ``check``, the folder is reloaded in plain ``transformers`` and its logits on a few
+    random token ids must equal the bridge's to ``atol`` (else :class:`ArchitectureError`).
+    Returns the folder path.
+    """
+    import copy
+
+    hf = model.original_model
+    cfg = copy.deepcopy(hf.config)
+    state = hf_state_dict(model)
+    emb = model.embed._original_component.weight
+    unemb = getattr(getattr(model.unembed, "_original_component", None), "weight", None)
+    if unemb is not None and unemb is not emb:
+        cfg.tie_word_embeddings = False
+    fresh = type(hf)(cfg)
+    want = fresh.state_dict()
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise ArchitectureError(f"Could not map HF tensors {missing[:5]} from the bridge.")
+    fresh.load_state_dict({k: state[k] for k in want}, strict=True)
+    fresh.eval()
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        fresh.save_pretrained(str(tmp), safe_serialization=True)
+        tok = getattr(model, "tokenizer", None)
+        if tok is not None:
+            tok.save_pretrained(str(tmp))
+        if check:
+            _check_export(model, tmp, atol)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _check_export(model: Any, folder: Path, atol: float) -> None:
+    hf = model.original_model
+    reloaded = type(hf).from_pretrained(str(folder)).eval()
+    g = torch.Generator().manual_seed(0)
+    lo = 3 if int(model.cfg.d_vocab) > 6 else 0
+    ids = torch.randint(lo, int(model.cfg.d_vocab), (2, 8), generator=g)
+    am = torch.ones_like(ids)
+    with torch.no_grad():
+        a = model(ids, attention_mask=am)
+        b = reloaded(input_ids=ids, attention_mask=am).logits
+    diff = float((a - b).abs().max())
+    if diff > atol:
+        raise ArchitectureError(
+            f"Exported model's logits differ from the bridge's by {diff:.3g} > {atol}."
+        )
