@@ -1,0 +1,140 @@
+"""Baselines with the :class:`Attributor` interface: representation similarity and random.
+
+* :class:`RepSim` ranks training samples by cosine similarity (or dot product, or negative
+  Euclidean distance) to the query at the same Site; the top ``k`` are selected with uniform
+  weights. ``residual`` is ``nan`` (RepSim does not reconstruct the query).
+* :class:`RandomAttributor` scores every sample with seeded uniform noise: the chance level.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from mechunlearn.attribution.base import (
+    Attribution,
+    Attributor,
+    TrainMatrix,
+    as_query,
+    as_train,
+    check_k,
+    is_store,
+)
+from mechunlearn.errors import ConfigError, ShapeError, check_finite
+
+Metric = Literal["cosine", "dot", "euclidean"]
+
+
+class RepSim(Attributor):
+    """Representation-similarity attribution (cosine / kNN) at the training features' Site.
+
+    Args:
+        train: ``[N, d]`` tensor, Features, or FeatureStore (streamed shard by shard).
+        k: number of samples reported as selected (uniform weights ``1/k``).
+        metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"`` (score = -distance).
+        center: subtract the training mean first (for cosine this removes the shared offset
+            that residual streams carry, which otherwise makes all cosines close to 1).
+        ids: training ids for raw tensors.
+    """
+
+    method = "repsim"
+
+    def __init__(self, train: Any, k: int = 32, metric: Metric = "cosine",
+                 center: bool = False, ids: Any = None) -> None:
+        if metric not in ("cosine", "dot", "euclidean"):
+            raise ConfigError(f"RepSim metric must be 'cosine', 'dot' or 'euclidean', got {metric!r}.")
+        self.metric, self.center, self.k = metric, center, k
+        self._store = train if is_store(train) else None
+        if self._store is not None:
+            self.n, self.d = len(self._store), self._store.d
+            self.site, self.fingerprint = self._store.site, self._store.fingerprint
+            self.ids = tuple(str(i) for i in self._store.ids)
+            self._mu = self._store.mean_cov()[0].float() if center else None
+            self._X: Tensor | None = None
+            if self.n == 0:
+                as_train(torch.empty(0, self.d))  # raises EmptyDataError
+        else:
+            tm: TrainMatrix = as_train(train, ids)
+            self.n, self.d = tm.values.shape
+            self.site, self.fingerprint, self.ids = tm.site, tm.fingerprint, tm.ids
+            X = tm.values.float()
+            self._mu = X.double().mean(0).float() if center else None
+            self._X = X - self._mu if center else X
+            self._norm = self._X.norm(dim=1)
+        check_k(k, self.n)
+
+    def _score_chunk(self, x: Tensor, norms: Tensor, q: Tensor) -> Tensor:
+        if self.metric == "dot":
+            return (x @ q).double()
+        if self.metric == "cosine":
+            return ((x @ q) / (norms * q.norm()).clamp_min(1e-30)).double()
+        return -(x.double() - q.double()).norm(dim=1)
+
+    def scores(self, query: Any) -> Tensor:
+        """Score of every training sample for one query. ``[d] -> [N]`` float64."""
+        q = as_query(query, self.d, self.site, self.fingerprint).float()
+        if self._mu is not None:
+            q = q - self._mu
+        if self._X is not None:
+            return self._score_chunk(self._X, self._norm, q)
+        parts = []
+        for values, _ in self._store.iter_shards():
+            if values.ndim != 2 or values.shape[1] != self.d:
+                raise ShapeError(f"Store shard has shape {tuple(values.shape)}, expected [m, {self.d}].")
+            check_finite("training features (store shard)", values)
+            x = values.float() - self._mu if self._mu is not None else values.float()
+            parts.append(self._score_chunk(x, x.norm(dim=1), q))
+        return torch.cat(parts)
+
+    def attribute(self, query: Any) -> Attribution:
+        """Top-``k`` most similar training samples; scores = similarity to the query."""
+        t0 = time.perf_counter()
+        s = self.scores(query)
+        return ranked_attribution(s, self.k, self.ids, self.method, self.site, t0,
+                                  {"metric": self.metric, "center": self.center})
+
+
+class RandomAttributor(Attributor):
+    """Chance baseline: seeded uniform random scores (new draw for every query)."""
+
+    method = "random"
+
+    def __init__(self, train: Any, k: int = 32, seed: int = 0, ids: Any = None) -> None:
+        if is_store(train):
+            self.n, self.d = len(train), train.d
+            self.site, self.fingerprint = train.site, train.fingerprint
+            self.ids = tuple(str(i) for i in train.ids)
+        else:
+            tm = as_train(train, ids)
+            self.n, self.d = tm.values.shape
+            self.site, self.fingerprint, self.ids = tm.site, tm.fingerprint, tm.ids
+        check_k(k, self.n)
+        self.k = k
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def attribute(self, query: Any) -> Attribution:
+        """Random ranking (the query is only checked, not used)."""
+        t0 = time.perf_counter()
+        as_query(query, self.d, self.site, self.fingerprint)
+        s = torch.rand(self.n, generator=self._gen, dtype=torch.float64)
+        return ranked_attribution(s, self.k, self.ids, self.method, self.site, t0, {})
+
+
+def ranked_attribution(scores: Tensor, k: int, ids: tuple[str, ...], method: str,
+                       site: Any, t0: float, info: dict[str, Any]) -> Attribution:
+    """An :class:`Attribution` selecting the top-``k`` of ``scores [N]`` with weights ``1/k``."""
+    top = torch.topk(scores, k).indices
+    return Attribution(
+        indices=tuple(int(i) for i in top),
+        ids=tuple(ids[int(i)] for i in top),
+        weights=torch.full((k,), 1.0 / k, dtype=torch.float64),
+        residual=float("nan"),
+        scores=scores.double(),
+        method=method,
+        site=site,
+        seconds=time.perf_counter() - t0,
+        info=info,
+    )

@@ -1,0 +1,150 @@
+"""Simplex-constrained least squares by greedy active-set selection (float64).
+
+Solves ``min_w ||q - X^T w||^2  s.t.  w >= 0, sum(w) = 1`` over the rows of a candidate pool
+``X [P, d]`` given only its Gram matrix ``G = X X^T [P, P]`` and ``b = X q [P]``, while keeping
+the support small:
+
+1. start from the single best candidate (the vertex with the smallest residual);
+2. *add* a candidate with negative Lagrange multiplier ``lambda_i = -r^T (x_i - p)``
+   (``r = q - p`` is the residual, ``p = X^T w`` the current reconstruction). Rule
+   ``"line"`` picks the candidate whose line search from ``p`` towards ``x_i`` reduces
+   ``||r||^2`` most; rule ``"correlation"`` picks the most negative multiplier (Frank-Wolfe);
+3. solve the equality-constrained problem on the selected set exactly (KKT system, minimum-norm
+   least squares so exact duplicates share weight); if a weight would turn negative, step back
+   to the boundary and *drop* samples whose weight reaches zero (Lawson-Hanson);
+4. stop when the relative residual is ``<= tol``, the selected set has ``k`` samples and another
+   would have to be added, or no candidate has a negative multiplier (the optimum over the pool).
+
+Every accepted step is a descent step, so the residual never increases as samples are added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Rule = Literal["line", "correlation"]
+
+
+@dataclass(frozen=True)
+class SimplexSolution:
+    """Support ``idx`` (pool rows), ``weights`` on the simplex, squared residual, iterations."""
+
+    idx: np.ndarray
+    weights: np.ndarray
+    resid_sq: float
+    iterations: int
+    optimal: bool
+    history: tuple[float, ...]
+
+
+def _solve_equality(G: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Minimiser of ``0.5 w^T G w - b^T w`` with ``sum(w) = 1`` (min-norm if singular)."""
+    m = len(b)
+    if m == 1:
+        return np.ones(1)
+    K = np.zeros((m + 1, m + 1))
+    K[:m, :m] = G
+    K[:m, m] = 1.0
+    K[m, :m] = 1.0
+    rhs = np.concatenate([b, [1.0]])
+    sol = np.linalg.lstsq(K, rhs, rcond=1e-13)[0]
+    return sol[:m]
+
+
+def _resid_sq(G: np.ndarray, b: np.ndarray, qq: float, P: list[int], w: np.ndarray) -> float:
+    GP = G[np.ix_(P, P)]
+    return float(max(qq - 2.0 * b[P] @ w + w @ GP @ w, 0.0))
+
+
+def simplex_lsq(
+    G: np.ndarray,
+    b: np.ndarray,
+    qq: float,
+    k: int,
+    tol: float = 0.0,
+    rule: Rule = "line",
+    max_iter: int | None = None,
+    eps: float = 1e-12,
+) -> SimplexSolution:
+    """Greedy active-set solution of the simplex-constrained least-squares problem.
+
+    Args:
+        G: ``[P, P]`` Gram matrix of the pool (float64).
+        b: ``[P]`` inner products of pool rows with the query.
+        qq: ``||q||^2``.
+        k: maximum support size (budget).
+        tol: stop once ``||r|| <= tol * ||q||`` (relative residual).
+        rule: how to pick the next sample (see module docstring).
+        max_iter: cap on add/drop steps (default ``10 * k + 20``).
+        eps: numerical tolerance on multipliers and weights, relative to the problem's scale.
+
+    Returns:
+        :class:`SimplexSolution` with ``idx`` sorted by decreasing weight.
+    """
+    scale = max(float(np.max(np.abs(np.diag(G)))), qq, 1e-300)
+    f_vertex = 0.5 * np.diag(G) - b
+    j0 = int(np.argmin(f_vertex))
+    P = [j0]
+    w = np.ones(1)
+    hist = [_resid_sq(G, b, qq, P, w)]
+    tol_sq = (tol**2) * qq
+    it = 0
+    max_iter = 10 * k + 20 if max_iter is None else max_iter
+    optimal = False
+    while it < max_iter:
+        if hist[-1] <= tol_sq:
+            break
+        Gw = G[:, P] @ w  # x_i . p for every pool row
+        pp = float(w @ Gw[P])
+        rx = b - Gw  # r . x_i
+        rp = float(w @ rx[P])  # r . p
+        lam = -(rx - rp)  # multipliers: lambda_i = -r.(x_i - p)
+        lam[P] = np.inf
+        cand = np.nonzero(lam < -eps * scale)[0]
+        if len(cand) == 0:
+            optimal = True
+            break
+        if len(P) >= k:
+            break
+        if rule == "line":
+            rd = -lam[cand]
+            dd = np.maximum(np.diag(G)[cand] - 2.0 * Gw[cand] + pp, 1e-300)
+            gamma = rd / dd
+            gain = np.where(gamma <= 1.0, rd * gamma, 2.0 * rd - dd)
+            new = int(cand[np.argmax(gain)])
+        else:
+            new = int(cand[np.argmin(lam[cand])])
+        prev_P, prev_w = list(P), w.copy()
+        P.append(new)
+        w = np.append(w, 0.0)
+        # inner loop: exact solve on P, stepping back to the boundary when needed
+        for _ in range(len(P) + 5):
+            z = _solve_equality(G[np.ix_(P, P)], b[P])
+            if np.all(z > eps):
+                w = z
+                break
+            neg = z <= eps
+            denom = w[neg] - z[neg]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = np.where(denom > 0, w[neg] / denom, np.inf)
+            alpha = float(min(1.0, np.min(ratios)))
+            w = w + alpha * (z - w)
+            keep = w > eps
+            if keep.all():  # numerical corner: force out the smallest weight
+                keep[np.argmin(w)] = False
+            P = [p for p, kp in zip(P, keep) if kp]
+            w = w[keep]
+            w = np.maximum(w, 0.0)
+            w = w / w.sum()
+        r2 = _resid_sq(G, b, qq, P, w)
+        if r2 > hist[-1] * (1 + 1e-9) + 1e-15 * scale:  # no progress possible (degenerate)
+            P, w = prev_P, prev_w
+            break
+        hist.append(min(r2, hist[-1]))
+        it += 1
+    order = np.argsort(-w, kind="stable")
+    idx = np.asarray(P, dtype=np.int64)[order]
+    return SimplexSolution(idx, w[order], hist[-1], it, optimal, tuple(hist))
