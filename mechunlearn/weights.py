@@ -273,6 +273,7 @@ def hf_state_dict(model: Any) -> dict[str, Tensor]:
     if two paths disagree about one HF tensor.
     """
     hf = model.original_model
+    sync_fused_qkv_(model)
     out: dict[str, Tensor] = {}
     for name, t in hf.state_dict().items():
         key = name.replace("._original_component", "")
@@ -280,6 +281,36 @@ def hf_state_dict(model: Any) -> dict[str, Tensor]:
             raise ArchitectureError(f"Two bridge paths disagree about HF tensor {key!r}.")
         out[key] = t
     return out
+
+
+def sync_fused_qkv_(model: Any) -> int:
+    """Copy the bridge's split ``q``/``k``/``v`` weights back into the fused HF projection.
+
+    ``boot_transformers`` runs GPT-2 attention through *copies* of ``c_attn`` split into
+    ``q``/``k``/``v`` ``nn.Linear``s, so training moves those and leaves ``c_attn`` stale.
+    Returns the number of blocks synced (0 for models without a fused projection).
+    """
+    n = 0
+    with torch.no_grad():
+        for block in model.blocks:
+            attn = block.attn
+            qkv = getattr(getattr(attn, "qkv", None), "_original_component", None)
+            parts = [getattr(getattr(attn, x, None), "_original_component", None) for x in "qkv"]
+            if qkv is None or any(not isinstance(m, nn.Linear) for m in parts):
+                continue
+            if type(qkv).__name__ == "Conv1D":  # [in, 3d]
+                w = torch.cat([m.weight.T for m in parts], dim=1)
+            else:
+                w = torch.cat([m.weight for m in parts], dim=0)
+            if w.shape != qkv.weight.shape:
+                raise ArchitectureError(
+                    f"Fused qkv {tuple(qkv.weight.shape)} does not match split q/k/v {tuple(w.shape)}."
+                )
+            qkv.weight.copy_(w)
+            if getattr(qkv, "bias", None) is not None:
+                qkv.bias.copy_(torch.cat([m.bias for m in parts]))
+            n += 1
+    return n
 
 
 def export_hf(model: Any, path: str | os.PathLike[str], check: bool = True,

@@ -216,3 +216,25 @@ def test_projection_idempotent_and_kills_directions(k, seed):
     p = project_out(x, u)
     assert torch.allclose(project_out(p, u), p, atol=1e-12)
     assert (p @ u.T).abs().max() < 1e-12
+
+
+def test_export_after_training_split_qkv(tiny_bridge, tmp_path):
+    """Training moves the bridge's split q/k/v copies; export must fold them into c_attn."""
+    from transformers import AutoModelForCausalLM
+
+    q = tiny_bridge.blocks[0].attn.q._original_component.weight
+    old = q.detach().clone()
+    ids = _ids(8)
+    try:
+        with torch.no_grad():
+            q.add_(0.5 * torch.randn_like(q))
+        expected = _logits(tiny_bridge, ids)
+        out = export_hf(tiny_bridge, tmp_path / "trained")
+        plain = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+        with torch.no_grad():
+            got = plain(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        assert (got - expected).abs().max().item() <= 1e-5
+    finally:
+        with torch.no_grad():
+            q.copy_(old)
+        export_hf(tiny_bridge, tmp_path / "restored")  # re-syncs c_attn
