@@ -1,0 +1,361 @@
+"""``Directions``: an orthonormal basis of directions at a Site, with scores and evidence.
+
+Also the shared input handling of every finder: X+ / X− (tensors ``[n, d]``, arrays or
+:class:`~mechunlearn.features.Features`) or labelled features ``(X, labels)``, validated
+into float64 arrays, and detection of near-constant dimensions (see ``docs/directions.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mechunlearn.errors import (
+    ConfigError,
+    EmptyDataError,
+    ShapeError,
+    StoreError,
+    check_finite,
+)
+from mechunlearn.features import Features
+from mechunlearn.sites import Site
+
+FORMAT_VERSION = 1
+
+
+class RankDeficientError(ShapeError):
+    """A set of directions whose span has lower dimension than the number of directions."""
+
+
+class NoEvidenceWarning(UserWarning):
+    """A fitted direction did not beat its permutation null on held-out data."""
+
+
+def as_matrix(name: str, x: Any) -> np.ndarray:
+    """Features ``x`` (Tensor / array / Features, ``[n, d]``) as a float64 array, validated."""
+    if isinstance(x, Features):
+        x = x.values
+    if isinstance(x, Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ShapeError(f"{name} must be a numeric [n, d] tensor/array, got {type(x).__name__}.") from e
+    if arr.ndim != 2:
+        raise ShapeError(f"{name} must be [n, d], got shape {arr.shape}.")
+    if arr.shape[1] == 0:
+        raise ShapeError(f"{name} has zero feature dimensions (shape {arr.shape}).")
+    check_finite(name, arr)
+    return arr
+
+
+def site_of(*xs: Any, site: Site | None = None) -> Site | None:
+    """The explicit ``site``, else the Site of the first :class:`Features` among ``xs``."""
+    if site is not None:
+        if not isinstance(site, Site):
+            raise ConfigError(f"site must be a Site, got {type(site).__name__}.")
+        return site
+    for x in xs:
+        if isinstance(x, Features):
+            return x.site
+    return None
+
+
+def labelled(
+    x_pos: Any, x_neg: Any = None, labels: Any = None, min_per_class: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack X+ and X− (or take labelled ``X``) into ``X [n, d]`` float64 and ``y [n]`` bool.
+
+    Either ``x_pos`` and ``x_neg`` (rows of each class) or ``x_pos=X`` with ``labels`` (1/True
+    for the reinforced class X+). Each class needs ``min_per_class`` samples.
+    """
+    if labels is not None:
+        if x_neg is not None:
+            raise ConfigError("Pass either (x_pos, x_neg) or (X, labels=...), not both.")
+        X = as_matrix("X", x_pos)
+        y = np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels)
+        if y.ndim != 1 or len(y) != len(X):
+            raise ShapeError(f"labels must be [n] = [{len(X)}], got shape {y.shape}.")
+        uniq = set(np.unique(y).tolist())
+        if not uniq <= {0, 1}:
+            raise ConfigError(f"labels must be binary (0/1 or bool), got values {sorted(uniq)[:5]}.")
+        y = y.astype(bool)
+    else:
+        if x_neg is None:
+            raise ConfigError("Pass X− (x_neg) as well as X+, or labels= for labelled features.")
+        P, N = as_matrix("X+ (x_pos)", x_pos), as_matrix("X− (x_neg)", x_neg)
+        if P.shape[1] != N.shape[1]:
+            raise ShapeError(f"X+ has d={P.shape[1]} but X− has d={N.shape[1]}.")
+        X = np.concatenate([P, N])
+        y = np.concatenate([np.ones(len(P), bool), np.zeros(len(N), bool)])
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    for cls_name, n in (("X+ (positive class)", n_pos), ("X− (negative class)", n_neg)):
+        if n < min_per_class:
+            raise EmptyDataError(
+                f"{cls_name} has {n} sample(s); need at least {min_per_class} to estimate a "
+                "direction and its spread."
+            )
+    return X, y
+
+
+def near_constant_dims(X: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
+    """Boolean ``[d]`` mask of dimensions whose std is below ``rel_tol`` × the median std.
+
+    all-MiniLM-L6-v2's final LayerNorm has scales down to 5e-33 on a few dims: standardising
+    or whitening those inflates noise by ~1e9. Finders drop them before any such step.
+    """
+    std = X.std(0)
+    ref = float(np.median(std[std > 0])) if (std > 0).any() else 0.0
+    return std <= rel_tol * ref
+
+
+def orthonormalize(vectors: Any, d: int | None = None, rank_tol: float = 1e-6) -> Tensor:
+    """Orthonormal basis ``[k, d]`` (float32) spanning the rows of ``vectors`` ``[k, d]``.
+
+    Computed in float64 with QR; the first row keeps its direction and sign. Raises
+    :class:`ShapeError` for a wrong shape / dimension, zero rows, and
+    :class:`RankDeficientError` when the rows are (nearly) linearly dependent.
+    """
+    V = as_matrix("directions", vectors[None] if _ndim(vectors) == 1 else vectors)
+    if d is not None and V.shape[1] != d:
+        raise ShapeError(f"directions have dimension {V.shape[1]}, expected d={d}.")
+    norms = np.linalg.norm(V, axis=1)
+    if (norms == 0).any():
+        raise ShapeError(f"directions rows {np.nonzero(norms == 0)[0].tolist()} are zero vectors.")
+    if V.shape[0] > V.shape[1]:
+        raise RankDeficientError(f"{V.shape[0]} directions in d={V.shape[1]} cannot be independent.")
+    Vn = V / norms[:, None]
+    Q, R = np.linalg.qr(Vn.T)
+    diag = np.abs(np.diag(R))
+    if diag.min() < rank_tol:
+        raise RankDeficientError(
+            f"directions [k={V.shape[0]}, d={V.shape[1]}] are linearly dependent (smallest "
+            f"QR pivot {diag.min():.2e} < {rank_tol}); drop redundant rows."
+        )
+    Q = Q * np.sign(np.diag(R))[None, :]
+    return torch.from_numpy(Q.T.copy()).to(torch.float32)
+
+
+def _ndim(x: Any) -> int:
+    if isinstance(x, Features):
+        return x.values.ndim
+    return x.ndim if hasattr(x, "ndim") else np.asarray(x).ndim
+
+
+@dataclass(frozen=True)
+class Directions:
+    """Directions found at a Site.
+
+    Attributes:
+        basis: ``[k, d]`` float32, orthonormal rows, best first; row 0 is oriented so that
+            X+ has the larger mean coordinate.
+        scores: per-direction lists (length ``k``, e.g. ``"ratio"``, ``"mean_diff"``,
+            ``"train_auc"``) and evidence floats for the top direction (``"heldout_auc"``,
+            ``"p_value"``, ``"null_auc_mean"``, ``"null_auc_q05"``, ``"null_auc_q95"``).
+        site: where the features came from (``None`` if unknown).
+        method: finder name (``"pca_bias"``, ``"mean_diff"``, ``"probe"``, ``"ccs"``, ``"leace"``).
+        settings: the finder's settings (JSON-serialisable).
+        eraser: a ``concept_erasure.LeaceEraser`` for ``method="leace"``, else ``None``.
+    """
+
+    basis: Tensor
+    scores: dict[str, Any] = field(default_factory=dict)
+    site: Site | None = None
+    method: str = "custom"
+    settings: dict[str, Any] = field(default_factory=dict)
+    eraser: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "basis", orthonormalize(self.basis))
+        if self.site is not None and not isinstance(self.site, Site):
+            raise ConfigError(f"Directions.site must be a Site, got {type(self.site).__name__}.")
+
+    @property
+    def k(self) -> int:
+        """Number of directions."""
+        return int(self.basis.shape[0])
+
+    @property
+    def d(self) -> int:
+        """Feature dimension."""
+        return int(self.basis.shape[1])
+
+    @property
+    def direction(self) -> Tensor:
+        """The top direction ``[d]``."""
+        return self.basis[0]
+
+    @property
+    def p_value(self) -> float | None:
+        """Permutation p-value of the top direction's held-out AUC (``None`` if not tested)."""
+        p = self.scores.get("p_value")
+        return None if p is None else float(p)
+
+    @property
+    def significant(self) -> bool | None:
+        """Whether the held-out AUC beat the permutation null at ``settings['alpha']``.
+
+        ``None`` when no test was run, or when too few permutations were run for any
+        p-value to reach ``alpha`` (the smallest possible is ``1 / (1 + n_permutations)``).
+        """
+        p, alpha = self.p_value, float(self.settings.get("alpha", 0.05))
+        n = self.scores.get("n_permutations")
+        if p is None or np.isnan(p) or (n is not None and 1 / (1 + n) > alpha):
+            return None
+        return p <= alpha
+
+    def top(self, k: int) -> Directions:
+        """The first ``k`` directions (per-direction scores truncated; evidence kept)."""
+        if not 1 <= k <= self.k:
+            raise ConfigError(f"top(k) needs 1 <= k <= {self.k}, got {k}.")
+        sc = {n: (v[:k] if isinstance(v, list) else v) for n, v in self.scores.items()}
+        return Directions(self.basis[:k], sc, self.site, self.method, dict(self.settings))
+
+    def coords(self, x: Tensor) -> Tensor:
+        """Coordinates ``[..., k]`` of ``x [..., d]`` along the basis (dtype of ``x``)."""
+        if x.shape[-1] != self.d:
+            raise ShapeError(f"x has last dimension {x.shape[-1]}, directions have d={self.d}.")
+        return x @ self.basis.to(x.device, x.dtype).T
+
+    # --------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (basis as nested lists; eraser tensors likewise)."""
+        out: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "basis": self.basis.tolist(),
+            "scores": _jsonable(self.scores),
+            "site": None if self.site is None else self.site.to_dict(),
+            "method": self.method,
+            "settings": _jsonable(self.settings),
+        }
+        if self.eraser is not None:
+            out["eraser"] = {k: (None if v is None else v.tolist()) for k, v in _eraser_parts(self.eraser).items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Directions:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            site = None if d.get("site") is None else Site.from_dict(d["site"])
+            er = d.get("eraser")
+            eraser = None if er is None else _make_eraser(
+                {k: (None if v is None else torch.tensor(v)) for k, v in er.items()}
+            )
+            return cls(torch.tensor(d["basis"]), dict(d.get("scores", {})), site,
+                       d.get("method", "custom"), dict(d.get("settings", {})), eraser)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"Not a Directions dict ({e}).") from e
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path/directions.safetensors`` + ``path/directions.json`` atomically."""
+        from safetensors.torch import save_file
+
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        tensors = {"basis": self.basis.contiguous()}
+        if self.eraser is not None:
+            for k, v in _eraser_parts(self.eraser).items():
+                if v is not None:
+                    tensors[f"eraser.{k}"] = v.contiguous()
+        meta = self.to_dict()
+        meta.pop("basis")
+        meta.pop("eraser", None)
+        meta["has_eraser"] = self.eraser is not None
+        _atomic(p / "directions.safetensors", lambda f: save_file(tensors, f))
+        _atomic(p / "directions.json", lambda f: Path(f).write_text(json.dumps(meta, indent=1)))
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Directions:
+        """Read what :meth:`save` wrote."""
+        from safetensors.torch import load_file
+
+        p = Path(path)
+        try:
+            meta = json.loads((p / "directions.json").read_text())
+            tensors = load_file(str(p / "directions.safetensors"))
+        except (OSError, ValueError) as e:
+            raise StoreError(f"Cannot read Directions from {p}: {e}") from e
+        eraser = None
+        if meta.get("has_eraser"):
+            eraser = _make_eraser({k: tensors.get(f"eraser.{k}") for k in ("proj_left", "proj_right", "bias")})
+        site = None if meta.get("site") is None else Site.from_dict(meta["site"])
+        return cls(tensors["basis"], meta.get("scores", {}), site, meta.get("method", "custom"),
+                   meta.get("settings", {}), eraser)
+
+
+def _eraser_parts(eraser: Any) -> dict[str, Tensor | None]:
+    return {"proj_left": eraser.proj_left, "proj_right": eraser.proj_right, "bias": eraser.bias}
+
+
+def _make_eraser(parts: dict[str, Tensor | None]) -> Any:
+    from concept_erasure import LeaceEraser
+
+    return LeaceEraser(parts["proj_left"], parts["proj_right"], parts.get("bias"))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.ndarray, Tensor)):
+        return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x).tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Site):
+        return x.to_dict()
+    return x
+
+
+def _atomic(target: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def warn_if_null(dirs: Directions) -> None:
+    """Warn (``NoEvidenceWarning``) when the top direction did not beat its permutation null."""
+    if dirs.significant is None and dirs.p_value is not None and not np.isnan(dirs.p_value):
+        warnings.warn(
+            f"{dirs.method} direction at {dirs.site}: "
+            f"{dirs.scores.get('n_permutations')} permutations cannot give p <= alpha = "
+            f"{dirs.settings.get('alpha', 0.05)}; significance is undetermined.",
+            NoEvidenceWarning,
+            stacklevel=3,
+        )
+    if dirs.significant is False:
+        warnings.warn(
+            f"{dirs.method} direction at {dirs.site}: held-out AUC "
+            f"{dirs.scores.get('heldout_auc', float('nan')):.3f} is not better than label-shuffled "
+            f"fits (p = {dirs.p_value:.3f} > alpha = {dirs.settings.get('alpha', 0.05)}). "
+            "There is no evidence of a real direction here.",
+            NoEvidenceWarning,
+            stacklevel=3,
+        )
+
+
+def groups_array(groups: Sequence[Any] | Tensor | np.ndarray | None, n: int) -> np.ndarray | None:
+    """Validate optional group ids ``[n]``."""
+    if groups is None:
+        return None
+    g = np.asarray(groups.detach().cpu() if isinstance(groups, Tensor) else groups)
+    if g.ndim != 1 or len(g) != n:
+        raise ShapeError(f"groups must be [n] = [{n}], got shape {g.shape}.")
+    return g
