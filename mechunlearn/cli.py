@@ -1,0 +1,79 @@
+"""The ``mechunlearn`` command line (typer).
+
+Every command works on a user's own model (a local Hugging Face folder written with
+``save_pretrained``, model and tokenizer) and data (JSONL), or on the embedded toy world.
+Errors print one line (``error: ...``) and exit with code 2; no tracebacks for bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    help="Attribute, find and remove what preference tuning taught a model, at any hook point.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected errors into one-line messages with exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mechunlearn.errors import MechUnlearnError
+
+        try:
+            return fn(*args, **kwargs)
+        except (MechUnlearnError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _site(hook: str, position: str, head: int | None = None) -> Any:
+    from mechunlearn.sites import Site
+
+    pos: Any = int(position) if position.lstrip("-").isdigit() else position
+    return Site(hook, pos, head)
+
+
+@app.command()
+@friendly
+def extract(
+    model: Path = typer.Option(..., help="Hugging Face model folder (save_pretrained)."),
+    data: Path = typer.Option(..., help="JSONL with 'text' or 'prompt'+'response' (+ 'id')."),
+    hook: str = typer.Option(..., help="TransformerLens hook name, e.g. blocks.1.hook_resid_post."),
+    out: Path = typer.Option(..., help="FeatureStore folder to write (resumes if present)."),
+    position: str = typer.Option("last", help="last | mean | response_mean | <int>."),
+    batch_size: int = typer.Option(32, min=1),
+    shard_size: int = typer.Option(4096, min=1),
+) -> None:
+    """Extract features at a hook point into a resumable FeatureStore."""
+    from mechunlearn.datasets import read_jsonl
+    from mechunlearn.models import load_bridge
+    from mechunlearn.store import extract_to_store
+
+    recs = read_jsonl(data)
+    site = _site(hook, position)
+    bridge = load_bridge(model)
+    store = extract_to_store(bridge, recs.items, site, out, batch_size=batch_size,
+                             shard_size=shard_size, ids=recs.ids, progress=True)
+    typer.echo(f"{len(store)} x {store.d} features at {site.key} -> {out}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="mechunlearn")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
