@@ -244,7 +244,7 @@ def _encode(v: Any, tensors: dict[str, Tensor] | None, key: str) -> Any:
     if isinstance(v, Tensor):
         if tensors is None:
             return {"__tensor__": v.tolist(), "dtype": str(v.dtype).replace("torch.", "")}
-        tensors[key] = v.detach().cpu().contiguous()
+        tensors[key] = v.detach().cpu().clone().contiguous()
         return {"__ref__": key}
     if isinstance(v, (list, tuple)):
         return [_encode(x, tensors, f"{key}.{i}") for i, x in enumerate(v)]
