@@ -44,3 +44,11 @@ def hh_rlhf_path():
     if not os.path.exists(HH_RLHF):
         pytest.skip("shared hh-rlhf sample not present")
     return HH_RLHF
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The toy world's ``tiny`` preset (trained once per session into a temporary cache)."""
+    from mechunlearn import toyworld
+
+    return toyworld.load("tiny", cache_dir=tmp_path_factory.mktemp("toyworld"), progress=False)
