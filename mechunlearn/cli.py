@@ -23,6 +23,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Attribute, find and remove what preference tuning taught a model, at any hook point."""
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn expected errors into one-line messages with exit code 2."""
 

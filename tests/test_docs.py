@@ -1,0 +1,37 @@
+"""Every ```python block in README.md and docs/*.md runs (blocks of one file share a namespace)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def _blocks(path: Path) -> list[str]:
+    return BLOCK.findall(path.read_text())
+
+
+@pytest.mark.parametrize("path", [f for f in FILES if _blocks(f)], ids=lambda p: p.name)
+def test_doc_code_blocks_run(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MECHUNLEARN_CACHE", str(tmp_path / "cache"))
+    ns: dict = {"__name__": f"doc_{path.stem}"}
+    for i, code in enumerate(_blocks(path)):
+        try:
+            exec(compile(code, f"{path.name}[block {i}]", "exec"), ns)
+        except Exception as e:  # pragma: no cover - the message is the point
+            raise AssertionError(f"{path.name} code block {i} failed: {e!r}\n{code}") from e
+
+
+def test_readme_has_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    assert "pip install torch==2.13.0 && pip install -e . && mechunlearn demo" in text
+    assert 'pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest -q' in text
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install -q torch==2.13.0 && pip install -q -e ".[dev]"' in ci
+    assert "python -m pytest -q" in ci
