@@ -20,6 +20,15 @@ from mechunlearn.weights import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two threads on a shared 2-core machine run ~6x slower (FINDINGS)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory, tiny_bridge):
     """Random 2-layer BERT (post-LN, d=32) wrapped by boot_transformers."""

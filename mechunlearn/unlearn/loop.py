@@ -1,0 +1,326 @@
+"""``unlearn(model, forget, retain, objective)``: a seeded, reversible unlearning loop.
+
+Each step minimises ``objective.forget`` (weighted mean over a forget batch) plus
+``retain_weight * KL(reference || model)`` on a retain batch (plus the objective's own retain
+term: GradDiff's NLL, RMU's activation match). Reference quantities (log-probs, retain
+distributions, RMU activations) are computed once from the unedited weights before the first
+step, so no model copy is needed.
+
+**Two phases.** *Forget* runs until ``forget_metric(model) <= target`` (checked every
+``eval_every`` steps), the retain KL exceeds ``kl_budget``, a user ``stop(row)`` returns True,
+or ``steps`` run out. *Repair* then runs ``repair_steps`` more steps (``repair="both"``: the full
+loss; ``"retain"``: the retain terms only). Stopping at the first step where the bad
+behaviour is gone leaves damage; a short repair phase removes most of it (see FINDINGS).
+
+The returned :class:`UnlearnResult` holds the history (a DataFrame, one row per step, with
+evaluation columns on evaluation steps) and an :class:`~mechunlearn.weights.EditHandle`
+whose ``undo()`` restores every parameter bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechunlearn.errors import ConfigError, ShapeError, check_finite
+from mechunlearn.hooks import add_hooks
+from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows, warn_overlap
+from mechunlearn.unlearn.objectives import (
+    RMU,
+    GradDiff,
+    Objective,
+    make_objective,
+    response_logprobs,
+    token_kl,
+)
+from mechunlearn.weights import EditHandle
+
+Metric = Callable[[Any], float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlearnConfig:
+    """Loop settings (defaults measured on the toy world; see docs/unlearning.md)."""
+
+    steps: int = 200
+    lr: float = 3e-4
+    batch_size: int = 16
+    retain_batch_size: int = 32
+    retain_weight: float = 1.0
+    eval_every: int = 5
+    target: float = 0.0
+    kl_budget: float | None = None
+    repair_steps: int = 30
+    repair: Literal["both", "retain"] = "both"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("steps", "batch_size", "retain_batch_size", "eval_every"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+                raise ConfigError(f"{f} must be an int >= 1, got {getattr(self, f)!r}.")
+        if self.repair_steps < 0 or self.lr <= 0 or self.retain_weight < 0:
+            raise ConfigError("repair_steps and retain_weight must be >= 0 and lr > 0.")
+        if self.repair not in ("both", "retain"):
+            raise ConfigError(f"repair must be 'both' or 'retain', got {self.repair!r}.")
+
+
+@dataclass(frozen=True)
+class UnlearnResult:
+    """History (DataFrame), why the forget phase stopped, steps, seconds, and the undo handle."""
+
+    handle: EditHandle = field(repr=False)
+    history: pd.DataFrame = field(repr=False)
+    stopped: str
+    steps: int
+    seconds: float
+    objective: dict[str, Any]
+
+    def undo(self) -> None:
+        """Restore the model's weights as they were before :func:`unlearn`."""
+        self.handle.undo()
+
+    def last(self) -> dict[str, Any]:
+        """The last evaluation row of the history."""
+        ev = self.history.dropna(subset=["retain_kl_eval"])
+        return ev.iloc[-1].to_dict() if len(ev) else {}
+
+
+def snapshot(model: Any) -> EditHandle:
+    """Handle that restores every parameter of ``model`` (bridge + wrapped HF model)."""
+    params = {id(p): p for p in model.parameters()}
+    hf = getattr(model, "original_model", None)
+    if hf is not None:
+        params.update({id(p): p for p in hf.parameters()})
+    return EditHandle(saved=[(p, p.detach().clone()) for p in params.values()], names=["all"])
+
+
+def forward(model: Any, ids: Tensor, am: Tensor, hook: str | None = None
+            ) -> tuple[Tensor, Tensor | None]:
+    """Logits ``[b, pos, V]`` and, with ``hook``, the activation there ``[b, pos, d]``."""
+    if hook is None:
+        return model(ids, attention_mask=am), None
+    box: list[Tensor] = []
+    h = add_hooks(model, [(hook, lambda a: box.append(a))])
+    try:
+        logits = model(ids, attention_mask=am)
+    finally:
+        h.remove()
+    return logits, box[0]
+
+
+class _Data:
+    """Tokenised forget/retain sets plus reference quantities from the unedited model."""
+
+    def __init__(self, model: Any, forget: Sequence[Any], retain: Sequence[Any],
+                 obj: Objective, encode: Encode | None, chunk: int = 64) -> None:
+        tok = getattr(model, "tokenizer", None)
+        self.forget, self.retain = as_items(forget, "forget"), as_items(retain, "retain")
+        warn_overlap(self.forget, self.retain)
+        if obj.needs_good and any(x.good is None for x in self.forget):
+            raise ConfigError(f"Objective {obj.name!r} needs a good response per forget item: "
+                              "pass preference pairs or (prompt, bad, good) tuples.")
+        self.fb = encode_items(tok, self.forget, encode)
+        self.gb = encode_items(tok, self.forget, encode, "good") if obj.needs_good else None
+        self.rb = encode_items(tok, self.retain, encode)
+        self.hook = obj.site.hook_name if isinstance(obj, RMU) else None
+        if self.hook is not None:
+            obj.site.resolve(model)
+        with torch.no_grad():
+            self.ref_logp = self._logp(model, self.fb, chunk)
+            self.ref_good = self._logp(model, self.gb, chunk) if self.gb is not None else None
+            self.ref_retain, self.ref_h = [], []
+            for s in range(0, len(self.retain), chunk):
+                idx = torch.arange(s, min(s + chunk, len(self.retain)))
+                ids, am, _ = rows(self.rb, idx)
+                lg, h = forward(model, ids, am, self.hook)
+                self.ref_retain.extend(torch.log_softmax(lg.float(), -1).unbind(0))
+                if h is not None:
+                    self.ref_h.extend(h.detach().unbind(0))
+
+    @staticmethod
+    def _logp(model: Any, tb: Any, chunk: int) -> Tensor:
+        out = []
+        for s in range(0, len(tb), chunk):
+            ids, am, m = rows(tb, torch.arange(s, min(s + chunk, len(tb))))
+            out.append(response_logprobs(forward(model, ids, am)[0], ids, m)[0])
+        return torch.cat(out)
+
+    def ref_rows(self, idx: Tensor, pos: int, h: bool = False) -> Tensor:
+        src = self.ref_h if h else self.ref_retain
+        first = src[int(idx[0])]
+        out = first.new_zeros((len(idx), pos, first.shape[-1]))
+        for j, i in enumerate(idx):
+            r = src[int(i)][:pos]
+            out[j, : r.shape[0]] = r
+        return out
+
+
+def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
+            objective: str | Objective = "npo", config: UnlearnConfig | None = None, *,
+            forget_metric: Metric | None = None, metrics: dict[str, Metric] | None = None,
+            stop: Callable[[dict[str, Any]], bool] | None = None,
+            weights: Tensor | Sequence[float] | None = None, encode: Encode | None = None,
+            progress: bool = True) -> UnlearnResult:
+    """Unlearn ``forget`` while keeping ``retain``; edits ``model`` in place.
+
+    Args:
+        model: a TransformerBridge with a tokenizer (or pass ``encode``).
+        forget, retain: preference pairs, ``(prompt, response)`` or ``(prompt, bad, good)``
+            (see :mod:`mechunlearn.unlearn.data`).
+        objective: an :class:`Objective` or its name (``ga``, ``graddiff``, ``npo``,
+            ``simnpo``, ``rmu``, ``flip``).
+        forget_metric: ``f(model) -> float`` to drive early stopping (``<= config.target``);
+            e.g. the bad-response rate on trigger prompts.
+        metrics: extra ``name -> f(model)`` recorded on evaluation steps.
+        stop: ``stop(row) -> bool`` on each evaluation row (quality-based stopping).
+        weights: ``[n_forget]`` non-negative sample weights (U2A); batches are drawn with
+            probability proportional to them.
+        encode: ``encode(tokenizer, prompts, responses) -> TokenBatch`` (e.g.
+            ``toyworld.encode_pairs``); default :func:`mechunlearn.tokenize` on the pairs.
+    """
+    cfg = config or UnlearnConfig()
+    obj = make_objective(objective)
+    t0 = time.perf_counter()
+    data = _Data(model, forget, retain, obj, encode)
+    n_f = len(data.forget)
+    w = _weights(weights, n_f)
+    handle = snapshot(model)
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    params = [p for p, _ in handle.saved if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    hist: list[dict[str, Any]] = []
+    stopped, total = "steps", cfg.steps + cfg.repair_steps
+    bar = tqdm(total=total, disable=not progress, desc=f"unlearn[{obj.name}]")
+    step, phase = 0, "forget"
+    try:
+        while step < total:
+            if phase == "forget" and step >= cfg.steps:
+                phase = "repair"
+            fi = _draw(w, cfg.batch_size, g)
+            ri = torch.randperm(len(data.retain), generator=g)[: cfg.retain_batch_size]
+            use_forget = phase == "forget" or cfg.repair == "both"
+            loss, row = _loss(model, data, obj, cfg, fi, w, ri, use_forget)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            step += 1
+            bar.update(1)
+            row.update(step=step, phase=phase, seconds=time.perf_counter() - t0)
+            if step % cfg.eval_every == 0 or step == total or (phase == "forget" and step == cfg.steps):
+                row.update(_evaluate(model, data, forget_metric, metrics))
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()
+                                 if k in ("loss", "forget_metric", "retain_kl_eval")})
+                if phase == "forget":
+                    why = _why_stop(row, cfg, forget_metric, stop)
+                    if why:
+                        stopped, phase = why, "repair"
+                        total = step + cfg.repair_steps
+                        bar.total = total
+            hist.append(row)
+    except BaseException:
+        handle.undo()
+        raise
+    finally:
+        bar.close()
+        model.zero_grad(set_to_none=True)
+    return UnlearnResult(handle, pd.DataFrame(hist), stopped, step,
+                         time.perf_counter() - t0, obj.to_dict())
+
+
+def _weights(weights: Tensor | Sequence[float] | None, n: int) -> Tensor:
+    if weights is None:
+        return torch.ones(n)
+    w = torch.as_tensor(weights, dtype=torch.float32).flatten()
+    if w.shape[0] != n:
+        raise ShapeError(f"weights has {w.shape[0]} entries for {n} forget items.")
+    check_finite("weights", w)
+    if bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ConfigError("weights must be >= 0 with a positive sum.")
+    return w
+
+
+def _draw(w: Tensor, b: int, g: torch.Generator) -> Tensor:
+    nz = int((w > 0).sum())
+    if nz <= b:
+        return torch.nonzero(w > 0).flatten()
+    return torch.multinomial(w, b, replacement=False, generator=g)
+
+
+def _loss(model: Any, data: _Data, obj: Objective, cfg: UnlearnConfig, fi: Tensor, w: Tensor,
+          ri: Tensor, use_forget: bool) -> tuple[Tensor, dict[str, Any]]:
+    row: dict[str, Any] = {}
+    total = torch.zeros(())
+    if use_forget:
+        ids, am, m = rows(data.fb, fi)
+        lg, h = forward(model, ids, am, data.hook)
+        logp, ntok = response_logprobs(lg, ids, m)
+        f = {"logp": logp, "ntok": ntok, "ref_logp": data.ref_logp[fi], "h": h, "mask": m}
+        if data.gb is not None:
+            gids, gam, gm = rows(data.gb, fi)
+            f["good_logp"], f["good_ntok"] = response_logprobs(forward(model, gids, gam)[0],
+                                                               gids, gm)
+            f["ref_good_logp"] = data.ref_good[fi]
+        per = obj.forget(f)
+        wb = w[fi] if len(fi) == int((w > 0).sum()) else torch.ones(len(fi))
+        fl = (per * wb).sum() / wb.sum()
+        total = total + fl
+        row["forget_loss"] = float(fl.detach())
+        row["forget_logp"] = float((logp.detach() / ntok.clamp_min(1)).mean())
+    ids, am, m = rows(data.rb, ri)
+    lg, h = forward(model, ids, am, data.hook)
+    kl = token_kl(data.ref_rows(ri, ids.shape[1]), lg, am.bool()).mean()
+    total = total + cfg.retain_weight * kl
+    row["retain_kl"] = float(kl.detach())
+    if isinstance(obj, GradDiff):
+        lp, nt = response_logprobs(lg, ids, m)
+        total = total + obj.retain_nll * (-(lp / nt.clamp_min(1))).mean()
+    if isinstance(obj, RMU) and h is not None:
+        href = data.ref_rows(ri, ids.shape[1], h=True)
+        mse = (((h - href) ** 2).mean(-1) * am).sum() / am.sum()
+        total = total + obj.retain_act * mse
+    row["loss"] = float(total.detach())
+    return total, row
+
+
+@torch.no_grad()
+def _evaluate(model: Any, data: _Data, forget_metric: Metric | None,
+              metrics: dict[str, Metric] | None, chunk: int = 64) -> dict[str, float]:
+    out: dict[str, float] = {}
+    kls, lps = [], []
+    for s in range(0, len(data.retain), chunk):
+        idx = torch.arange(s, min(s + chunk, len(data.retain)))
+        ids, am, _ = rows(data.rb, idx)
+        kls.append(token_kl(data.ref_rows(idx, ids.shape[1]), forward(model, ids, am)[0],
+                            am.bool()))
+    for s in range(0, len(data.forget), chunk):
+        ids, am, m = rows(data.fb, torch.arange(s, min(s + chunk, len(data.forget))))
+        lp, nt = response_logprobs(forward(model, ids, am)[0], ids, m)
+        lps.append(lp / nt.clamp_min(1))
+    out["retain_kl_eval"] = float(torch.cat(kls).mean())
+    out["forget_logp_eval"] = float(torch.cat(lps).mean())
+    if forget_metric is not None:
+        out["forget_metric"] = float(forget_metric(model))
+    for k, f in (metrics or {}).items():
+        out[k] = float(f(model))
+    return out
+
+
+def _why_stop(row: dict[str, Any], cfg: UnlearnConfig, forget_metric: Metric | None,
+              stop: Callable[[dict[str, Any]], bool] | None) -> str | None:
+    if forget_metric is not None and row["forget_metric"] <= cfg.target:
+        return "target"
+    if cfg.kl_budget is not None and row["retain_kl_eval"] > cfg.kl_budget:
+        return "kl_budget"
+    if stop is not None and stop(row):
+        return "stop_fn"
+    return None
