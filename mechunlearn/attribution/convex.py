@@ -9,7 +9,11 @@ Algorithm: (1) a candidate pool of the ``pool`` nearest training samples (one ma
 training matrix, or a chunked top-k over FeatureStore shards); (2) greedy active-set selection
 inside the pool (:func:`mechunlearn.attribution.simplex.simplex_lsq`): add the candidate that
 most reduces the residual, re-solve the simplex-constrained least squares exactly in float64,
-drop samples whose weight hits zero; stop at relative residual ``tol`` or budget ``k``.
+drop samples whose weight hits zero; stop at relative residual ``tol`` or budget ``k``;
+(3) pricing: if the pool is exhausted first, one mat-vec over the whole training set finds the
+samples that would still lower the residual (negative multiplier), adds them to the pool and
+resumes (at most ``refresh`` times). Nearest neighbours alone miss the vertices of a query
+that lies *between* clusters; pricing finds them.
 
 Reading the result: ``residual = ||phi(q) - sum w_i phi(x_i)|| / ||phi(q)||`` (after the
 configured centering/normalisation, so with ``center=True`` it is relative to the query's
@@ -67,6 +71,13 @@ class ConvexConfig:
         rule: greedy rule, ``"line"`` (largest residual reduction along the line) or
             ``"correlation"`` (Frank-Wolfe: most correlated with the residual).
         std_floor: see ``normalize="standardize"``.
+        refresh: pricing rounds: when the greedy stops inside the pool with budget left and
+            residual above ``tol``, one pass over the whole training set adds the
+            ``refresh_size`` samples with the most negative multiplier (those that would
+            lower the residual) to the pool, then the greedy resumes (column generation).
+            If none exists, the solution is optimal over the whole training set.
+        min_weight: selected samples whose weight is below ``min_weight`` times the largest
+            weight are dropped at the end (weights renormalised; residual recomputed).
     """
 
     k: int = 32
@@ -77,9 +88,14 @@ class ConvexConfig:
     pool_metric: PoolMetric = "euclidean"
     rule: Literal["line", "correlation"] = "line"
     std_floor: float = 1e-3
+    refresh: int = 2
+    min_weight: float = 1e-6
+    refresh_size: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("k", "pool"):
+        if isinstance(self.refresh, bool) or not isinstance(self.refresh, int) or self.refresh < 0:
+            raise ConfigError(f"ConvexConfig.refresh must be an int >= 0, got {self.refresh!r}.")
+        for name in ("k", "pool", "refresh_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"ConvexConfig.{name} must be a positive int, got {v!r}.")
@@ -185,49 +201,58 @@ class ConvexAttributor(Attributor):
     def attribute(self, query: Any) -> Attribution:
         """Convex decomposition of one query ``[d]`` (tensor or one-row Features).
 
-        Returns an :class:`Attribution` with ``info`` keys ``pool``, ``iterations``,
-        ``optimal_in_pool`` (no pool sample can lower the residual further) and ``history``
-        (relative residual after each accepted step; non-increasing).
+        Returns an :class:`Attribution` with ``info`` keys ``pool`` (final pool size),
+        ``rounds`` (pricing passes over the training set), ``iterations``, ``optimal``
+        (``"global"``: no training sample can lower the residual; ``"pool"``: none in the
+        pool; ``""``: stopped by tol/budget) and ``history`` (relative residual after each
+        accepted step of the returned solution; non-increasing). After a pricing round at the
+        budget the greedy restarts on the enlarged pool and the better of the two solutions
+        is kept.
         """
         t0 = time.perf_counter()
         cfg = self.config
         q = self._prep(as_query(query, self.d, self.site, self.fingerprint))
-        qn2 = float((q.double() ** 2).sum())
-        P = min(max(cfg.pool, cfg.k), self.n)
-        sec_parts: list[Tensor] = []
-        best_val = torch.empty(0)
-        best_idx = torch.empty(0, dtype=torch.long)
-        best_rows = torch.empty(0, self.d)
-        offset = 0
-        for x, sqn in self._chunks():
-            dots = x @ q
-            if cfg.pool_metric == "euclidean":
-                key = -(sqn - 2 * dots + float(q @ q)).clamp_min(0)  # higher = closer
-            else:
-                key = dots / (sqn.sqrt() * float(q.norm())).clamp_min(1e-30)
-            sec_parts.append(key)
-            m = min(P, len(key))
-            v, i = torch.topk(key, m)
-            best_val = torch.cat([best_val, v])
-            best_idx = torch.cat([best_idx, i + offset])
-            best_rows = torch.cat([best_rows, x[i]])
-            if len(best_val) > P:
-                v2, j = torch.topk(best_val, P)
-                best_val, best_idx, best_rows = v2, best_idx[j], best_rows[j]
-            offset += len(key)
-        Xp = best_rows.double()
         q64 = q.double()
-        G = (Xp @ Xp.T).numpy()
-        b = (Xp @ q64).numpy()
-        sol = simplex_lsq(G, b, qn2, k=cfg.k, tol=cfg.tol, rule=cfg.rule)
-        w = torch.from_numpy(sol.weights)
-        rows = Xp[torch.from_numpy(sol.idx)]
-        r = q64 - w @ rows
+        qn2 = float((q64**2).sum())
         denom = qn2**0.5 if qn2 > 0 else 1.0
+        pool_idx, rows, key = self._initial_pool(q)
+        Xp = rows.double()
+        init = None
+        hist: list[float] = []
+        best = None
+        iters, rounds, optimal = 0, 0, ""
+        while True:
+            run = simplex_lsq(Xp.numpy(), q64.numpy(), k=cfg.k, tol=cfg.tol, rule=cfg.rule,
+                              init=init)
+            iters += run.iterations
+            run_hist = [float(np.sqrt(h)) / denom for h in run.history]
+            if best is None or run.resid_sq <= best.resid_sq:
+                hist = hist + run_hist[1:] if init is not None else run_hist
+                best = run
+            optimal = "pool" if best.optimal else ""
+            if hist[-1] <= cfg.tol or rounds >= cfg.refresh:
+                break
+            if not run.optimal and len(run.idx) < cfg.k:
+                break  # stopped for numerical reasons: more candidates will not help
+            w = torch.from_numpy(best.weights)
+            r = q64 - w @ Xp[torch.from_numpy(best.idx)]
+            new_idx, new_rows = self._price(r, float(r @ (q64 - r)), pool_idx)
+            rounds += 1
+            if len(new_idx) == 0:
+                optimal = "global" if best.optimal else optimal
+                break
+            Xp = torch.cat([Xp, new_rows.double()])
+            pool_idx = torch.cat([pool_idx, new_idx])
+            # warm start below the budget; at the budget restart so better vertices can win
+            init = (best.idx, best.weights) if len(best.idx) < cfg.k else None
+        sol = best
+        keep = sol.weights >= cfg.min_weight * sol.weights.max()  # prune numerical dust
+        w = torch.from_numpy(sol.weights[keep] / sol.weights[keep].sum())
+        sel = sol.idx[keep]
+        r = q64 - w @ Xp[torch.from_numpy(sel)]
         residual = float(r.norm()) / denom
-        idx = best_idx[torch.from_numpy(sol.idx)]
-        scores = self._scores(torch.cat(sec_parts).double(), idx, w)
-        hist = tuple(float(np.sqrt(h)) / denom for h in sol.history)
+        idx = pool_idx[torch.from_numpy(sel)]
+        scores = self._scores(key, idx, w)
         return Attribution(
             indices=tuple(int(i) for i in idx),
             ids=tuple(self.ids[int(i)] for i in idx),
@@ -237,9 +262,63 @@ class ConvexAttributor(Attributor):
             method=self.method,
             site=self.site,
             seconds=time.perf_counter() - t0,
-            info={"pool": P, "iterations": sol.iterations, "optimal_in_pool": sol.optimal,
-                  "history": hist},
+            info={"pool": len(pool_idx), "rounds": rounds, "iterations": iters,
+                  "optimal": optimal, "history": tuple(hist)},
         )
+
+    def _initial_pool(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Nearest ``pool`` rows: ``(indices [P], rows [P, d], pool-metric key [N])``."""
+        cfg = self.config
+        P = min(max(cfg.pool, cfg.k), self.n)
+        key_parts: list[Tensor] = []
+        best_val = torch.empty(0)
+        best_idx = torch.empty(0, dtype=torch.long)
+        best_rows = torch.empty(0, self.d)
+        offset = 0
+        qq = float(q @ q)
+        for x, sqn in self._chunks():
+            dots = x @ q
+            if cfg.pool_metric == "euclidean":
+                key = -(sqn - 2 * dots + qq).clamp_min(0)  # higher = closer
+            else:
+                key = dots / (sqn.sqrt() * qq**0.5).clamp_min(1e-30)
+            key_parts.append(key)
+            v, i = torch.topk(key, min(P, len(key)))
+            best_val = torch.cat([best_val, v])
+            best_idx = torch.cat([best_idx, i + offset])
+            best_rows = torch.cat([best_rows, x[i]])
+            if len(best_val) > P:
+                v2, j = torch.topk(best_val, P)
+                best_val, best_idx, best_rows = v2, best_idx[j], best_rows[j]
+            offset += len(key)
+        return best_idx, best_rows, torch.cat(key_parts).double()
+
+    def _price(self, r: Tensor, rp: float, pool_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Up to ``refresh_size`` rows outside the pool with the most negative multiplier
+        ``lambda_i = -r.(x_i - p)`` (one pass over the training set)."""
+        m = self.config.refresh_size
+        r32 = r.float()
+        in_pool = torch.zeros(self.n, dtype=torch.bool)
+        in_pool[pool_idx] = True
+        best_val = torch.empty(0)
+        best_idx = torch.empty(0, dtype=torch.long)
+        best_rows = torch.empty(0, self.d)
+        offset = 0
+        scale = max(float(r @ r), 1e-300)
+        for x, _ in self._chunks():
+            gain = (x @ r32).double() - rp  # = -lambda_i
+            gain[in_pool[offset : offset + len(gain)]] = -np.inf
+            v, i = torch.topk(gain.float(), min(m, len(gain)))
+            ok = v > 1e-9 * scale
+            v, i = v[ok], i[ok]
+            best_val = torch.cat([best_val, v])
+            best_idx = torch.cat([best_idx, i + offset])
+            best_rows = torch.cat([best_rows, x[i]])
+            if len(best_val) > m:
+                v2, j = torch.topk(best_val, m)
+                best_val, best_idx, best_rows = v2, best_idx[j], best_rows[j]
+            offset += len(gain)
+        return best_idx, best_rows
 
     def _scores(self, key: Tensor, idx: Tensor, w: Tensor) -> Tensor:
         if self.config.pool_metric == "euclidean":

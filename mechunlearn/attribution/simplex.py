@@ -1,8 +1,7 @@
 """Simplex-constrained least squares by greedy active-set selection (float64).
 
 Solves ``min_w ||q - X^T w||^2  s.t.  w >= 0, sum(w) = 1`` over the rows of a candidate pool
-``X [P, d]`` given only its Gram matrix ``G = X X^T [P, P]`` and ``b = X q [P]``, while keeping
-the support small:
+``X [P, d]`` while keeping the support small:
 
 1. start from the single best candidate (the vertex with the smallest residual);
 2. *add* a candidate with negative Lagrange multiplier ``lambda_i = -r^T (x_i - p)``
@@ -50,46 +49,65 @@ def _solve_equality(G: np.ndarray, b: np.ndarray) -> np.ndarray:
     K[:m, m] = 1.0
     K[m, :m] = 1.0
     rhs = np.concatenate([b, [1.0]])
+    try:  # fast path; singular/ill-conditioned systems (duplicates) fall back to min-norm
+        sol = np.linalg.solve(K, rhs)
+        if np.all(np.isfinite(sol)) and np.abs(K @ sol - rhs).max() <= 1e-9 * (
+            np.abs(rhs).max() + 1.0
+        ) and np.abs(sol[:m]).max() < 1e6:
+            return sol[:m]
+    except np.linalg.LinAlgError:
+        pass
     sol = np.linalg.lstsq(K, rhs, rcond=1e-13)[0]
     return sol[:m]
 
 
-def _resid_sq(G: np.ndarray, b: np.ndarray, qq: float, P: list[int], w: np.ndarray) -> float:
-    GP = G[np.ix_(P, P)]
-    return float(max(qq - 2.0 * b[P] @ w + w @ GP @ w, 0.0))
-
-
 def simplex_lsq(
-    G: np.ndarray,
-    b: np.ndarray,
-    qq: float,
+    X: np.ndarray,
+    q: np.ndarray,
     k: int,
     tol: float = 0.0,
     rule: Rule = "line",
     max_iter: int | None = None,
     eps: float = 1e-12,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> SimplexSolution:
     """Greedy active-set solution of the simplex-constrained least-squares problem.
 
+    Only products with the current support are formed (``X @ p`` and the support's Gram
+    matrix), never the full ``[P, P]`` Gram matrix, so a step costs ``O(P d + s^2 d)``.
+
     Args:
-        G: ``[P, P]`` Gram matrix of the pool (float64).
-        b: ``[P]`` inner products of pool rows with the query.
-        qq: ``||q||^2``.
+        X: ``[P, d]`` pool rows (float64).
+        q: ``[d]`` query.
         k: maximum support size (budget).
         tol: stop once ``||r|| <= tol * ||q||`` (relative residual).
         rule: how to pick the next sample (see module docstring).
         max_iter: cap on add/drop steps (default ``10 * k + 20``).
         eps: numerical tolerance on multipliers and weights, relative to the problem's scale.
+        init: optional warm start ``(support rows, weights on the simplex)``.
 
     Returns:
-        :class:`SimplexSolution` with ``idx`` sorted by decreasing weight.
+        :class:`SimplexSolution` with ``idx`` sorted by decreasing weight and the history of
+        squared residuals after each accepted step (non-increasing).
     """
-    scale = max(float(np.max(np.abs(np.diag(G)))), qq, 1e-300)
-    f_vertex = 0.5 * np.diag(G) - b
-    j0 = int(np.argmin(f_vertex))
-    P = [j0]
-    w = np.ones(1)
-    hist = [_resid_sq(G, b, qq, P, w)]
+    X = np.asarray(X, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    b = X @ q
+    qq = float(q @ q)
+    diag = np.einsum("ij,ij->i", X, X)
+    scale = max(float(np.max(diag)), qq, 1e-300)
+    if init is not None and len(init[0]) > 0:
+        P = [int(i) for i in init[0]]
+        w = np.asarray(init[1], dtype=np.float64).copy()
+    else:
+        P = [int(np.argmin(0.5 * diag - b))]
+        w = np.ones(1)
+
+    def resid_sq(P: list[int], w: np.ndarray) -> float:
+        r = q - w @ X[P]
+        return float(r @ r)
+
+    hist = [resid_sq(P, w)]
     tol_sq = (tol**2) * qq
     it = 0
     max_iter = 10 * k + 20 if max_iter is None else max_iter
@@ -97,10 +115,11 @@ def simplex_lsq(
     while it < max_iter:
         if hist[-1] <= tol_sq:
             break
-        Gw = G[:, P] @ w  # x_i . p for every pool row
-        pp = float(w @ Gw[P])
+        p = w @ X[P]
+        Gw = X @ p  # x_i . p for every pool row
+        pp = float(p @ p)
         rx = b - Gw  # r . x_i
-        rp = float(w @ rx[P])  # r . p
+        rp = float(q @ p) - pp  # r . p
         lam = -(rx - rp)  # multipliers: lambda_i = -r.(x_i - p)
         lam[P] = np.inf
         cand = np.nonzero(lam < -eps * scale)[0]
@@ -111,7 +130,7 @@ def simplex_lsq(
             break
         if rule == "line":
             rd = -lam[cand]
-            dd = np.maximum(np.diag(G)[cand] - 2.0 * Gw[cand] + pp, 1e-300)
+            dd = np.maximum(diag[cand] - 2.0 * Gw[cand] + pp, 1e-300)
             gamma = rd / dd
             gain = np.where(gamma <= 1.0, rd * gamma, 2.0 * rd - dd)
             new = int(cand[np.argmax(gain)])
@@ -122,7 +141,8 @@ def simplex_lsq(
         w = np.append(w, 0.0)
         # inner loop: exact solve on P, stepping back to the boundary when needed
         for _ in range(len(P) + 5):
-            z = _solve_equality(G[np.ix_(P, P)], b[P])
+            XP = X[P]
+            z = _solve_equality(XP @ XP.T, b[P])
             if np.all(z > eps):
                 w = z
                 break
@@ -135,11 +155,11 @@ def simplex_lsq(
             keep = w > eps
             if keep.all():  # numerical corner: force out the smallest weight
                 keep[np.argmin(w)] = False
-            P = [p for p, kp in zip(P, keep) if kp]
+            P = [p_ for p_, kp in zip(P, keep) if kp]
             w = w[keep]
             w = np.maximum(w, 0.0)
             w = w / w.sum()
-        r2 = _resid_sq(G, b, qq, P, w)
+        r2 = resid_sq(P, w)
         if r2 > hist[-1] * (1 + 1e-9) + 1e-15 * scale:  # no progress possible (degenerate)
             P, w = prev_P, prev_w
             break
