@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechunlearn.errors import ConfigError, ShapeError, check_finite
+from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
 from mechunlearn.hooks import add_hooks
 from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows, warn_overlap
 from mechunlearn.unlearn.objectives import (
@@ -119,24 +119,26 @@ def forward(model: Any, ids: Tensor, am: Tensor, hook: str | None = None
 class _Data:
     """Tokenised forget/retain sets plus reference quantities from the unedited model."""
 
-    def __init__(self, model: Any, forget: Sequence[Any], retain: Sequence[Any],
+    def __init__(self, model: Any, forget: Sequence[Any], retain: Sequence[Any] | None,
                  obj: Objective, encode: Encode | None, chunk: int = 64) -> None:
         tok = getattr(model, "tokenizer", None)
-        self.forget, self.retain = as_items(forget, "forget"), as_items(retain, "retain")
+        self.forget = as_items(forget, "forget")
+        self.retain = as_items(retain, "retain") if retain is not None else []
         warn_overlap(self.forget, self.retain)
         if obj.needs_good and any(x.good is None for x in self.forget):
             raise ConfigError(f"Objective {obj.name!r} needs a good response per forget item: "
                               "pass preference pairs or (prompt, bad, good) tuples.")
         self.fb = encode_items(tok, self.forget, encode)
         self.gb = encode_items(tok, self.forget, encode, "good") if obj.needs_good else None
-        self.rb = encode_items(tok, self.retain, encode)
+        self.rb = encode_items(tok, self.retain, encode) if self.retain else None
         self.hook = obj.site.hook_name if isinstance(obj, RMU) else None
         if self.hook is not None:
             obj.site.resolve(model)
+        self.ref_retain: list[Tensor] = []
+        self.ref_h: list[Tensor] = []
         with torch.no_grad():
             self.ref_logp = self._logp(model, self.fb, chunk)
             self.ref_good = self._logp(model, self.gb, chunk) if self.gb is not None else None
-            self.ref_retain, self.ref_h = [], []
             for s in range(0, len(self.retain), chunk):
                 idx = torch.arange(s, min(s + chunk, len(self.retain)))
                 ids, am, _ = rows(self.rb, idx)
@@ -144,6 +146,19 @@ class _Data:
                 self.ref_retain.extend(torch.log_softmax(lg.float(), -1).unbind(0))
                 if h is not None:
                     self.ref_h.extend(h.detach().unbind(0))
+
+    def quantities(self, model: Any, fi: Tensor) -> dict[str, Tensor]:
+        """Inputs of ``Objective.forget`` for forget rows ``fi`` (with grad)."""
+        ids, am, m = rows(self.fb, fi)
+        lg, h = forward(model, ids, am, self.hook)
+        logp, ntok = response_logprobs(lg, ids, m)
+        f = {"logp": logp, "ntok": ntok, "ref_logp": self.ref_logp[fi], "h": h, "mask": m}
+        if self.gb is not None:
+            gids, gam, gm = rows(self.gb, fi)
+            f["good_logp"], f["good_ntok"] = response_logprobs(forward(model, gids, gam)[0],
+                                                               gids, gm)
+            f["ref_good_logp"] = self.ref_good[fi]
+        return f
 
     @staticmethod
     def _logp(model: Any, tb: Any, chunk: int) -> Tensor:
@@ -189,6 +204,8 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
     cfg = config or UnlearnConfig()
     obj = make_objective(objective)
     t0 = time.perf_counter()
+    if retain is None or len(retain) == 0:
+        raise EmptyDataError("The retain set is empty; unlearning needs data to keep.")
     data = _Data(model, forget, retain, obj, encode)
     n_f = len(data.forget)
     w = _weights(weights, n_f)
@@ -261,15 +278,8 @@ def _loss(model: Any, data: _Data, obj: Objective, cfg: UnlearnConfig, fi: Tenso
     row: dict[str, Any] = {}
     total = torch.zeros(())
     if use_forget:
-        ids, am, m = rows(data.fb, fi)
-        lg, h = forward(model, ids, am, data.hook)
-        logp, ntok = response_logprobs(lg, ids, m)
-        f = {"logp": logp, "ntok": ntok, "ref_logp": data.ref_logp[fi], "h": h, "mask": m}
-        if data.gb is not None:
-            gids, gam, gm = rows(data.gb, fi)
-            f["good_logp"], f["good_ntok"] = response_logprobs(forward(model, gids, gam)[0],
-                                                               gids, gm)
-            f["ref_good_logp"] = data.ref_good[fi]
+        f = data.quantities(model, fi)
+        logp, ntok = f["logp"], f["ntok"]
         per = obj.forget(f)
         wb = w[fi] if len(fi) == int((w > 0).sum()) else torch.ones(len(fi))
         fl = (per * wb).sum() / wb.sum()

@@ -1,0 +1,151 @@
+"""Selective forgetting of attributed training samples (seed 000: attribution -> correction).
+
+Loop: find the bad responses the model still gives; attribute them to training samples
+(convex decomposition or any other attributor, passed in as a callable); unlearn the union
+of everything selected so far, regularised to keep the remaining training data; re-check.
+Stop when no bad response is left ("fixed"), when the KL to the *original* model on retain
+data exceeds ``kl_budget`` ("budget"), or after ``max_rounds``. Keeping the other training
+data close to the original model is the "optimality-preserving" constraint of the seed
+paper, implemented as a KL penalty (each round) and budget (across rounds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from mechunlearn.errors import ConfigError
+from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows
+from mechunlearn.unlearn.loop import UnlearnConfig, forward, snapshot, unlearn
+from mechunlearn.unlearn.objectives import Objective, token_kl
+from mechunlearn.weights import EditHandle
+
+FindBad = Callable[[Any], Sequence[Any]]
+Attribute = Callable[[Any, Sequence[Any]], Any]
+
+
+@dataclass(frozen=True)
+class SelectiveResult:
+    """Per-round table, the forget ids (in order of selection), why it stopped, the undo
+    handle (restores the model as before the first round) and total seconds."""
+
+    handle: EditHandle = field(repr=False)
+    rounds: pd.DataFrame = field(repr=False)
+    forget_ids: tuple[str, ...]
+    stopped: str
+    seconds: float
+
+    def undo(self) -> None:
+        """Restore the model as it was before :func:`selective_forget`."""
+        self.handle.undo()
+
+
+def selected_indices(attr: Any) -> list[int]:
+    """Training rows from an attribution result: an object with ``indices`` (an
+    ``Attribution``), a list of them, or a plain list of ints."""
+    if hasattr(attr, "indices"):
+        return [int(i) for i in attr.indices]
+    out: list[int] = []
+    for a in attr:
+        if hasattr(a, "indices"):
+            out.extend(int(i) for i in a.indices)
+        elif isinstance(a, (int, Tensor)) and not isinstance(a, bool):
+            out.append(int(a))
+        else:
+            raise ConfigError(f"attribute() returned {type(a).__name__}; expected Attribution "
+                              "objects or training-row ints.")
+    return out
+
+
+def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attribute: Attribute,
+                     objective: str | Objective = "flip", config: UnlearnConfig | None = None,
+                     *, max_rounds: int = 3, kl_budget: float | None = None,
+                     max_retain: int = 512, seed: int = 0, encode: Encode | None = None,
+                     progress: bool = False) -> SelectiveResult:
+    """Attribute -> unlearn -> re-check until the bad responses are gone.
+
+    Args:
+        train: the training preference pairs (attribution returns rows of this sequence).
+        find_bad: ``find_bad(model) -> queries`` still judged bad (empty when fixed); e.g.
+            ``(prompt, response)`` pairs of greedy answers on trigger prompts that are bad.
+        attribute: ``attribute(model, queries) -> Attribution | [Attribution] | [row]``.
+        objective, config: passed to :func:`unlearn` each round (with its ``forget_metric``
+            = number of bad queries, so a round stops once they are fixed, then repairs).
+        kl_budget: stop when mean KL(original || model) on the retain sample exceeds it.
+        max_retain: retain sample size (random, seeded) drawn from the unselected rows.
+    """
+    if max_rounds < 1:
+        raise ConfigError(f"max_rounds must be >= 1, got {max_rounds}.")
+    t0 = time.perf_counter()
+    items = as_items(train, "retain")
+    handle = snapshot(model)
+    g = torch.Generator().manual_seed(seed)
+    probe = [items[int(i)] for i in torch.randperm(len(items), generator=g)[:max_retain]]
+    ref = _logprobs(model, probe, encode)
+    chosen: list[int] = []
+    table: list[dict[str, Any]] = []
+    stopped = "max_rounds"
+    try:
+        for r in range(max_rounds + 1):
+            bad = list(find_bad(model))
+            row: dict[str, Any] = {"round": r, "n_bad": len(bad),
+                                   "retain_kl_orig": _kl(model, probe, ref, encode)}
+            table.append(row)
+            if not bad:
+                stopped = "fixed"
+                break
+            if kl_budget is not None and row["retain_kl_orig"] > kl_budget:
+                stopped = "budget"
+                break
+            if r == max_rounds:
+                break
+            new = [i for i in selected_indices(attribute(model, bad)) if i not in chosen]
+            if not new and chosen:
+                stopped = "no_new_samples"
+                break
+            chosen.extend(dict.fromkeys(new))
+            sel = set(chosen)
+            forget = [train[i] for i in chosen]
+            rest = [i for i in torch.randperm(len(items), generator=g).tolist() if i not in sel]
+            retain = [items[i] for i in rest[:max_retain]]
+            res = unlearn(model, forget, retain, objective, config,
+                          forget_metric=lambda m: float(len(find_bad(m))), encode=encode,
+                          progress=progress)
+            row.update(n_new=len(new), n_forget=len(chosen), steps=res.steps,
+                       round_stopped=res.stopped, seconds=time.perf_counter() - t0)
+    except BaseException:
+        handle.undo()
+        raise
+    ids = tuple(items[i].id for i in chosen)
+    return SelectiveResult(handle, pd.DataFrame(table), ids, stopped, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def _logprobs(model: Any, items: list[Any], encode: Encode | None) -> list[Tensor]:
+    tb = encode_items(getattr(model, "tokenizer", None), items, encode)
+    out: list[Tensor] = []
+    for s in range(0, len(items), 64):
+        ids, am, _ = rows(tb, torch.arange(s, min(s + 64, len(items))))
+        out.extend(torch.log_softmax(forward(model, ids, am)[0].float(), -1).unbind(0))
+    return out
+
+
+@torch.no_grad()
+def _kl(model: Any, items: list[Any], ref: list[Tensor], encode: Encode | None) -> float:
+    tb = encode_items(getattr(model, "tokenizer", None), items, encode)
+    kls = []
+    for s in range(0, len(items), 64):
+        idx = torch.arange(s, min(s + 64, len(items)))
+        ids, am, _ = rows(tb, idx)
+        pos = ids.shape[1]
+        r = torch.zeros(len(idx), pos, ref[0].shape[-1])
+        for j, i in enumerate(idx.tolist()):
+            r[j, : min(pos, ref[i].shape[0])] = ref[i][:pos]
+        kls.append(token_kl(r, forward(model, ids, am)[0], am.bool()))
+    return float(torch.cat(kls).mean())
