@@ -88,7 +88,7 @@ def _check_items(items: Sequence[Any], loss: Loss) -> None:
 def gradient_features(
     model: Any,
     items: Sequence[Any],
-    site: Site | None = None,
+    site: Site | Sequence[Site] | None = None,
     loss: Loss = "nll",
     ref_model: Any = None,
     beta: float = 0.1,
@@ -97,13 +97,14 @@ def gradient_features(
     seed: int = 0,
     batch_size: int = 16,
     ids: Sequence[str] | None = None,
-) -> Features:
+) -> Features | dict[Site, Features]:
     """Per-sample loss gradients as features (see module docstring).
 
     Args:
         model: TransformerBridge with a tokenizer (weights are not modified; ``.grad`` untouched).
         items: ``(prompt, response)`` pairs (``loss="nll"``) or ``(prompt, chosen, rejected)``.
-        site: Site whose activation gradient is taken (``params=None``).
+        site: Site (or several: one backward pass serves all) whose activation gradient is
+            taken (``params=None``).
         loss: ``"nll"`` or ``"dpo"`` (needs ``ref_model``).
         params: parameter names (``model.named_parameters()``) for parameter gradients instead.
         projection_dim: count-sketch dimension for parameter gradients (``None``: keep all).
@@ -112,7 +113,8 @@ def gradient_features(
 
     Returns:
         :class:`Features` ``[n, d]`` (``d`` = Site width, #params or ``projection_dim``), with
-        ``site`` = the Site (activation) or ``None`` and the model's fingerprint.
+        ``site`` = the Site (activation) or ``None`` and the model's fingerprint; a dict
+        ``{Site: Features}`` when several Sites are given.
     """
     if loss not in ("nll", "dpo"):
         raise ConfigError(f"loss must be 'nll' or 'dpo', got {loss!r}.")
@@ -126,46 +128,58 @@ def gradient_features(
     if params is None:
         if site is None:
             raise ConfigError("Pass a Site (activation gradients) or params=[names].")
-        if site.position in ("last", "all"):
-            raise ConfigError(
-                f"Site {site.key}: gradient features need position 'response_mean', 'mean' or an "
-                "int; the last token's activation gets no gradient from the response loss."
-            )
-        site.resolve(model)
-        vals = torch.cat([
-            _act_grads(model, ref_model, items[s : s + batch_size], site, loss, beta)
-            for s in range(0, len(items), batch_size)
-        ])
-        out_site: Site | None = site
-    else:
-        vals = _param_grads(model, ref_model, items, list(params), loss, beta, projection_dim, seed)
-        out_site = site
+        single = isinstance(site, Site)
+        site_list = [site] if single else list(site)
+        for s_ in site_list:
+            if s_.position in ("last", "all"):
+                raise ConfigError(
+                    f"Site {s_.key}: gradient features need position 'response_mean', 'mean' or "
+                    "an int; the last token's activation gets no gradient from the response loss."
+                )
+            s_.resolve(model)
+        parts = [_act_grads(model, ref_model, items[s : s + batch_size], site_list, loss, beta)
+                 for s in range(0, len(items), batch_size)]
+        out = {}
+        for j, s_ in enumerate(site_list):
+            vals = torch.cat([p[j] for p in parts])
+            check_finite(f"gradient features at {s_.key}", vals)
+            out[s_] = Features(vals, id_t, s_, fp)
+        return out[site_list[0]] if single else out
+    vals = _param_grads(model, ref_model, items, list(params), loss, beta, projection_dim, seed)
     check_finite("gradient features", vals)
-    return Features(vals, id_t, out_site, fp)
+    return Features(vals, id_t, site if isinstance(site, Site) else None, fp)
 
 
-def _act_grads(model: Any, ref_model: Any, items: Sequence[Any], site: Site, loss: Loss,
-               beta: float) -> Tensor:
-    grads: list[Tensor] = []
+def _act_grads(model: Any, ref_model: Any, items: Sequence[Any], sites: list[Site], loss: Loss,
+               beta: float) -> list[Tensor]:
+    names = list(dict.fromkeys(s.hook_name for s in sites))
+    grads: dict[str, list[Tensor]] = {n: [] for n in names}
 
-    def grab(g: Tensor) -> None:
-        grads.append(g.detach())
-        return None
+    def grab(name: str):
+        def fn(g: Tensor) -> None:
+            grads[name].append(g.detach())
+            return None
+
+        return fn
 
     emb = _upstream_param(model)
-    handles = add_hooks(model, [(site.hook_name, grab)], dir="bwd")
+    handles = add_hooks(model, [(n, grab(n)) for n in names], dir="bwd")
     try:
         with torch.enable_grad():
             losses, tb = _losses(model, ref_model, items, loss, beta)
             torch.autograd.grad(losses.sum(), [emb], allow_unused=True)
     finally:
         handles.remove()
-    if not grads:
-        raise HookNotFiredError(f"Backward hook at {site.hook_name} never fired.")
-    g = sum(grads[1:], grads[0]) if len(grads) > 1 else grads[0]
-    red = site.reduce(g.float().cpu(), tb.attention_mask, tb.response_mask)
+    out = []
     b = len(items)
-    return red[:b] + red[b:] if loss == "dpo" else red
+    for s in sites:
+        gs = grads[s.hook_name]
+        if not gs:
+            raise HookNotFiredError(f"Backward hook at {s.hook_name} never fired.")
+        g = sum(gs[1:], gs[0]) if len(gs) > 1 else gs[0]
+        red = s.reduce(g.float().cpu(), tb.attention_mask, tb.response_mask)
+        out.append(red[:b] + red[b:] if loss == "dpo" else red)
+    return out
 
 
 def _upstream_param(model: Any) -> Tensor:

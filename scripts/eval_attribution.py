@@ -1,0 +1,104 @@
+"""Evaluate attribution methods on a toy world (AUC / precision@k sweep + counterfactual).
+
+    python scripts/eval_attribution.py --world hard [--cache-dir DIR] [--max-queries 64]
+        [--counterfactual] [--out docs]
+
+Writes ``<out>/attribution_<world>.csv`` (per-query rows), ``attribution_<world>_summary.csv``
+(mean per method and Site), ``attribution_<world>_auc.png`` (AUC by layer and method) and,
+with ``--counterfactual``, ``attribution_<world>_counterfactual.csv``. Prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import pandas as pd
+import torch
+
+
+def _atomic_csv(df: pd.DataFrame, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".csv", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--world", default="hard", choices=["tiny", "easy", "hard"])
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--max-queries", type=int, default=64)
+    ap.add_argument("--methods", default=None, help="comma-separated subset of METHODS")
+    ap.add_argument("--grad-loss", default="dpo", choices=["dpo", "nll"])
+    ap.add_argument("--counterfactual", action="store_true")
+    ap.add_argument("--cf-methods", default="convex,repsim")
+    ap.add_argument("--cf-k", type=int, default=None, help="removal size (default: #poisoned)")
+    ap.add_argument("--reference-fallback", action="store_true",
+                    help="use reference bad responses if the tuned model gives none (smoke test)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="docs")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from mechunlearn import toyworld
+    from mechunlearn.attribution.counterfactual import counterfactual, random_ids, top_k_ids
+    from mechunlearn.attribution.evaluate import (
+        METHODS,
+        EvalConfig,
+        bad_queries,
+        best_sites,
+        evaluate_world,
+        plot_auc,
+        summarize,
+    )
+
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_rows", 200)
+    t0 = time.perf_counter()
+    world = toyworld.load(args.world, cache_dir=args.cache_dir, threads=args.threads)
+    print(f"world {args.world} ({world.config.hash()}) loaded in {time.perf_counter() - t0:.0f}s; "
+          f"build metrics: trigger/bad tuned={world.metrics['tuned'].get('trigger/bad')} "
+          f"gold={world.metrics['gold'].get('trigger/bad')}")
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    cfg = EvalConfig(methods=methods, max_queries=args.max_queries, grad_loss=args.grad_loss)
+    queries = bad_queries(world, cfg.max_queries, reference_fallback=args.reference_fallback)
+    means: dict = {}
+    df = evaluate_world(world, cfg, queries=queries, mean_scores=means)
+    df.insert(0, "world", args.world)
+    summary = summarize(df)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"attribution_{args.world}")
+    _atomic_csv(df, stem + ".csv")
+    _atomic_csv(summary, stem + "_summary.csv")
+    plot_auc(summary, stem + "_auc.png", title=args.world)
+    print(summary.drop(columns=["world"], errors="ignore").to_string(index=False))
+    best = best_sites(summary)
+    print("\nbest Site per method (by AUC):")
+    print(best.to_string(index=False))
+    if args.counterfactual:
+        ids = [p.id for p in world.train]
+        k = args.cf_k or len(world.truth.poisoned_ids)
+        sets = {}
+        for m in args.cf_methods.split(","):
+            row = best[best["method"] == m]
+            if len(row) == 0:
+                continue
+            site = row["site"].iloc[0]
+            sets[f"{m} top-{k} @ {site}"] = top_k_ids(means[(m, site)], ids, k)
+        sets[f"random {k} (seed 0)"] = random_ids(ids, k, seed=0)
+        sets[f"random {k} (seed 1)"] = random_ids(ids, k, seed=1)
+        cf = counterfactual(world, sets)
+        cf.insert(0, "world", args.world)
+        _atomic_csv(cf, stem + "_counterfactual.csv")
+        print("\ncounterfactual (retrain DPO without the removal set):")
+        print(cf.to_string(index=False))
+    print(json.dumps({"seconds": round(time.perf_counter() - t0, 1),
+                      "n_queries": len(queries[0])}))
+
+
+if __name__ == "__main__":
+    main()
