@@ -98,7 +98,7 @@ def finetune_body(body: Any, head: LinearHead, site: Site, pairs: Sequence[Prefe
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
     finally:
         for t in body.parameters():
             t.requires_grad_(flags[id(t)])
