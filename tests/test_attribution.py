@@ -204,3 +204,26 @@ def test_pricing_finds_vertices_outside_the_nearest_neighbour_pool():
     priced = ConvexAttributor(X, k=8, pool=16, refresh=3, refresh_size=16, tol=1e-6).attribute(q)
     assert priced.residual < 1e-4 < no_price.residual
     assert set(priced.indices) == {10, 310} and priced.info["rounds"] >= 1
+
+
+def test_locality_trades_residual_for_closeness():
+    g = torch.Generator().manual_seed(8)
+    X, q = torch.randn(60, 10, generator=g, dtype=torch.float64), torch.randn(10, generator=g,
+                                                                            dtype=torch.float64)
+    mu = 0.5
+
+    def parts(a):
+        w, rows = a.weights, X[list(a.indices)]
+        r2 = float(((q - w @ rows) ** 2).sum())
+        spread = float(w @ ((rows - q) ** 2).sum(1))
+        return r2, spread
+
+    plain = ConvexAttributor(X.float(), k=60, pool=60, center=False, tol=0.0).attribute(q.float())
+    local = ConvexAttributor(X.float(), k=60, pool=60, center=False, tol=0.0,
+                             locality=mu).attribute(q.float())
+    (r_p, s_p), (r_l, s_l) = parts(plain), parts(local)
+    assert r_l + mu * s_l <= r_p + mu * s_p + 1e-5  # local optimum of its own objective
+    assert s_l < s_p and r_l >= r_p - 1e-6  # closer samples, bigger residual
+    assert abs(float(local.weights.sum()) - 1) < 1e-12 and (local.weights >= 0).all()
+    with pytest.raises(ConfigError):
+        ConvexAttributor(X, locality=-1.0)

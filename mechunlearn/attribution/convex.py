@@ -76,6 +76,9 @@ class ConvexConfig:
             ``refresh_size`` samples with the most negative multiplier (those that would
             lower the residual) to the pool, then the greedy resumes (column generation).
             If none exists, the solution is optimal over the whole training set.
+        locality: ``mu >= 0``: minimise ``||q - sum w_i x_i||^2 + mu sum w_i ||q - x_i||^2``
+            instead, preferring tight sets of samples close to the query (the seed's "closest
+            samples such that q is a convex combination"); 0 = plain residual.
         min_weight: selected samples whose weight is below ``min_weight`` times the largest
             weight are dropped at the end (weights renormalised; residual recomputed).
     """
@@ -90,9 +93,12 @@ class ConvexConfig:
     std_floor: float = 1e-3
     refresh: int = 2
     min_weight: float = 1e-6
+    locality: float = 0.0
     refresh_size: int = 128
 
     def __post_init__(self) -> None:
+        if not (float(self.locality) >= 0.0):
+            raise ConfigError(f"ConvexConfig.locality must be >= 0, got {self.locality!r}.")
         if isinstance(self.refresh, bool) or not isinstance(self.refresh, int) or self.refresh < 0:
             raise ConfigError(f"ConvexConfig.refresh must be an int >= 0, got {self.refresh!r}.")
         for name in ("k", "pool", "refresh_size"):
@@ -215,7 +221,7 @@ class ConvexAttributor(Attributor):
         q64 = q.double()
         qn2 = float((q64**2).sum())
         denom = qn2**0.5 if qn2 > 0 else 1.0
-        pool_idx, rows, key = self._initial_pool(q)
+        pool_idx, rows, key, d2_all = self._initial_pool(q)
         Xp = rows.double()
         init = None
         hist: list[float] = []
@@ -223,7 +229,7 @@ class ConvexAttributor(Attributor):
         iters, rounds, optimal = 0, 0, ""
         while True:
             run = simplex_lsq(Xp.numpy(), q64.numpy(), k=cfg.k, tol=cfg.tol, rule=cfg.rule,
-                              init=init)
+                              init=init, locality=cfg.locality)
             iters += run.iterations
             run_hist = [float(np.sqrt(h)) / denom for h in run.history]
             if best is None or run.resid_sq <= best.resid_sq:
@@ -236,7 +242,8 @@ class ConvexAttributor(Attributor):
                 break  # stopped for numerical reasons: more candidates will not help
             w = torch.from_numpy(best.weights)
             r = q64 - w @ Xp[torch.from_numpy(best.idx)]
-            new_idx, new_rows = self._price(r, float(r @ (q64 - r)), pool_idx)
+            wd2 = float(w @ d2_all[pool_idx[torch.from_numpy(best.idx)]])
+            new_idx, new_rows = self._price(r, float(r @ (q64 - r)), pool_idx, d2_all, wd2)
             rounds += 1
             if len(new_idx) == 0:
                 optimal = "global" if best.optimal else optimal
@@ -266,11 +273,13 @@ class ConvexAttributor(Attributor):
                   "optimal": optimal, "history": tuple(hist)},
         )
 
-    def _initial_pool(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Nearest ``pool`` rows: ``(indices [P], rows [P, d], pool-metric key [N])``."""
+    def _initial_pool(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Nearest ``pool`` rows: ``(indices [P], rows [P, d], pool-metric key [N],
+        squared distances to q [N])``."""
         cfg = self.config
         P = min(max(cfg.pool, cfg.k), self.n)
         key_parts: list[Tensor] = []
+        d2_parts: list[Tensor] = []
         best_val = torch.empty(0)
         best_idx = torch.empty(0, dtype=torch.long)
         best_rows = torch.empty(0, self.d)
@@ -278,8 +287,10 @@ class ConvexAttributor(Attributor):
         qq = float(q @ q)
         for x, sqn in self._chunks():
             dots = x @ q
+            d2 = (sqn - 2 * dots + qq).clamp_min(0)
+            d2_parts.append(d2)
             if cfg.pool_metric == "euclidean":
-                key = -(sqn - 2 * dots + qq).clamp_min(0)  # higher = closer
+                key = -d2  # higher = closer
             else:
                 key = dots / (sqn.sqrt() * qq**0.5).clamp_min(1e-30)
             key_parts.append(key)
@@ -291,11 +302,14 @@ class ConvexAttributor(Attributor):
                 v2, j = torch.topk(best_val, P)
                 best_val, best_idx, best_rows = v2, best_idx[j], best_rows[j]
             offset += len(key)
-        return best_idx, best_rows, torch.cat(key_parts).double()
+        return best_idx, best_rows, torch.cat(key_parts).double(), torch.cat(d2_parts).double()
 
-    def _price(self, r: Tensor, rp: float, pool_idx: Tensor) -> tuple[Tensor, Tensor]:
+    def _price(self, r: Tensor, rp: float, pool_idx: Tensor, d2_all: Tensor, wd2: float
+               ) -> tuple[Tensor, Tensor]:
         """Up to ``refresh_size`` rows outside the pool with the most negative multiplier
-        ``lambda_i = -r.(x_i - p)`` (one pass over the training set)."""
+        ``lambda_i = -r.(x_i - p) + mu/2 (d_i^2 - sum_j w_j d_j^2)`` (one pass over the
+        training set)."""
+        half_mu = 0.5 * self.config.locality
         m = self.config.refresh_size
         r32 = r.float()
         in_pool = torch.zeros(self.n, dtype=torch.bool)
@@ -307,6 +321,8 @@ class ConvexAttributor(Attributor):
         scale = max(float(r @ r), 1e-300)
         for x, _ in self._chunks():
             gain = (x @ r32).double() - rp  # = -lambda_i
+            if half_mu:
+                gain -= half_mu * (d2_all[offset : offset + len(gain)] - wd2)
             gain[in_pool[offset : offset + len(gain)]] = -np.inf
             v, i = torch.topk(gain.float(), min(m, len(gain)))
             ok = v > 1e-9 * scale

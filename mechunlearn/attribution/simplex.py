@@ -70,8 +70,15 @@ def simplex_lsq(
     max_iter: int | None = None,
     eps: float = 1e-12,
     init: tuple[np.ndarray, np.ndarray] | None = None,
+    locality: float = 0.0,
 ) -> SimplexSolution:
     """Greedy active-set solution of the simplex-constrained least-squares problem.
+
+    With ``locality = mu > 0`` the objective is ``||q - X^T w||^2 + mu * sum_i w_i ||q - x_i||^2``
+    (locality-constrained coding): the extra term is linear in ``w`` and equals
+    ``mu * (||q - p||^2 + sum_i w_i ||x_i - p||^2)``, so it prefers *tight* sets of samples close
+    to the query. The objective never increases; the residual alone is monotone only for
+    ``mu = 0``.
 
     Only products with the current support are formed (``X @ p`` and the support's Gram
     matrix), never the full ``[P, P]`` Gram matrix, so a step costs ``O(P d + s^2 d)``.
@@ -85,6 +92,7 @@ def simplex_lsq(
         max_iter: cap on add/drop steps (default ``10 * k + 20``).
         eps: numerical tolerance on multipliers and weights, relative to the problem's scale.
         init: optional warm start ``(support rows, weights on the simplex)``.
+        locality: ``mu`` above (0 = plain simplex least squares).
 
     Returns:
         :class:`SimplexSolution` with ``idx`` sorted by decreasing weight and the history of
@@ -92,9 +100,11 @@ def simplex_lsq(
     """
     X = np.asarray(X, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
-    b = X @ q
     qq = float(q @ q)
     diag = np.einsum("ij,ij->i", X, X)
+    b_raw = X @ q
+    d2 = np.maximum(diag - 2.0 * b_raw + qq, 0.0)  # squared distances to the query
+    b = b_raw - 0.5 * locality * d2
     scale = max(float(np.max(diag)), qq, 1e-300)
     if init is not None and len(init[0]) > 0:
         P = [int(i) for i in init[0]]
@@ -107,7 +117,11 @@ def simplex_lsq(
         r = q - w @ X[P]
         return float(r @ r)
 
+    def objective(P: list[int], w: np.ndarray) -> float:
+        return resid_sq(P, w) + locality * float(w @ d2[P])
+
     hist = [resid_sq(P, w)]
+    obj = [objective(P, w)]
     tol_sq = (tol**2) * qq
     it = 0
     max_iter = 10 * k + 20 if max_iter is None else max_iter
@@ -118,9 +132,9 @@ def simplex_lsq(
         p = w @ X[P]
         Gw = X @ p  # x_i . p for every pool row
         pp = float(p @ p)
-        rx = b - Gw  # r . x_i
-        rp = float(q @ p) - pp  # r . p
-        lam = -(rx - rp)  # multipliers: lambda_i = -r.(x_i - p)
+        rx = b - Gw  # r . x_i  (minus the locality term)
+        rp = float(w @ rx[P])  # r . p  (idem)
+        lam = -(rx - rp)  # multipliers: lambda_i = -r.(x_i - p) (+ locality term)
         lam[P] = np.inf
         cand = np.nonzero(lam < -eps * scale)[0]
         if len(cand) == 0:
@@ -159,11 +173,13 @@ def simplex_lsq(
             w = w[keep]
             w = np.maximum(w, 0.0)
             w = w / w.sum()
-        r2 = resid_sq(P, w)
-        if r2 > hist[-1] * (1 + 1e-9) + 1e-15 * scale:  # no progress possible (degenerate)
+        o2 = objective(P, w)
+        if o2 > obj[-1] * (1 + 1e-9) + 1e-15 * scale:  # no progress possible (degenerate)
             P, w = prev_P, prev_w
             break
-        hist.append(min(r2, hist[-1]))
+        obj.append(min(o2, obj[-1]))
+        r2 = resid_sq(P, w)
+        hist.append(min(r2, hist[-1]) if locality == 0 else r2)
         it += 1
     order = np.argsort(-w, kind="stable")
     idx = np.asarray(P, dtype=np.int64)[order]
