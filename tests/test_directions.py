@@ -235,3 +235,15 @@ def test_bad_finder_inputs_raise():
         ccs(xp, xn[:-1])
     with pytest.raises(ShapeError):
         mean_diff(xp, labels=np.ones(3))
+
+
+def test_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from mechunlearn.directions.evidence import auc
+
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        s = rng.integers(0, 4, size=40).astype(float)
+        y = rng.random(40) < 0.4
+        assert auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)

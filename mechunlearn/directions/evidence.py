@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from mechunlearn.errors import ConfigError, EmptyDataError
 
@@ -61,7 +60,10 @@ def auc(scores: np.ndarray, y: np.ndarray) -> float:
     n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0:
         return float("nan")
-    r = rankdata(scores)
+    s = np.asarray(scores, dtype=np.float64)
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    r = ((ends - counts + 1 + ends) / 2)[inv]  # average ranks, ties share
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
@@ -69,7 +71,7 @@ def folds(
     y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) index pairs: stratified k-fold, or stratified group k-fold."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
     if n_splits < 2:
         raise ConfigError(f"n_splits must be >= 2, got {n_splits}.")
@@ -80,8 +82,14 @@ def folds(
                 f"The smaller class has {n_min} samples; {n_splits}-fold held-out evaluation "
                 "needs at least one per fold. Use fewer n_splits or more data."
             )
-        cv = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
-        return list(cv.split(np.zeros(len(y)), y))
+        rng = np.random.default_rng(seed)
+        fold_of = np.empty(len(y), dtype=np.int64)
+        offset = 0
+        for cls in (np.nonzero(y)[0], np.nonzero(~y)[0]):  # stratified: deal each class out
+            fold_of[rng.permutation(cls)] = (np.arange(len(cls)) + offset) % n_splits
+            offset += len(cls)
+        idx = np.arange(len(y))
+        return [(idx[fold_of != k], idx[fold_of == k]) for k in range(n_splits)]
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
         raise EmptyDataError(f"{n_groups} groups cannot fill {n_splits} folds; use fewer n_splits.")
@@ -92,17 +100,23 @@ def folds(
 def heldout_auc(
     fit: FitFn, y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
 ) -> tuple[float, tuple[float, ...]]:
-    """Mean held-out AUC of ``fit`` over folds (folds whose test or train side lacks a class
-    are skipped)."""
+    """Mean held-out AUC of ``fit`` over folds. Folds whose train or test side lacks a
+    class, or whose fit is degenerate (the finder raises ``ConfigError``, e.g. identical class
+    means on that fold), are skipped."""
     out = []
     for train, test in folds(y, groups, n_splits, seed):
         if y[train].all() or not y[train].any():
             continue
-        a = auc(fit(train, y)(test), y[test])
+        try:
+            scorer = fit(train, y)
+        except ConfigError:
+            continue
+        a = auc(scorer(test), y[test])
         if not np.isnan(a):
             out.append(a)
     if not out:
-        raise EmptyDataError("No fold had both classes on its train and test sides.")
+        raise EmptyDataError("No fold had both classes on its train and test sides and a "
+                             "non-degenerate fit.")
     return float(np.mean(out)), tuple(out)
 
 
