@@ -68,7 +68,7 @@ def load_minilm(device: str = "cpu") -> Any:
 
 
 def tiny_gpt2(n_layer: int = 2, d_model: int = 32, n_head: int = 2, seed: int = 0,
-              folder: str | os.PathLike[str] | None = None) -> Any:
+              n_positions: int = 128, folder: str | os.PathLike[str] | None = None) -> Any:
     """A random GPT-2 with a small trained BPE tokenizer, as a TransformerBridge (for tests).
 
     The folder (temporary unless given) holds the saved model and tokenizer.
@@ -90,7 +90,7 @@ def tiny_gpt2(n_layer: int = 2, d_model: int = 32, n_head: int = 2, seed: int = 
     ftok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
                                    unk_token="<unk>", bos_token="<eos>")
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(ftok), n_positions=128, n_embd=d_model, n_layer=n_layer,
+    cfg = GPT2Config(vocab_size=len(ftok), n_positions=n_positions, n_embd=d_model, n_layer=n_layer,
                      n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      pad_token_id=ftok.pad_token_id, eos_token_id=ftok.eos_token_id,
                      bos_token_id=ftok.eos_token_id)
