@@ -247,3 +247,17 @@ def test_auc_matches_sklearn_with_ties():
         s = rng.integers(0, 4, size=40).astype(float)
         y = rng.random(40) < 0.4
         assert auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_feature_store_input(tmp_path):
+    from mechunlearn.store import FeatureStore
+
+    xp, xn, w = planted(d=8)
+    stores = []
+    for name, x in (("pos", xp), ("neg", xn)):
+        st = FeatureStore.create(tmp_path / name, resid(0), "fp", 8)
+        st.append(torch.tensor(x, dtype=torch.float32), [f"{name}{i}" for i in range(len(x))])
+        st.flush()
+        stores.append(FeatureStore.open(tmp_path / name))
+    d = mean_diff(*stores, n_permutations=0, n_splits=3)
+    assert d.site == resid(0) and cos(d.direction, w) > 0.9

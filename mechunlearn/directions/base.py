@@ -42,7 +42,10 @@ class NoEvidenceWarning(UserWarning):
 
 
 def as_matrix(name: str, x: Any) -> np.ndarray:
-    """Features ``x`` (Tensor / array / Features, ``[n, d]``) as a float64 array, validated."""
+    """Features ``x`` (Tensor / array / Features / FeatureStore, ``[n, d]``) as a float64
+    array, validated."""
+    if _is_store(x):
+        x = x.load()
     if isinstance(x, Features):
         x = x.values
     if isinstance(x, Tensor):
@@ -66,9 +69,13 @@ def site_of(*xs: Any, site: Site | None = None) -> Site | None:
             raise ConfigError(f"site must be a Site, got {type(site).__name__}.")
         return site
     for x in xs:
-        if isinstance(x, Features):
+        if isinstance(x, Features) or _is_store(x):
             return x.site
     return None
+
+
+def _is_store(x: Any) -> bool:
+    return type(x).__name__ == "FeatureStore" and hasattr(x, "load") and hasattr(x, "site")
 
 
 def labelled(
