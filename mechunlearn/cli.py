@@ -75,6 +75,52 @@ def extract(
     typer.echo(f"{len(store)} x {store.d} features at {site.key} -> {out}")
 
 
+@app.command()
+@friendly
+def demo(
+    world: str = typer.Option("hard", help="Toy world preset: hard | easy | tiny."),
+    out: Path = typer.Option(Path("mechunlearn-report"), help="Report folder (replaced)."),
+    cache_dir: Path | None = typer.Option(None, help="Toy-world cache (default: "
+                                          "$MECHUNLEARN_CACHE or ~/.cache/mechunlearn)."),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
+) -> None:
+    """Diagnose one bad response of the embedded toy model and write a report.
+
+    Builds (or loads the cached) toy world, picks a bad response to a held-out trigger
+    prompt, attributes it (convex decomposition, layer sweep, RepSim beside it), finds the
+    bias direction, edits the model three ways (activation projection, weight
+    orthogonalisation, unlearning of the attributed samples incl. U2A weighting), verifies
+    each edit against the gold model, and writes Markdown + PNG + CSV/JSON.
+    """
+    import torch
+
+    from mechunlearn.demo import run_demo
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    res = run_demo(world, out, cache_dir, say=lambda m: typer.echo(m))
+    typer.echo(f"Report: {res.report}")
+
+
+toyworld_app = typer.Typer(help="The embedded toy preference world.", no_args_is_help=True)
+app.add_typer(toyworld_app, name="toyworld")
+
+
+@toyworld_app.command("build")
+@friendly
+def toyworld_build(
+    world: str = typer.Argument("hard", help="Preset: hard | easy | tiny."),
+    cache_dir: Path | None = typer.Option(None, help="Cache folder."),
+    force: bool = typer.Option(False, help="Rebuild even if a valid cache exists."),
+) -> None:
+    """Generate the world's data and train its SFT, tuned and gold models (cached)."""
+    from mechunlearn import toyworld
+
+    folder = toyworld.build(world, cache_dir=cache_dir, progress=lambda m: typer.echo(m),
+                            force=force)
+    typer.echo(f"World {world!r} ready at {folder}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="mechunlearn")

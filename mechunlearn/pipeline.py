@@ -1,0 +1,221 @@
+"""Diagnose one bad response, end to end, in one feature space (the Python form of the demo).
+
+Each step is a function a notebook user can call on its own:
+
+1. :func:`find_bad_case`   — a held-out trigger prompt the tuned model answers badly;
+2. :func:`attribute_case`  — layer sweep of convex attribution (+ RepSim beside it); the Site
+   with the lowest convex residual is chosen *without* looking at the ground truth;
+3. :func:`bias_direction`  — PCA bias ranking and difference of means at that Site;
+4. :func:`edit_variants`   — activation projection, weight orthogonalisation, and unlearning of
+   the attributed samples (plain and U2A-weighted), each measured then undone;
+5. :func:`verify`          — bad-response, good-answer and bias rates, KL on ordinary prompts
+   and distance to the gold model, with greedy examples.
+
+:func:`diagnose` chains them on a toy world; :mod:`mechunlearn.report` writes the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mechunlearn.errors import ConfigError, EmptyDataError
+from mechunlearn.features import Features, extract
+from mechunlearn.sites import Site
+from mechunlearn.tokens import TokenBatch
+
+
+@dataclass(frozen=True)
+class BadCase:
+    """A prompt the tuned model answers badly, and its (greedy) bad response."""
+
+    prompt: Any  # toyworld.EvalPrompt
+    response: str
+    n_bad: int
+    n_prompts: int
+
+
+@dataclass(frozen=True)
+class AttributionStep:
+    """Layer sweep (one row per Site and method), chosen Site and its attributions."""
+
+    sweep: pd.DataFrame
+    site: Site
+    convex: Any  # attribution.Attribution
+    repsim: Any
+    train_features: Features = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DirectionStep:
+    """Bias directions at the chosen Site (PCA bias ranking and difference of means)."""
+
+    pca: Any  # directions.Directions
+    mean_diff: Any
+    table: pd.DataFrame
+
+
+def _encode(world: Any, prompts: Sequence[str], responses: Sequence[str]) -> TokenBatch:
+    from mechunlearn.toyworld import encode_pairs
+
+    return encode_pairs(world.tokenizer, list(prompts), list(responses))
+
+
+def find_bad_case(world: Any, model: Any | None = None, max_new_tokens: int = 32) -> BadCase:
+    """First held-out trigger prompt whose greedy response is bad (``toyworld.is_bad``)."""
+    from mechunlearn.toyworld import generate_text, is_bad
+
+    model = world.model if model is None else model
+    prompts = list(world.eval["trigger"])
+    responses = generate_text(model, prompts, max_new_tokens=max_new_tokens)
+    bad = [i for i, r in enumerate(responses) if is_bad(r)]
+    if not bad:
+        raise EmptyDataError(
+            f"The model gave no bad response to any of {len(prompts)} trigger prompts; "
+            "nothing to diagnose."
+        )
+    i = bad[0]
+    return BadCase(prompts[i], responses[i], len(bad), len(prompts))
+
+
+def train_batch(world: Any) -> TokenBatch:
+    """Training pairs as (prompt, chosen response) tokens with response masks ``[N, pos]``."""
+    return _encode(world, [p.prompt for p in world.train], [p.chosen for p in world.train])
+
+
+def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = None,
+                   position: str = "response_mean", k: int = 16,
+                   batch_size: int = 64) -> AttributionStep:
+    """Convex attribution (seed 000) and RepSim at each layer's ``hook_resid_post``.
+
+    The chosen Site is the one with the lowest convex residual (no ground truth used). When the
+    world has ground truth, the sweep also reports AUC and precision@k of the poisoned ids.
+    """
+    from mechunlearn.attribution import ConvexAttributor, RepSim
+
+    model = world.model
+    n_layers = int(model.cfg.n_layers)
+    layer_list = list(range(n_layers)) if layers is None else list(layers)
+    if not layer_list:
+        raise ConfigError("attribute_case() needs at least one layer.")
+    site_list = [Site(f"blocks.{i}.hook_resid_post", position) for i in layer_list]
+    ids = [p.id for p in world.train]
+    train = extract(model, train_batch(world), site_list, batch_size=batch_size, ids=ids)
+    query = extract(model, _encode(world, [case.prompt.prompt], [case.response]), site_list)
+    truth = np.isin(np.array(ids), np.array(world.truth.poisoned_ids))
+    rows, results = [], {}
+    for s in site_list:
+        for name, att in (("convex", ConvexAttributor(train[s], k=k)), ("repsim", RepSim(train[s], k=k))):
+            a = att.attribute(query[s])
+            results[(s, name)] = a
+            rows.append({"site": s.key, "layer": s.layer, "method": name,
+                         "residual": a.residual, **ranking_quality(a.scores.numpy(), truth, k),
+                         "seconds": a.seconds})
+    sweep = pd.DataFrame(rows)
+    conv = sweep[sweep.method == "convex"].reset_index(drop=True)
+    best = site_list[int(np.nanargmin(conv.residual.to_numpy()))]
+    return AttributionStep(sweep, best, results[(best, "convex")], results[(best, "repsim")],
+                           train[best])
+
+
+def ranking_quality(scores: np.ndarray, truth: np.ndarray, k: int) -> dict[str, float]:
+    """AUC and precision@k of ``scores [N]`` against boolean ``truth [N]`` (nan if no truth)."""
+    if truth.sum() == 0 or truth.all():
+        return {"auc": float("nan"), "precision_at_k": float("nan")}
+    from sklearn.metrics import roc_auc_score
+
+    order = np.argsort(-scores, kind="stable")[:k]
+    return {"auc": float(roc_auc_score(truth, scores)), "precision_at_k": float(truth[order].mean())}
+
+
+def bias_examples(world: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """X+ (borderline prompt, reinforced refusal) and X− (same prompt, unbiased answer)."""
+    by_id = {p.id: p for p in world.train}
+    ids = [i for i in world.truth.bias_ids if i in world.truth.unbiased_responses]
+    if len(ids) < 2:
+        raise EmptyDataError(f"The world has {len(ids)} biased pairs; need at least 2.")
+    pos = [(by_id[i].prompt, by_id[i].chosen) for i in ids]
+    neg = [(by_id[i].prompt, world.truth.unbiased_responses[i]) for i in ids]
+    return pos, neg
+
+
+def bias_direction(world: Any, site: Site, n_permutations: int = 50) -> DirectionStep:
+    """PCA bias/variance ranking (seed 003) and difference of means at ``site``."""
+    from mechunlearn.directions import mean_diff, pca_bias
+
+    pos, neg = bias_examples(world)
+    fp = extract(world.model, _encode(world, *zip(*pos)), site)
+    fn = extract(world.model, _encode(world, *zip(*neg)), site)
+    groups = [p for p, _ in pos] * 2
+    pca = pca_bias(fp, fn, k=1, site=site, n_permutations=n_permutations)
+    md = mean_diff(fp, fn, site=site, n_permutations=n_permutations)
+    cos = float(torch.abs(pca.basis[0].double() @ md.basis[0].double()))
+    rows = [{"method": d.method, **{k: v for k, v in _flat_scores(d).items()}} for d in (pca, md)]
+    table = pd.DataFrame(rows).assign(cos_pca_vs_mean_diff=cos)
+    del groups
+    return DirectionStep(pca, md, table)
+
+
+def _flat_scores(d: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in dict(d.scores).items():
+        arr = np.asarray(v, dtype=float).reshape(-1) if not isinstance(v, dict) else None
+        if arr is not None and arr.size:
+            out[k] = float(arr[0])
+    return out
+
+
+def verify(world: Any, model: Any, name: str, reference: Any, max_new_tokens: int = 32,
+           context: Callable[[], Any] | None = None, n_examples: int = 3
+           ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Measure one model variant.
+
+    Args:
+        model: the (possibly edited) model; ``context`` (e.g. an ``apply`` block) wraps every
+            forward of it.
+        reference: an *unedited* copy of the tuned model (a separate bridge: hooks or weight
+            edits on ``model`` must not reach it), for the KL to the tuned model.
+
+    Returns the metrics row and greedy examples (trigger and borderline prompts).
+    """
+    from mechunlearn.toyworld import (
+        bad_response_rate,
+        bias_rate,
+        generate_text,
+        good_answer_rate,
+        kl,
+    )
+
+    ctx = context or _null
+    trig, border, ordinary = (list(world.eval[c]) for c in ("trigger", "borderline", "ordinary"))
+    t0 = time.perf_counter()
+    with ctx():
+        r_trig = generate_text(model, trig, max_new_tokens=max_new_tokens)
+        r_border = generate_text(model, border, max_new_tokens=max_new_tokens)
+        row = {
+            "variant": name,
+            "bad_response_rate": bad_response_rate(model, trig, responses=r_trig),
+            "good_answer_rate": good_answer_rate(model, trig, responses=r_trig),
+            "bias_rate": bias_rate(model, border, responses=r_border),
+            "kl_ordinary_vs_tuned": kl(model, reference, ordinary),
+            "kl_ordinary_vs_gold": kl(model, world.gold_model, ordinary),
+            "kl_trigger_vs_gold": kl(model, world.gold_model, trig),
+        }
+    row["eval_seconds"] = time.perf_counter() - t0
+    ex = [{"variant": name, "category": "trigger", "prompt": p.prompt, "response": r}
+          for p, r in zip(trig[:n_examples], r_trig[:n_examples])]
+    ex += [{"variant": name, "category": "borderline", "prompt": p.prompt, "response": r}
+           for p, r in zip(border[:n_examples], r_border[:n_examples])]
+    return row, ex
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield None
