@@ -10,6 +10,7 @@ model, pairs and settings loads them in seconds instead of running the model.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -50,6 +51,48 @@ def _site_slug(site: Site) -> str:
     return re.sub(r"[^A-Za-z0-9_.@#-]+", "_", site.key)
 
 
+def cached_item_features(body: Any, items: Sequence[tuple[str, str]], sites: Sequence[Site],
+                         ids: Sequence[str], max_length: int | None, batch_size: int,
+                         cache_dir: str | os.PathLike[str] | None, tag: str,
+                         progress: bool | None = None) -> dict[Site, Features]:
+    """:func:`item_features` through one FeatureStore per Site at
+    ``cache_dir/<fingerprint>/<site>-L<max_length>-<tag>`` (no cache when ``cache_dir`` is
+    None). A store is reused only if its ids equal ``ids`` (same rows, same order)."""
+    if cache_dir is None:
+        return item_features(body, items, sites, ids, max_length, batch_size, progress)
+    root = Path(cache_dir) / model_fingerprint(body)
+    paths = {s: root / f"{_site_slug(s)}-L{max_length}-{tag}" for s in sites}
+    out: dict[Site, Features] = {}
+    for s in sites:
+        got = _try_load(paths[s], list(ids))
+        if got is not None:
+            out[s] = got
+    todo = [s for s in sites if s not in out]
+    if todo:
+        for s, f in item_features(body, items, todo, ids, max_length, batch_size,
+                                  progress).items():
+            _save(paths[s], f)
+            out[s] = f
+    return {s: out[s] for s in sites}
+
+
+def content_ids(items: Sequence[tuple[str, str]]) -> list[str]:
+    """Unique ids from the content of ``(prompt, response)`` items (repeats get ``-k``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p, r in items:
+        h = hashlib.sha256(f"{p}\x1f{r}".encode()).hexdigest()[:16]
+        k = seen.get(h, 0)
+        seen[h] = k + 1
+        out.append(h if k == 0 else f"{h}-{k}")
+    return out
+
+
+def ids_tag(ids: Sequence[str]) -> str:
+    """Short hash naming a list of ids (for cache folder names)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+
+
 def pair_features(body: Any, pairs: Sequence[PreferencePair], sites: Site | Sequence[Site],
                   max_length: int | None = 128, batch_size: int = 32, sep: str = " ",
                   cache_dir: str | os.PathLike[str] | None = None,
@@ -77,27 +120,11 @@ def pair_features(body: Any, pairs: Sequence[PreferencePair], sites: Site | Sequ
         if s.position == "all":
             raise ConfigError(f"Site {s.key}: reward features need a pooled position, not 'all'.")
     result: dict[str, dict[Site, Features]] = {}
-    fp = model_fingerprint(body) if cache_dir is not None else ""
-    for side, tag in zip(SIDES, ("c", "r")):
+    for k, (side, tag) in enumerate(zip(SIDES, ("c", "r"))):
         ids = [f"{p.id}:{tag}" for p in pairs]
-        items = [p.items(sep)[0 if side == "chosen" else 1] for p in pairs]
-        paths = {}
-        cached: dict[Site, Features] = {}
-        if cache_dir is not None:
-            root = Path(cache_dir) / fp
-            for s in site_list:
-                paths[s] = root / f"{_site_slug(s)}-L{max_length}-sep{len(sep)}-{side}"
-                got = _try_load(paths[s], ids)
-                if got is not None:
-                    cached[s] = got
-        todo = [s for s in site_list if s not in cached]
-        if todo:
-            fresh = item_features(body, items, todo, ids, max_length, batch_size, progress)
-            for s, f in fresh.items():
-                if cache_dir is not None:
-                    _save(paths[s], f)
-                cached[s] = f
-        result[side] = {s: cached[s] for s in site_list}
+        items = [p.items(sep)[k] for p in pairs]
+        result[side] = cached_item_features(body, items, site_list, ids, max_length, batch_size,
+                                            cache_dir, f"sep{len(sep)}-{side}", progress)
     return result
 
 

@@ -32,7 +32,13 @@ from mechunlearn.features import Features, model_fingerprint
 from mechunlearn.hooks import Intervention, apply
 from mechunlearn.seal.data import PreferencePair
 from mechunlearn.seal.errors import BodyMismatchError, SiteMismatchError
-from mechunlearn.seal.featurize import item_features, pair_features
+from mechunlearn.seal.featurize import (
+    cached_item_features,
+    content_ids,
+    ids_tag,
+    item_features,
+    pair_features,
+)
 from mechunlearn.seal.head import LinearHead, fit_head
 from mechunlearn.sites import Site
 
@@ -155,16 +161,21 @@ class RewardModel:
 
     def score(self, items: Sequence[tuple[str, str]], batch_size: int = 32,
               interventions: Sequence[Intervention] = (), progress: bool | None = None,
-              ) -> Tensor:
+              cache_dir: str | os.PathLike[str] | None = None) -> Tensor:
         """Scores ``[n]`` of ``(prompt, response)`` items (``response`` without ``sep``).
 
         ``interventions`` are applied to the body during the forward passes (activation
-        perturbations); they must sit at or before the RM's Site.
+        perturbations); they must sit at or before the RM's Site. ``cache_dir`` (without
+        interventions) keeps the features in a FeatureStore keyed by the items' content.
         """
         body = self._need_body()
         its = [(p, self.config.sep + r) for p, r in items]
         ids = [str(i) for i in range(len(its))]
-        if interventions:
+        if cache_dir is not None and not interventions:
+            ids = content_ids(its)
+            f = cached_item_features(body, its, [self.site], ids, self.config.max_length,
+                                     batch_size, cache_dir, "items-" + ids_tag(ids), progress)
+        elif interventions:
             with apply(body, *interventions):
                 f = item_features(body, its, [self.site], ids, self.config.max_length,
                                   batch_size, progress)
