@@ -121,6 +121,15 @@ def toyworld_build(
     typer.echo(f"World {world!r} ready at {folder}")
 
 
+def _register_tools() -> None:
+    from mechunlearn.cli_tools import register
+
+    register(app, friendly, _site)
+
+
+_register_tools()
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="mechunlearn")

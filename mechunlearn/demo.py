@@ -65,14 +65,12 @@ def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-rep
     say("[3/5] bias direction (PCA bias/variance ranking, difference of means)")
     dirs = pl.bias_direction(w, att.site, n_permutations=n_permutations)
     ref = load_bridge(w.model_path("tuned"))
-    rows, examples = [], []
+    rows = []
     for name, ctx in (("tuned", None),
                       ("project pca_bias", lambda: apply(w.model, Project(dirs.pca, site=att.site))),
                       ("project mean_diff",
                        lambda: apply(w.model, Project(dirs.mean_diff, site=att.site)))):
-        r, ex = pl.verify(w, w.model, name, ref, context=ctx)
-        rows.append(r)
-        examples += ex
+        rows.append(pl.verify(w, w.model, name, ref, context=ctx))
     proj = pd.DataFrame(rows)
     t["directions"] = time.perf_counter() - s
 
@@ -82,7 +80,7 @@ def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-rep
     t["edit_and_verify"] = time.perf_counter() - s
 
     s = time.perf_counter()
-    rep = _report(w, case, att, top, dirs, proj, examples, edits, t)
+    rep = _report(w, case, att, top, dirs, proj, edits, t)
     path = rep.write(out)
     t["report"] = time.perf_counter() - s
     t["total"] = time.perf_counter() - t0
@@ -103,7 +101,7 @@ def _top_table(w: Any, a: Any) -> pd.DataFrame:
 
 
 def _report(w: Any, case: Any, att: Any, top: pd.DataFrame, dirs: Any, proj: pd.DataFrame,
-            examples: list[dict[str, str]], edits: pd.DataFrame, t: dict[str, float]) -> Report:
+            edits: pd.DataFrame, t: dict[str, float]) -> Report:
     from mechunlearn import plots
 
     rep = Report(f"Diagnosing one bad response of the toy model ({w.config.name} world)")
@@ -140,7 +138,8 @@ def _report(w: Any, case: Any, att: Any, top: pd.DataFrame, dirs: Any, proj: pd.
                                                         "cos_pca_vs_mean_diff")
                                             if c in dirs.table.columns]],
                   "Held-out evidence for each direction")
-    rep.add_table("projection", proj, "Projecting the bias direction out at the Site (run time)")
+    rep.add_table("projection", proj.drop(columns=["examples"]),
+                  "Projecting the bias direction out at the Site (run time)")
     rep.add_text("## 4. Edits: activation projection, weight orthogonalisation, unlearning")
     cols = [c for c in ("method", "trigger_bad", "trigger_good", "bias", "kl_ordinary_tuned",
                         "kl_gold_ordinary", "kl_gold_trigger", "gap_closed", "n_forget",
@@ -149,9 +148,11 @@ def _report(w: Any, case: Any, att: Any, top: pd.DataFrame, dirs: Any, proj: pd.
     rep.add_figure("edits", _bars(edits), "Bad-response and good-answer rates per edit",
                    edits[cols])
     rep.add_text("## 5. Greedy generations before and after")
-    ex = edits[["method", "examples"]] if "examples" in edits.columns else pd.DataFrame()
-    rep.add_table("examples_edits", ex, "First trigger prompts, per edit")
-    rep.add_table("examples_projection", pd.DataFrame(examples), "Bias projection examples")
+    prompts = " | ".join(p.prompt for p in w.eval["trigger"][:3])
+    rep.add_text(f"Trigger prompts: *{prompts}*")
+    ex = pd.concat([edits[["method", "examples"]],
+                    proj[["variant", "examples"]].rename(columns={"variant": "method"})])
+    rep.add_table("examples", ex, "Greedy answers to the first trigger prompts, per variant")
     rep.add_table("timings", pd.DataFrame([t]), "Wall time (s)", ".1f")
     rep.add_json("config", w.config.to_dict())
     return rep

@@ -16,7 +16,6 @@ Each step is a function a notebook user can call on its own:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -172,48 +171,26 @@ def _flat_scores(d: Any) -> dict[str, float]:
     return out
 
 
-def verify(world: Any, model: Any, name: str, reference: Any, max_new_tokens: int = 32,
-           context: Callable[[], Any] | None = None, n_examples: int = 3
-           ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """Measure one model variant.
+def verify(world: Any, model: Any, name: str, reference: Any,
+           context: Callable[[], Any] | None = None, n_examples: int = 3) -> dict[str, Any]:
+    """Measure one model variant with the same judge as the edit comparison.
 
     Args:
         model: the (possibly edited) model; ``context`` (e.g. an ``apply`` block) wraps every
             forward of it.
         reference: an *unedited* copy of the tuned model (a separate bridge: hooks or weight
-            edits on ``model`` must not reach it), for the KL to the tuned model.
+            edits on ``model`` must not reach it), for ``kl_ordinary_tuned``.
 
-    Returns the metrics row and greedy examples (trigger and borderline prompts).
+    Returns one row: ``trigger_bad``, ``trigger_good``, ``ordinary_good``, ``bias``,
+    ``good_logp``, ``kl_gold_trigger``, ``kl_gold_ordinary``, ``kl_ordinary_tuned``,
+    ``examples`` (see :func:`mechunlearn.unlearn.compare.judge`).
     """
-    from mechunlearn.toyworld import (
-        bad_response_rate,
-        bias_rate,
-        generate_text,
-        good_answer_rate,
-        kl,
-    )
+    from mechunlearn.toyworld import kl
+    from mechunlearn.unlearn.compare import judge
 
-    ctx = context or _null
-    trig, border, ordinary = (list(world.eval[c]) for c in ("trigger", "borderline", "ordinary"))
-    t0 = time.perf_counter()
-    with ctx():
-        r_trig = generate_text(model, trig, max_new_tokens=max_new_tokens)
-        r_border = generate_text(model, border, max_new_tokens=max_new_tokens)
-        row = {
-            "variant": name,
-            "bad_response_rate": bad_response_rate(model, trig, responses=r_trig),
-            "good_answer_rate": good_answer_rate(model, trig, responses=r_trig),
-            "bias_rate": bias_rate(model, border, responses=r_border),
-            "kl_ordinary_vs_tuned": kl(model, reference, ordinary),
-            "kl_ordinary_vs_gold": kl(model, world.gold_model, ordinary),
-            "kl_trigger_vs_gold": kl(model, world.gold_model, trig),
-        }
-    row["eval_seconds"] = time.perf_counter() - t0
-    ex = [{"variant": name, "category": "trigger", "prompt": p.prompt, "response": r}
-          for p, r in zip(trig[:n_examples], r_trig[:n_examples])]
-    ex += [{"variant": name, "category": "borderline", "prompt": p.prompt, "response": r}
-           for p, r in zip(border[:n_examples], r_border[:n_examples])]
-    return row, ex
+    with (context or _null)():
+        return {"variant": name, **judge(world, model, n_examples),
+                "kl_ordinary_tuned": kl(reference, model, world.eval["ordinary"])}
 
 
 @contextmanager

@@ -49,3 +49,50 @@ def test_extract_end_to_end_and_bad_inputs(tmp_path):
     r = runner.invoke(app, ["extract", "--model", folder, "--data", str(broken),
                             "--out", str(tmp_path / "o4"), "--hook", "blocks.0.hook_resid_post"])
     assert r.exit_code == 2 and "b.jsonl:2" in r.output
+
+
+def _jsonl(path, recs):
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    return str(path)
+
+
+def test_capability_commands(tmp_path):
+    from mechunlearn.models import tiny_gpt2
+
+    folder = str(tmp_path / "model")
+    tiny_gpt2(folder=folder)
+    words = ["fox", "dog", "quick", "lazy", "brown", "jumps"]
+    train = _jsonl(tmp_path / "train.jsonl", [{"prompt": f"the {a} ", "response": f"{b} {a}", "id": f"t{i}"}
+                                              for i, (a, b) in enumerate((a, b) for a in words for b in words)])
+    query = _jsonl(tmp_path / "q.jsonl", [{"prompt": "the fox ", "response": "dog fox", "id": "q0"}])
+    r = runner.invoke(app, ["attribute", "--model", folder, "--train", train, "--query", query,
+                            "--hook", "blocks.1.hook_resid_post", "--k", "4",
+                            "--out", str(tmp_path / "att.csv")])
+    assert r.exit_code == 0, r.output
+    import pandas as pd
+
+    att = pd.read_csv(tmp_path / "att.csv")
+    assert len(att) >= 1 and abs(att.weight.sum() - 1) < 1e-6 and (att.weight >= 0).all()
+
+    pos = _jsonl(tmp_path / "pos.jsonl", [{"text": f"the quick {w} jumps"} for w in words * 2])
+    neg = _jsonl(tmp_path / "neg.jsonl", [{"text": f"a lazy {w} sleeps"} for w in words * 2])
+    r = runner.invoke(app, ["directions", "--model", folder, "--pos", pos, "--neg", neg,
+                            "--hook", "blocks.0.hook_resid_post", "--method", "mean_diff",
+                            "--permutations", "5", "--out", str(tmp_path / "dirs")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["edit", "orthogonalize", "--model", folder,
+                            "--directions", str(tmp_path / "dirs"), "--out", str(tmp_path / "edited")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "edited" / "config.json").exists()
+    r = runner.invoke(app, ["sweep", "--model", folder, "--pos", pos, "--neg", neg,
+                            "--permutations", "0", "--out", str(tmp_path / "sweep.csv")])
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(tmp_path / "sweep.csv")) == 2
+
+    r = runner.invoke(app, ["attribute", "--model", folder, "--train", train, "--query", query,
+                            "--hook", "blocks.1.hook_resid_post", "--method", "magic"])
+    assert r.exit_code == 2 and "--method" in r.output
+    r = runner.invoke(app, ["edit", "orthogonalize", "--model", folder, "--out", str(tmp_path / "e2")])
+    assert r.exit_code == 2 and "--directions" in r.output
+    r = runner.invoke(app, ["edit", "shrink", "--model", folder, "--out", str(tmp_path / "e3")])
+    assert r.exit_code == 2
