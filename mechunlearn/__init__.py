@@ -20,9 +20,32 @@ from mechunlearn.tokens import TokenBatch, tokenize
 
 __version__ = "0.1.0"
 
+# Heavier parts load on first use (``mu.Project``, ``mu.orthogonalize_``, ...), keeping
+# ``import mechunlearn`` cheap and free of side effects.
+_LAZY = {
+    "Project": "mechunlearn.interventions", "Steer": "mechunlearn.interventions",
+    "Clamp": "mechunlearn.interventions", "Erase": "mechunlearn.interventions",
+    "Patch": "mechunlearn.interventions", "Directions": "mechunlearn.directions",
+    "ConvexAttributor": "mechunlearn.attribution", "RepSim": "mechunlearn.attribution",
+    "Attribution": "mechunlearn.attribution", "orthogonalize_": "mechunlearn.weights",
+    "export_hf": "mechunlearn.weights",
+    "FeatureStore": "mechunlearn.store", "extract_to_store": "mechunlearn.store",
+}  # (not ``sweep``/``unlearn``: those names are subpackages)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - module-level lazy attribute (PEP 562)
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mechunlearn' has no attribute {name!r}")
+
 __all__ = [
     "ArchitectureError", "Compose", "ConfigError", "DTypeError", "EmptyDataError", "Features",
     "HookNotFiredError", "Intervention", "MechUnlearnError", "NonFiniteError", "ShapeError",
     "Site", "StoreError", "StoreMismatchError", "TokenBatch", "UnknownHookError", "add_hooks",
     "apply", "attn_out", "extract", "mlp_out", "model_fingerprint", "resid", "sites", "tokenize",
+    *_LAZY,
 ]
