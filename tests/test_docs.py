@@ -17,9 +17,13 @@ def _blocks(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("path", [f for f in FILES if _blocks(f)], ids=lambda p: p.name)
-def test_doc_code_blocks_run(path, tmp_path, monkeypatch):
+def test_doc_code_blocks_run(path, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MECHUNLEARN_CACHE", str(tmp_path / "cache"))
+    if "toyworld.load(" in path.read_text():  # reuse the session's tiny world (no retraining)
+        world = request.getfixturevalue("tiny_world")
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "toyworld").symlink_to(world.path.parent)
     ns: dict = {"__name__": f"doc_{path.stem}"}
     for i, code in enumerate(_blocks(path)):
         try:
