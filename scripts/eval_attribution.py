@@ -35,7 +35,10 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="comma-separated subset of METHODS")
     ap.add_argument("--grad-loss", default="dpo", choices=["dpo", "nll"])
     ap.add_argument("--counterfactual", action="store_true")
-    ap.add_argument("--cf-methods", default="convex,repsim")
+    ap.add_argument("--cf-methods", default="convex,best_baseline",
+                    help="methods whose top-k is removed; 'best_baseline' = the best non-convex, "
+                         "non-random method by AUC")
+    ap.add_argument("--cf-random-seeds", type=int, default=1)
     ap.add_argument("--cf-k", type=int, default=None, help="removal size (default: #poisoned)")
     ap.add_argument("--reference-fallback", action="store_true",
                     help="use reference bad responses if the tuned model gives none (smoke test)")
@@ -83,14 +86,17 @@ def main() -> None:
         ids = [p.id for p in world.train]
         k = args.cf_k or len(world.truth.poisoned_ids)
         sets = {}
+        baselines = best[~best["method"].str.startswith("convex") & (best["method"] != "random")]
         for m in args.cf_methods.split(","):
+            if m == "best_baseline" and len(baselines):
+                m = str(baselines["method"].iloc[0])
             row = best[best["method"] == m]
             if len(row) == 0:
                 continue
             site = row["site"].iloc[0]
             sets[f"{m} top-{k} @ {site}"] = top_k_ids(means[(m, site)], ids, k)
-        sets[f"random {k} (seed 0)"] = random_ids(ids, k, seed=0)
-        sets[f"random {k} (seed 1)"] = random_ids(ids, k, seed=1)
+        for seed in range(args.cf_random_seeds):
+            sets[f"random {k} (seed {seed})"] = random_ids(ids, k, seed=seed)
         cf = counterfactual(world, sets)
         cf.insert(0, "world", args.world)
         _atomic_csv(cf, stem + "_counterfactual.csv")

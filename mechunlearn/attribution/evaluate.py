@@ -30,7 +30,7 @@ from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.features import extract
 from mechunlearn.sites import Site
 
-METHODS = ("convex", "repsim", "repsim_centered", "gradsim", "tracin", "random")
+METHODS = ("convex", "convex_local", "repsim", "repsim_centered", "gradsim", "tracin", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +51,7 @@ class EvalConfig:
         max_queries: cap on bad queries (``None``: all).
         k: selected-set size reported by every method.
         convex: :class:`ConvexConfig` for ``convex``.
+        convex_local: :class:`ConvexConfig` for ``convex_local`` (default ``locality=1``).
         seed: seed of the random baseline and projections.
     """
 
@@ -62,6 +63,7 @@ class EvalConfig:
     max_queries: int | None = 64
     k: int = 32
     convex: ConvexConfig = field(default_factory=ConvexConfig)
+    convex_local: ConvexConfig = field(default_factory=lambda: ConvexConfig(locality=1.0))
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -179,6 +181,8 @@ def evaluate_world(world: Any, config: EvalConfig | None = None,
         attrs: dict[str, Attributor] = {}
         if "convex" in cfg.methods:
             attrs["convex"] = ConvexAttributor(ft, cfg.convex)
+        if "convex_local" in cfg.methods:
+            attrs["convex_local"] = ConvexAttributor(ft, cfg.convex_local)
         if "repsim" in cfg.methods:
             attrs["repsim"] = RepSim(ft, k=cfg.k)
         if "repsim_centered" in cfg.methods:
