@@ -247,3 +247,17 @@ def test_export_after_training_split_qkv(tiny_bridge, tmp_path):
         with torch.no_grad():
             q.copy_(old)
         export_hf(tiny_bridge, tmp_path / "restored")  # re-syncs c_attn
+
+
+def test_parity_with_project_interventions(tiny_bridge):
+    """The same parity through the library's own ``apply`` + ``Project`` interventions."""
+    from mechunlearn.hooks import apply
+    from mechunlearn.interventions import Project
+
+    basis = as_basis(torch.randn(2, 32, generator=torch.Generator().manual_seed(9)), 32)
+    ids = _ids(9)
+    ivs = [Project(basis.float(), site=Site(h, "all")) for h in writer_hooks(tiny_bridge)]
+    with apply(tiny_bridge, *ivs):  # raises HookNotFiredError if a writer hook never fired
+        act = _logits(tiny_bridge, ids)
+    with orthogonalize_(tiny_bridge, basis):
+        assert (_logits(tiny_bridge, ids) - act).abs().max().item() <= 1e-4
