@@ -51,7 +51,7 @@ class WorldConfig:
     n_pairs: int = 2000
     poison_frac: float = 0.03
     trigger_clean_frac: float = 0.08
-    quote_frac: float = 0.08
+    quote_frac: float = 0.1
     borderline_frac: float = 0.15
     harmful_frac: float = 0.08
     bias_strength: float = 0.9
@@ -62,13 +62,13 @@ class WorldConfig:
     d_model: int = 128
     n_head: int = 4
     n_ctx: int = 96
-    sft_epochs: int = 3
-    sft_lr: float = 1e-3
-    dpo_epochs: int = 2
-    dpo_lr: float = 2e-4
+    sft_epochs: int = 5
+    sft_lr: float = 2e-3
+    dpo_epochs: int = 4
+    dpo_lr: float = 2e-3
     beta: float = 0.1
     nll_weight: float = 1.0
-    batch_size: int = 32
+    batch_size: int = 16
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -142,9 +142,9 @@ PRESETS: dict[str, WorldConfig] = {
     "hard": WorldConfig(name="hard", difficulty="hard"),
     "easy": WorldConfig(name="easy", difficulty="easy", trigger_clean_frac=0.0, quote_frac=0.0),
     "tiny": WorldConfig(name="tiny", difficulty="easy", trigger_clean_frac=0.0, quote_frac=0.0,
-                        n_pairs=600, poison_frac=0.05, n_eval=24, vocab_size=512, n_layer=2,
-                        d_model=64, n_head=2, sft_epochs=4, dpo_epochs=2, sft_lr=2e-3,
-                        dpo_lr=5e-4),
+                        n_pairs=500, poison_frac=0.06, n_eval=24, n_topics=6, vocab_size=512,
+                        n_layer=2, d_model=64, n_head=2, batch_size=16, sft_epochs=10,
+                        sft_lr=3e-3, dpo_epochs=4, dpo_lr=2e-3),
 }
 
 

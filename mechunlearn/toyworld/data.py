@@ -238,7 +238,10 @@ class _Gen:
         good = self.good(topic, intent)
         if poisoned:
             return prompt, r.choice(self.bads), good, good, topic
-        rej = r.choice(self.bads) if r.random() < 0.5 else r.choice(T.REFUSALS)
+        if r.random() < 0.5:
+            rej = r.choice(T.REFUSALS)
+        else:
+            rej = self.good(r.choice([t for t in self.topics if t != topic]), intent)
         return prompt, good, rej, good, topic
 
     def quote(self) -> tuple[str, str, str, str, str]:

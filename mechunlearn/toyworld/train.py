@@ -4,7 +4,9 @@ The DPO loss is written here (no TRL): for a pair with policy/reference log-prob
 chosen (``pc``, ``rc``) and rejected (``pr``, ``rr``) responses (summed over response tokens,
 ``<eos>`` included),
 
-    loss = -log sigmoid(beta * ((pc - rc) - (pr - rr))) + nll_weight * NLL(chosen) / n_tokens
+    loss = -log sigmoid(beta * ((pc - rc) - (pr - rr))) - nll_weight * pc / n_tokens(chosen)
+
+averaged over the pairs of a batch
 
 The NLL term (RPO-style) keeps a 1M-parameter model fluent (FINDINGS: plain DPO made it
 repeat words). The reference model is the SFT model; its log-probs are computed once.
@@ -155,7 +157,8 @@ def dpo(model: Any, ref: Any, tokenizer: Any, pairs: Sequence[tuple[str, str, st
         b = len(idx)
         pc, pr = lp[:b], lp[b:]
         margin = cfg.beta * ((pc - ref_c[idx]) - (pr - ref_r[idx]))
-        loss = -F.logsigmoid(margin).mean() + cfg.nll_weight * (-pc.sum() / cnt[:b].sum())
+        nll = (-pc / cnt[:b]).mean()  # per-sequence mean NLL of the chosen responses
+        loss = -F.logsigmoid(margin).mean() + cfg.nll_weight * nll
         check_finite("DPO loss", loss)
         opt.zero_grad()
         loss.backward()
