@@ -148,7 +148,7 @@ def retrieval_bench(args: argparse.Namespace) -> None:
             q_s = time.perf_counter() - t
             wide = index.search(Q, 100)
 
-            def recall(got):
+            def recall(got, exact=exact):
                 return round(sum(len(set(a.tolist()) & set(b.tolist()))
                                  for a, b in zip(got.indices, exact.indices))
                              / exact.indices.numel(), 3)
