@@ -60,6 +60,26 @@ def run_finder(
     ``n_permutations=0`` skips the permutation test; ``n_splits`` folds for held-out AUC.
     """
     check_evidence_args(n_splits, n_permutations, alpha)
+    with blas_threads():
+        return _run(method, basis_fn, x_pos, x_neg, labels, groups, site, settings, n_splits,
+                    n_permutations, alpha, seed)
+
+
+def blas_threads() -> Any:
+    """Context limiting BLAS/OpenMP threads to ``torch.get_num_threads()``.
+
+    Many small SVDs / solves with a multi-threaded OpenBLAS on a busy machine were ~20x
+    slower (CPU time) than single-threaded ones; thread counts follow the user's torch setting.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=torch.get_num_threads())
+
+
+def _run(method: str, basis_fn: BasisFn, x_pos: Any, x_neg: Any, labels: Any, groups: Any,
+         site: Any, settings: dict[str, Any], n_splits: int, n_permutations: int,
+         alpha: float, seed: int) -> Directions:
     X, y = labelled(x_pos, x_neg, labels)
     g = groups_array(groups, len(X))
     site_ = site_of(x_pos, x_neg, site=site)

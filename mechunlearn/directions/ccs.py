@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mechunlearn.directions._fit import check_evidence_args
+from mechunlearn.directions._fit import blas_threads, check_evidence_args
 from mechunlearn.directions.base import (
     Directions,
     as_matrix,
@@ -124,6 +124,14 @@ def ccs(
         ``loss``, ``restart_losses``, ``mean_diff``, ``train_auc`` (pair AUC) and evidence.
     """
     check_evidence_args(n_splits, n_permutations, alpha)
+    with blas_threads():
+        return _ccs(x_pos, x_neg, labels, n_restarts, epochs, lr, weight_decay, normalize,
+                    groups, site, n_splits, n_permutations, alpha, seed)
+
+
+def _ccs(x_pos: Any, x_neg: Any, labels: Any, n_restarts: int, epochs: int, lr: float,
+         weight_decay: float, normalize: str, groups: Any, site: Any, n_splits: int,
+         n_permutations: int, alpha: float, seed: int) -> Directions:
     if normalize not in ("mean", "std"):
         raise ConfigError(f"normalize must be 'mean' or 'std', got {normalize!r}.")
     if n_restarts < 1 or epochs < 1:

@@ -70,9 +70,8 @@ def auc(scores: np.ndarray, y: np.ndarray) -> float:
 def folds(
     y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) index pairs: stratified k-fold, or stratified group k-fold."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
+    """(train, test) index pairs: stratified k-fold, or k-fold over whole groups (groups
+    sorted by their share of X+ and dealt out, so folds stay balanced)."""
     if n_splits < 2:
         raise ConfigError(f"n_splits must be >= 2, got {n_splits}.")
     n_min = min(int(y.sum()), int((~y).sum()))
@@ -90,11 +89,18 @@ def folds(
             offset += len(cls)
         idx = np.arange(len(y))
         return [(idx[fold_of != k], idx[fold_of == k]) for k in range(n_splits)]
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise EmptyDataError(f"{n_groups} groups cannot fill {n_splits} folds; use fewer n_splits.")
-    cv = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
-    return list(cv.split(np.zeros(len(y)), y, groups))
+    uniq, inv = np.unique(groups, return_inverse=True)
+    if len(uniq) < n_splits:
+        raise EmptyDataError(f"{len(uniq)} groups cannot fill {n_splits} folds; use fewer n_splits.")
+    # stratify groups by their share of X+, then deal them out in shuffled order
+    share = np.bincount(inv, weights=y.astype(float)) / np.bincount(inv)
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(uniq)), share))
+    group_fold = np.empty(len(uniq), dtype=np.int64)
+    group_fold[order] = (np.arange(len(uniq)) + rng.integers(n_splits)) % n_splits
+    fold_of = group_fold[inv]
+    idx = np.arange(len(y))
+    return [(idx[fold_of != k], idx[fold_of == k]) for k in range(n_splits)]
 
 
 def heldout_auc(
@@ -124,15 +130,14 @@ def permute(y: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator) 
     """Labels shuffled as described in the module docstring."""
     if groups is None:
         return rng.permutation(y)
-    uniq, inv = np.unique(groups, return_inverse=True)
-    const = all(len(set(y[inv == g].tolist())) == 1 for g in range(len(uniq)))
-    out = y.copy()
-    if const:
-        glab = np.array([y[inv == g][0] for g in range(len(uniq))])
-        return rng.permutation(glab)[inv]
-    for g in range(len(uniq)):
-        idx = np.nonzero(inv == g)[0]
-        out[idx] = y[rng.permutation(idx)]
+    _, inv = np.unique(groups, return_inverse=True)
+    pos, size = np.bincount(inv, weights=y.astype(float)), np.bincount(inv)
+    if np.all((pos == 0) | (pos == size)):  # labels constant within groups: permute groups
+        return rng.permutation(pos > 0)[inv]
+    by_group = np.argsort(inv, kind="stable")
+    shuffled = np.lexsort((rng.random(len(y)), inv))  # group-sorted, random within a group
+    out = np.empty_like(y)
+    out[by_group] = y[shuffled]
     return out
 
 
