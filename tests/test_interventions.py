@@ -190,3 +190,12 @@ def test_apply_projection_on_some_positions(tiny_bridge):
     b = Project(basis, site).basis
     assert float((a[-1] @ b.T).abs().max()) < 1e-5
     assert float((a[:-1] @ b.T).abs().max()) > 1e-3
+
+
+def test_head_site_edits_only_that_head():
+    site = Site("blocks.0.attn.hook_z", head=1)
+    u = torch.nn.functional.normalize(torch.randn(4), dim=0)
+    act = torch.randn(2, 3, 2, 4)
+    out = Project(u, site)(act)
+    torch.testing.assert_close(out[:, :, 0], act[:, :, 0])
+    assert float((out[:, :, 1] @ u).abs().max()) < 1e-6
