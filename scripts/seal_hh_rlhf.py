@@ -96,8 +96,16 @@ def main() -> None:
     rows, models = [], {}
     for s in cands:
         fc, fr = feats["chosen"][s], feats["rejected"][s]
-        rm = RewardModel.from_features(fc.subset(tr), fr.subset(tr), body, seed=args.seed,
-                                       max_length=args.max_length)
+        key = hashlib.sha256(f"{fc.fingerprint}|{s.key}|{args.max_length}|{args.seed}|"
+                             f"{','.join(pairs[i].id for i in tr)}".encode()).hexdigest()[:16]
+        saved = Path(args.cache) / f"rm-{key}"
+        if (saved / "config.json").is_file():  # a cached fit of the same head
+            loaded = RewardModel.load(saved)
+            rm = RewardModel(loaded.head, loaded.config, body)
+        else:
+            rm = RewardModel.from_features(fc.subset(tr), fr.subset(tr), body, seed=args.seed,
+                                           max_length=args.max_length)
+            rm.save(saved)
         rc, rr = rm.score_features(fc.subset(te)), rm.score_features(fr.subset(te))
         models[s] = rm
         rows.append({"site": s.key, "layer": s.layer, "pooling": str(s.position),

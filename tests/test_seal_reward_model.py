@@ -134,7 +134,7 @@ def test_finetune_last_block_and_reload(tmp_path):
 def test_minilm_small_slice_end_to_end(minilm, hh_rlhf_path, tmp_path):
     pairs, _ = load_hh_rlhf(hh_rlhf_path, limit=24)
     rm = RewardModel.fit(minilm, pairs[:16], max_length=48, l2=10.0, cache_dir=tmp_path)
-    assert rm.site == Site("blocks.5.hook_resid_post", "mean")
+    assert rm.site == Site("blocks.5.hook_resid_post", "response_mean")
     assert int((~rm.head.keep).sum()) >= 1  # MiniLM's near-dead final-LN dims are dropped
     rc, rr = rm.score_pairs(pairs[16:])
     assert torch.isfinite(rc).all() and rc.shape == (8,)

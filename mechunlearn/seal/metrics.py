@@ -169,18 +169,27 @@ def feature_imprint(r_chosen: object, r_rejected: object, labels_chosen: pd.Data
     else:
         scale = np.where(scale > 0, 1.0, 0.0)
     rng = np.random.default_rng(seed)
-    boots = [rng.integers(0, n, n) for _ in range(int(n_boot))]
+    weights = [np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+               for _ in range(int(n_boot))]
     rows = []
     for target in ("score", "reward_diff"):
-        def fit(idx: np.ndarray, target: str = target) -> tuple[np.ndarray, list[str]]:
-            if target == "score":
-                x, names = _design(np.vstack([xc[idx], xr[idx]]), cols, scale)
-                return _ols(x, np.concatenate([rc[idx], rr[idx]])), names
-            x, names = _design(xc[idx] - xr[idx], cols, scale)
-            return _ols(x, rc[idx] - rr[idx]), names
+        if target == "score":
+            x, names = _design(np.vstack([xc, xr]), cols, scale)
+            y = np.concatenate([rc, rr])
+        else:
+            x, names = _design(xc - xr, cols, scale)
+            y = rc - rr
 
-        coef, names = fit(np.arange(n))
-        draws = np.array([fit(b)[0] for b in boots]) if boots else np.empty((0, coef.size))
+        def fit(w: np.ndarray | None, x: np.ndarray = x, y: np.ndarray = y,
+                target: str = target) -> np.ndarray:
+            if w is None:
+                return _ols(x, y)
+            ww = np.concatenate([w, w]) if target == "score" else w  # resample whole pairs
+            xtw = x.T * ww
+            return np.linalg.lstsq(xtw @ x, xtw @ y, rcond=None)[0]
+
+        coef = fit(None)
+        draws = np.array([fit(w) for w in weights]) if weights else np.empty((0, coef.size))
         lo_q, hi_q = (1 - ci) / 2, 1 - (1 - ci) / 2
         for j, name in enumerate(["(intercept)"] + names):
             d = draws[:, j] if len(draws) else np.array([])

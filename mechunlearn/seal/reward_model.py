@@ -4,14 +4,15 @@ Two ways to train it with the Bradley-Terry loss on (chosen, rejected) pairs:
 
 * **head only** (:meth:`RewardModel.fit` / :meth:`RewardModel.from_features`): the body is
   frozen; features are extracted once (or read from a FeatureStore) and a ridge-regularised
-  linear head is fitted by L-BFGS. Fast and deterministic.
+  linear head is fitted by damped Newton steps. Fast and deterministic.
 * **fine-tuning** (:meth:`RewardModel.finetune_`): gradients flow through the last ``n``
   blocks up to the Site. This edits the body's weights **in place** (hence the ``_``).
 
 The default Site is the last block's ``hook_resid_post``: at the last real token for causal
-models (the only token that has seen the whole response), mean-pooled over real tokens for
-bidirectional encoders like all-MiniLM-L6-v2 (its last token is ``[SEP]``; mean pooling is
-what the encoder was trained for; see ``docs/seal.md`` for the measured comparison).
+models (the only token that has seen the whole response), and mean-pooled over the *response*
+tokens for bidirectional encoders like all-MiniLM-L6-v2 (its last token is ``[SEP]``; on the
+hh-rlhf sample response-mean pooling beat mean over all tokens and ``[CLS]`` at every layer in
+cross-validation; see ``docs/seal.md`` for the measured comparison).
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ from mechunlearn.sites import Site
 
 
 def default_site(body: Any) -> Site:
-    """Last block's ``hook_resid_post``: ``"mean"`` for bidirectional bodies, else ``"last"``."""
+    """Last block's ``hook_resid_post``: ``"response_mean"`` for bidirectional bodies, else
+    ``"last"``."""
     n = int(body.cfg.n_layers)
     bidir = getattr(body.cfg, "attention_dir", "causal") == "bidirectional"
-    return Site(f"blocks.{n - 1}.hook_resid_post", "mean" if bidir else "last")
+    return Site(f"blocks.{n - 1}.hook_resid_post", "response_mean" if bidir else "last")
 
 
 @dataclass(frozen=True)
