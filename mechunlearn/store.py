@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechunlearn.atomic import atomic_write_bytes, atomic_write_json, sha256_file
 from mechunlearn.errors import (
     ConfigError,
     DTypeError,
@@ -42,27 +42,6 @@ FORMAT = "mechunlearn-featurestore"
 VERSION = 1
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON atomically."""
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -137,7 +116,7 @@ class FeatureStore:
                     f"Shard {f} is missing or has the wrong size; the store is corrupt. "
                     "Delete that shard's entry by re-extracting into a fresh folder."
                 )
-            if verify and _sha256(f) != sh["sha256"]:
+            if verify and sha256_file(f) != sh["sha256"]:
                 raise StoreError(f"Shard {f} fails its checksum; the store is corrupt.")
         return store
 
@@ -315,14 +294,6 @@ class RunningMoments:
         if self.n - ddof <= 0:
             raise EmptyDataError(f"Covariance needs more than {ddof} sample(s), have {self.n}.")
         return self.m2 / (self.n - ddof)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def extract_to_store(model: Any, data: Any, site: Site, path: str | os.PathLike[str],
