@@ -43,6 +43,9 @@ class CompareConfig:
     ``k``: convex-attribution budget per bad query; the forget set is the union of the
     selections, ranked by summed weight, capped at ``n_forget``. ``max_queries``: bad
     queries attributed. ``objective``: used by ``selective`` and ``u2a``.
+    ``filter_bad``: keep only attributed pairs whose chosen response the world's judge calls
+    bad (the same judge that found the bad queries). Without it, clean pairs that attribution
+    also selects get unlearned: ``flip`` then *teaches* their rejected (often bad) response.
     """
 
     layer: int | None = None
@@ -53,6 +56,7 @@ class CompareConfig:
     max_queries: int = 32
     max_retain: int = 256
     objective: str = "flip"
+    filter_bad: bool = True
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     n_examples: int = 3
     seed: int = 0
@@ -117,6 +121,10 @@ def attributed_forget(world: Any, site: Site, cfg: CompareConfig) -> tuple[list[
         for i, w in zip(a.indices, a.weights.tolist()):
             total[int(i)] += w
     order = [int(i) for i in torch.argsort(total, descending=True) if total[i] > 0]
+    if cfg.filter_bad:
+        from mechunlearn.toyworld import is_bad
+
+        order = [i for i in order if is_bad(train[i].chosen)]
     return order[: cfg.n_forget], time.perf_counter() - t0
 
 
@@ -258,6 +266,10 @@ def _attribute(world: Any, site: Site, cfg: CompareConfig) -> Callable[[Any, Any
             for i, w in zip(a.indices, a.weights.tolist()):
                 total[int(i)] += w
         order = [int(i) for i in torch.argsort(total, descending=True) if total[i] > 0]
+        if cfg.filter_bad:
+            from mechunlearn.toyworld import is_bad
+
+            order = [i for i in order if is_bad(train[i].chosen)]
         return order[: cfg.n_forget]
 
     return attribute
