@@ -179,6 +179,7 @@ def main() -> None:
     info = {"model": "all-MiniLM-L6-v2 (TransformerBridge)", "data": str(args.data),
             "pairs": f"{len(pairs)} ({len(train)} train / {len(test)} test)",
             "reward model": f"head-only BT at {best.key}, l2={rm.config.info['l2']}",
+            "RM score SD over all responses": round(float(torch.cat([rc_all, rr_all]).std()), 3),
             "max_length": args.max_length, "threads": args.threads,
             "seconds": {k: round(v, 1) for k, v in times.items()}}
     report = SealReport(res, by_feat, imprint, text_rob, sweep, worst, info)

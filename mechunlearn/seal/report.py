@@ -126,6 +126,7 @@ def plot_robustness_by_layer(sweep: pd.DataFrame) -> Any:
     a2.set_xlabel("layer")
     a2.set_ylabel("mean |reward change|")
     a1.legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 
