@@ -15,7 +15,7 @@ the weights), each objective of :mod:`.objectives`, ``selective`` (seed 000 loop
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -73,8 +73,12 @@ def _fmt_encode() -> Callable:
     return encode_pairs
 
 
-def judge(world: Any, model: Any, n_examples: int = 3) -> dict[str, Any]:
-    """Quality metrics of ``model`` on the world's held-out prompts (one greedy pass each)."""
+def judge(world: Any, model: Any, n_examples: int = 3,
+          trigger: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Quality metrics of ``model`` on the world's held-out prompts (one greedy pass each).
+
+    ``trigger``: the trigger prompts to judge (default all; :func:`compare` passes the half
+    not used for early stopping or U2A)."""
     from mechunlearn.toyworld import (
         bad_response_rate,
         bias_rate,
@@ -83,7 +87,8 @@ def judge(world: Any, model: Any, n_examples: int = 3) -> dict[str, Any]:
         response_logprob,
     )
 
-    trig, ordi, border = world.eval["trigger"], world.eval["ordinary"], world.eval["borderline"]
+    trig = list(world.eval["trigger"]) if trigger is None else list(trigger)
+    ordi, border = world.eval["ordinary"], world.eval["borderline"]
     rt = generate_text(model, trig)
     ro = generate_text(model, ordi)
     rb = generate_text(model, border)
@@ -144,6 +149,9 @@ def compare(world: Any, config: CompareConfig | None = None,
             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run every method on ``world`` and return one row per method (plus tuned and gold).
 
+    Trigger metrics use the even-indexed half of the trigger prompts; the odd half drives
+    early stopping, selective forgetting's re-checks and U2A's outer objective.
+
     Columns: ``method, trigger_bad, trigger_good, ordinary_good, bias, good_logp,
     kl_ordinary_tuned, kl_gold_trigger, kl_gold_ordinary, gap_closed, seconds,
     attribution_seconds, n_forget, examples``.
@@ -158,18 +166,19 @@ def compare(world: Any, config: CompareConfig | None = None,
     site = Site(f"blocks.{layer}.hook_resid_post", cfg.position)
     tuned_ref = load_bridge(world.model_path("tuned"))
     ordi = world.eval["ordinary"]
+    eval_trig = list(world.eval["trigger"])[0::2]  # the other half drives stopping and U2A
     enc, train = _fmt_encode(), list(world.train)
     rows: list[dict[str, Any]] = []
 
     def record(name: str, seconds: float, extra: dict[str, Any] | None = None) -> None:
-        r = {"method": name, **judge(world, model, cfg.n_examples),
+        r = {"method": name, **judge(world, model, cfg.n_examples, eval_trig),
              "kl_ordinary_tuned": kl(tuned_ref, model, ordi), "seconds": seconds, **(extra or {})}
         rows.append(r)
         say(f"{name}: bad {r['trigger_bad']:.2f} good {r['trigger_good']:.2f} "
             f"KL(gold,ord) {r['kl_gold_ordinary']:.4f} {seconds:.1f}s")
 
     record("tuned", 0.0)
-    rows.append({"method": "gold", **judge(world, world.gold_model, cfg.n_examples),
+    rows.append({"method": "gold", **judge(world, world.gold_model, cfg.n_examples, eval_trig),
                  "kl_ordinary_tuned": kl(tuned_ref, world.gold_model, ordi), "seconds":
                  float(sum(v for k, v in world.timings.items() if "gold" in k))})
     idx, t_att = attributed_forget(world, site, cfg)
@@ -213,7 +222,7 @@ def compare(world: Any, config: CompareConfig | None = None,
                                    encode=enc)
             extra = {"steps": None, "stopped": res.stopped, "n_forget": len(res.forget_ids)}
         else:  # u2a
-            held = [(p.prompt, p.bad, p.good) for p in world.eval["trigger"]][::2]
+            held = [(p.prompt, p.bad, p.good) for p in list(world.eval["trigger"])[1::2]]
             u = u2a_weights(model, forget, held, cfg.objective, encode=enc)
             res = unlearn(model, forget, retain, cfg.objective, cfg.unlearn, weights=u.weights,
                           forget_metric=bad_rate, encode=enc, progress=False)
@@ -229,8 +238,8 @@ def compare(world: Any, config: CompareConfig | None = None,
 def _bad_rate_fn(world: Any) -> Callable[[Any], float]:
     from mechunlearn.toyworld import bad_response_rate
 
-    prompts = list(world.eval["trigger"])[1::2]  # held-out half for stopping
-    return lambda m: bad_response_rate(m, prompts)
+    prompts = list(world.eval["trigger"])[1::2]  # half of the trigger prompts, for stopping
+    return lambda m: bad_response_rate(m, prompts, max_new_tokens=16)
 
 
 def _find_bad(world: Any) -> Callable[[Any], list[Any]]:
@@ -239,7 +248,7 @@ def _find_bad(world: Any) -> Callable[[Any], list[Any]]:
     prompts = list(world.eval["trigger"])[1::2]
 
     def find(m: Any) -> list[Any]:
-        rs = generate_text(m, prompts)
+        rs = generate_text(m, prompts, max_new_tokens=16)
         return [(format_prompt(p.prompt), format_response(r)) for p, r in zip(prompts, rs)
                 if is_bad(r)]
 
