@@ -106,7 +106,7 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
             if r == max_rounds:
                 break
             new = [i for i in selected_indices(attribute(model, bad)) if i not in chosen]
-            if not new and chosen:
+            if not new:
                 stopped = "no_new_samples"
                 break
             chosen.extend(dict.fromkeys(new))
