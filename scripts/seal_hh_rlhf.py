@@ -50,7 +50,6 @@ def main() -> None:
 
     from mechunlearn.models import load_minilm
     from mechunlearn.seal import (
-        Labeler,
         ProbeLabeler,
         RewardModel,
         SealReport,
@@ -148,7 +147,6 @@ def main() -> None:
     lab_c["probe_refusal_L3"] = probe.project(feats["chosen"][probe_site])
     lab_r["probe_refusal_L3"] = probe.project(feats["rejected"][probe_site])
     kinds = {lab.name: lab.kind for lab in labelers} | {"probe_refusal_L3": "spoiler"}
-    _ = Labeler  # labelers are plain callables; see mechunlearn.seal.labelers
     times["labels"] = time.time() - t
 
     t = time.time()

@@ -140,3 +140,17 @@ def test_minilm_small_slice_end_to_end(minilm, hh_rlhf_path, tmp_path):
     assert torch.isfinite(rc).all() and rc.shape == (8,)
     again = RewardModel.fit(minilm, pairs[:16], max_length=48, l2=10.0, cache_dir=tmp_path)
     assert torch.equal(again.head.w, rm.head.w)  # second run reads the FeatureStore cache
+
+
+def test_head_from_feature_stores(tiny_bridge, tmp_path):
+    from mechunlearn.store import FeatureStore
+
+    pairs = _fox_pairs(30)
+    site = Site("blocks.1.hook_resid_post", "last")
+    f = pair_features(tiny_bridge, pairs, site, max_length=16, cache_dir=tmp_path)
+    (c,) = [p.parent for p in tmp_path.rglob("manifest.json") if p.parent.name.endswith("chosen")]
+    (r,) = [p.parent for p in tmp_path.rglob("manifest.json") if p.parent.name.endswith("rejected")]
+    from_store = RewardModel.from_features(FeatureStore.open(c), FeatureStore.open(r), l2=0.1)
+    in_memory = RewardModel.from_features(f["chosen"][site], f["rejected"][site], l2=0.1)
+    assert torch.allclose(from_store.head.w, in_memory.head.w)
+    assert from_store.site == site

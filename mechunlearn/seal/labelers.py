@@ -163,7 +163,8 @@ def label(texts: Sequence[str],
     if labelers is None:
         labelers = default_labelers()
     labs = ([as_labeler(k, v) for k, v in labelers.items()] if isinstance(labelers, Mapping)
-            else [as_labeler(getattr(v, "name", str(i)), v) for i, v in enumerate(labelers)])
+            else [as_labeler(getattr(v, "name", getattr(v, "__name__", str(i))), v)
+                  for i, v in enumerate(labelers)])
     return pd.DataFrame({lab.name: lab(texts) for lab in labs})
 
 

@@ -102,13 +102,18 @@ class RewardModel:
 
     # ---------------------------------------------------------------- training
     @classmethod
-    def from_features(cls, chosen: Features, rejected: Features, body: Any = None,
+    def from_features(cls, chosen: Features | Any, rejected: Features | Any, body: Any = None,
                       l2: float | str = "auto", seed: int = 0, max_length: int | None = 128,
                       sep: str = " ") -> RewardModel:
         """Head-only training on precomputed features (e.g. from a FeatureStore).
 
-        ``chosen``/``rejected``: :class:`Features` ``[n, d]`` of the same pairs, same Site.
+        ``chosen``/``rejected``: :class:`Features` ``[n, d]`` (or FeatureStores, loaded) of
+        the same pairs, same Site.
         """
+        from mechunlearn.store import FeatureStore
+
+        chosen = chosen.load() if isinstance(chosen, FeatureStore) else chosen
+        rejected = rejected.load() if isinstance(rejected, FeatureStore) else rejected
         for name, f in (("chosen", chosen), ("rejected", rejected)):
             if not isinstance(f, Features):
                 raise ConfigError(f"{name} must be Features, got {type(f).__name__}.")
