@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="comma-separated subset of METHODS")
     ap.add_argument("--grad-loss", default="dpo", choices=["dpo", "nll"])
     ap.add_argument("--counterfactual", action="store_true")
-    ap.add_argument("--cf-methods", default="convex,best_baseline",
+    ap.add_argument("--cf-methods", default="convex,convex_grad,best_baseline",
                     help="methods whose top-k is removed; 'best_baseline' = the best non-convex, "
                          "non-random method by AUC")
     ap.add_argument("--cf-random-seeds", type=int, default=1)
@@ -85,7 +85,8 @@ def main() -> None:
     if args.counterfactual:
         ids = [p.id for p in world.train]
         k = args.cf_k or len(world.truth.poisoned_ids)
-        sets = {}
+        sets = {"none (retrain on all pairs)": [],
+                "truth (all poisoned ids)": list(world.truth.poisoned_ids)}
         baselines = best[~best["method"].str.startswith("convex") & (best["method"] != "random")]
         for m in args.cf_methods.split(","):
             if m == "best_baseline" and len(baselines):

@@ -5,8 +5,10 @@ rerun the world's own DPO stage (:func:`mechunlearn.toyworld.train.dpo`, same co
 SFT starting point as the tuned model) on the training set minus a removal set, and measure
 the bad-response rate on the held-out trigger prompts. Removal sets: each method's top-``k``
 (by its score averaged over the bad queries) versus ``k`` random samples (the brittleness /
-LDS-style control). Retraining on the full set reproduces the tuned model (deterministic for
-a fixed thread count); removing exactly the poisoned ids reproduces the gold model.
+LDS-style control). Always include the control "remove nothing" (retraining on the full set;
+it equals the tuned model only if the training code and thread count are unchanged since the
+world was built) and "remove the poisoned ids" (the gold model's recipe), and read the drops
+relative to the control.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def counterfactual(world: Any, removal_sets: dict[str, Sequence[str]],
     """Retrain once per removal set; bad-response rate on trigger prompts before and after.
 
     Returns one row per set: ``set, k, poison_removed, bad_rate, tuned_bad_rate, drop,
-    ordinary_good, seconds`` (``drop = tuned_bad_rate - bad_rate``).
+    ordinary_good, seconds`` (``drop = tuned_bad_rate - bad_rate``; if a set with ``k = 0``
+    is present, also ``drop_vs_control = control bad_rate - bad_rate``).
     """
     from mechunlearn.toyworld import bad_response_rate, good_answer_rate
 
@@ -84,7 +87,11 @@ def counterfactual(world: Any, removal_sets: dict[str, Sequence[str]],
             print(f"[counterfactual] {name}: removed {len(ids)} ({rows[-1]['poison_removed']} "
                   f"poisoned) -> bad rate {bad:.3f} (tuned {tuned_bad:.3f}) "
                   f"in {rows[-1]['seconds']:.0f}s", flush=True)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    control = df[df["k"] == 0]
+    if len(control):
+        df["drop_vs_control"] = float(control["bad_rate"].iloc[0]) - df["bad_rate"]
+    return df
 
 
 def _with_tok(model: Any, tokenizer: Any) -> Any:

@@ -30,7 +30,8 @@ from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.features import extract
 from mechunlearn.sites import Site
 
-METHODS = ("convex", "convex_local", "repsim", "repsim_centered", "gradsim", "tracin", "random")
+METHODS = ("convex", "convex_local", "convex_grad", "repsim", "repsim_centered", "gradsim",
+           "tracin", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +53,9 @@ class EvalConfig:
         k: selected-set size reported by every method.
         convex: :class:`ConvexConfig` for ``convex``.
         convex_local: :class:`ConvexConfig` for ``convex_local`` (default ``locality=1``).
+        convex_grad: :class:`ConvexConfig` for ``convex_grad``: the convex decomposition run on
+            the gradient features of ``gradsim`` (unit-normalised: the query's NLL gradient
+            and the training DPO gradients have different scales, only directions compare).
         seed: seed of the random baseline and projections.
     """
 
@@ -64,6 +68,8 @@ class EvalConfig:
     k: int = 32
     convex: ConvexConfig = field(default_factory=ConvexConfig)
     convex_local: ConvexConfig = field(default_factory=lambda: ConvexConfig(locality=1.0))
+    convex_grad: ConvexConfig = field(default_factory=lambda: ConvexConfig(
+        center=False, normalize="l2", pool_metric="cosine"))
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -192,7 +198,7 @@ def evaluate_world(world: Any, config: EvalConfig | None = None,
         for name, att in attrs.items():
             run(name, att, fq, s.key, int(s.layer), str(s.position))
     say(f"activation methods done in {time.perf_counter() - t0:.1f}s")
-    if "gradsim" in cfg.methods or "tracin" in cfg.methods:
+    if any(m in cfg.methods for m in ("gradsim", "convex_grad", "tracin")):
         _gradient_methods(world, cfg, layers, train, ids, q_prompts, q_resp, run, say)
     say(f"all methods done in {time.perf_counter() - t0:.1f}s")
     return pd.DataFrame(rows)
@@ -209,15 +215,19 @@ def _gradient_methods(world: Any, cfg: EvalConfig, layers: list[int], train: lis
         items, ref = [_fmt(p.prompt, p.chosen) for p in train], None
     q_items = [_fmt(p.prompt, r) for p, r in zip(q_prompts, q_resp)]
     t0 = time.perf_counter()
-    if "gradsim" in cfg.methods:
+    if "gradsim" in cfg.methods or "convex_grad" in cfg.methods:
         gsites = [Site(f"blocks.{i}.hook_resid_post", "response_mean") for i in layers]
         g_train = gradient_features(model, items, gsites, loss=cfg.grad_loss, ref_model=ref,
                                     beta=world.config.beta, ids=ids, batch_size=32)
         g_query = gradient_features(model, q_items, gsites, loss="nll", batch_size=32)
         for s in gsites:
-            run("gradsim", GradSim(g_train[s], k=cfg.k), g_query[s], s.key, int(s.layer),
-                "response_mean")
-        say(f"gradsim done in {time.perf_counter() - t0:.1f}s")
+            if "gradsim" in cfg.methods:
+                run("gradsim", GradSim(g_train[s], k=cfg.k), g_query[s], s.key, int(s.layer),
+                    "response_mean")
+            if "convex_grad" in cfg.methods:
+                run("convex_grad", ConvexAttributor(g_train[s], cfg.convex_grad), g_query[s],
+                    s.key, int(s.layer), "response_mean")
+        say(f"gradsim/convex_grad done in {time.perf_counter() - t0:.1f}s")
     if "tracin" in cfg.methods:
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         kw = {"params": names, "projection_dim": cfg.projection_dim, "seed": cfg.seed}
