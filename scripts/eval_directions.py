@@ -5,7 +5,9 @@ For every layer's residual stream (``blocks.L.hook_resid_post``) and every finde
 1. X+ = features of (borderline training prompt, the reinforced refusal), X− = features of
    (the same prompt, its unbiased helpful answer), read from the tuned model at the Site
    (``--position``, default ``response_mean``). Pairs are held out together (groups = prompt)
-   for the held-out AUC and the permutation test.
+   for the held-out AUC and the permutation test. With ``--contrast models --position last``
+   instead X+ = tuned-model and X− = SFT-model features of the borderline prompts alone at
+   the decision token (the last prompt token, ``Assistant:``): what fine-tuning changed there.
 2. Project the top direction out of the residual stream at every token (``Project`` via
    ``mechunlearn.apply``; for LEACE also its oblique ``Erase``), then measure on *held-out*
    borderline eval prompts the refusal (bias) rate and good-answer rate of greedy responses,
@@ -13,11 +15,14 @@ For every layer's residual stream (``blocks.L.hook_resid_post``) and every finde
    log-likelihood (nats/token) of the reference good answers.
 3. Direction recovery: cosine between the found direction and the borderline-specific shift
    of fine-tuning, Δ = mean_borderline(φ_tuned − φ_sft) − mean_ordinary(φ_tuned − φ_sft),
-   with φ at the same Site on (prompt, helpful answer) inputs.
+   with φ at the same Site on the same kind of inputs ((prompt, helpful answer) pairs, or the
+   prompts alone with ``--contrast models``; there mean_diff is close to Δ by construction).
 
 Controls: the unedited tuned model, the SFT model, and a random unit direction per layer.
 
-    python scripts/eval_directions.py --world hard --cache-dir /tmp/dirhelper/cache
+    python scripts/eval_directions.py --world hard --out docs/directions_eval
+    python scripts/eval_directions.py --world hard --contrast models --position last \\
+        --out docs/directions_eval_decision
 """
 
 from __future__ import annotations
@@ -78,6 +83,10 @@ def main() -> None:
     ap.add_argument("--world", default="hard")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--position", default="response_mean")
+    ap.add_argument("--contrast", choices=("responses", "models"), default="responses",
+                    help="responses: X+ = (prompt, refusal), X- = (prompt, helpful answer), "
+                    "tuned model. models: X+ = tuned, X- = SFT model features of the borderline "
+                    "prompts alone at the decision token (use --position last).")
     ap.add_argument("--methods", default="pca_bias,mean_diff,probe,ccs,leace")
     ap.add_argument("--n-permutations", type=int, default=49)
     ap.add_argument("--n-splits", type=int, default=5)
@@ -104,13 +113,17 @@ def main() -> None:
           flush=True)
 
     def feats(m, ps, rs):
-        return extract(m, pairs_for(ps, rs), site_list, batch_size=64)
+        data = pairs_for(ps, rs) if args.contrast == "responses" else [format_prompt(p) for p in ps]
+        return extract(m, data, site_list, batch_size=64)
 
-    f_pos, f_neg = feats(model, prompts, refusals), feats(model, prompts, helpful)
-    sb = feats(sft, prompts, helpful)
     o_prompts, o_resp = [p.prompt for p in ordinary_train], [p.good for p in ordinary_train]
+    tb_, sb = feats(model, prompts, helpful), feats(sft, prompts, helpful)
+    if args.contrast == "responses":
+        f_pos, f_neg = feats(model, prompts, refusals), tb_
+    else:
+        f_pos, f_neg = tb_, sb
     to, so = feats(model, o_prompts, o_resp), feats(sft, o_prompts, o_resp)
-    shift = {s: ((f_neg[s].values - sb[s].values).mean(0)
+    shift = {s: ((tb_[s].values - sb[s].values).mean(0)
                  - (to[s].values - so[s].values).mean(0)).double().numpy() for s in site_list}
 
     tb = encode_pairs(world.tokenizer, [p.prompt for p in ordinary], [p.good for p in ordinary])
@@ -164,7 +177,7 @@ def main() -> None:
                                        "heldout_auc"],
                 null=("null_auc_q05", "null_auc_q95"),
                 title=f"toy world {args.world!r}: bias direction projected out of resid_post "
-                f"(fitted at {args.position})", save=out.with_suffix(".png"), figsize=(19, 3.6))
+                f"(fitted at {args.position}, contrast {args.contrast})", save=out.with_suffix(".png"), figsize=(19, 3.6))
     print(f"wrote {out.with_suffix('.csv')} and .png in {time.perf_counter() - t_start:.0f} s")
 
 
