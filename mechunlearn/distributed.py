@@ -157,6 +157,23 @@ def _check_resume(old: dict[str, Any], want: dict[str, Any], out: Path) -> None:
             )
 
 
+def _check_ranks_agree(want: dict[str, Any]) -> None:
+    """Raise on every rank if the ranks disagree on data, model weights, Site or config."""
+    rank, world = rank_world()
+    if world == 1:
+        return
+    got: list[Any] = [None] * world
+    dist.all_gather_object(got, want)
+    for k in want:
+        vals = [g[k] for g in got]
+        if any(v != vals[0] for v in vals):
+            raise StoreMismatchError(
+                f"Ranks disagree on {k}: {vals}. Every rank must load identical weights and "
+                "data (e.g. a model whose missing head is randomly initialised differs per "
+                "process: seed torch before loading it)."
+            )
+
+
 def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fingerprint: str,
                 d: int, compute: Callable[[int, int], Tensor], *, shard_size: int = 4096,
                 dtype: torch.dtype = torch.float32, kind: str = "activations") -> ShardedStore:
@@ -176,6 +193,7 @@ def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fin
             "ids_sha256": _ids_digest(ids), "shard_size": int(shard_size),
             "site": site.to_dict(), "fingerprint": fingerprint, "d": int(d),
             "dtype": _dtype_name(dtype), "kind": kind}
+    _check_ranks_agree(want)
     old = read_manifest(p) if p.exists() else None
     if old is not None:
         _check_resume(old, want, p)

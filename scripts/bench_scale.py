@@ -1,10 +1,10 @@
 """Benchmark of the scale-out layer: data-parallel extraction, top-k search, bounded memory.
 
-    python scripts/bench_scale.py extract [--n 1024] [--procs 1 2]
+    python scripts/bench_scale.py extract [--samples 1024] [--procs 1 2]
     python scripts/bench_scale.py retrieval [--sizes 10000 100000 1000000] [--root DIR]
     python scripts/bench_scale.py memory --store DIR [--limit-mb 384]
 
-* ``extract``: all-MiniLM-L6-v2 (d=384) on ``n`` hh-rlhf texts (first 400 characters, or
+* ``extract``: all-MiniLM-L6-v2 (d=384) on ``samples`` hh-rlhf texts (first 400 characters, or
   synthetic texts if the shared sample is absent), launched with ``torchrun`` at each process
   count; the time of :func:`extract_distributed` alone is measured inside the ranks (after a
   barrier), so start-up and model loading are excluded and reported separately.
@@ -64,8 +64,9 @@ def extract_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with process_group() as (rank, world):
+        torch.manual_seed(0)  # load_minilm initialises the unused MLM head randomly
         model = load_minilm()
-        data = texts(args.n)
+        data = texts(args.samples)
         barrier()
         t1 = time.perf_counter()
         store = extract_distributed(model, data, Site(HOOK, "mean"), args.out,
@@ -87,13 +88,13 @@ def extract_bench(args: argparse.Namespace) -> None:
             out = Path(args.root) / f"extract_{procs}"
             shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={procs}", __file__, "_extract_worker", "--n", str(args.n),
+                   f"--nproc_per_node={procs}", __file__, "_extract_worker", "--samples", str(args.samples),
                    "--out", str(out), "--batch-size", str(args.batch_size),
                    "--shard-size", str(args.shard_size)]
             r = subprocess.run(cmd, env=env, capture_output=True, text=True)
             lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
             if r.returncode or not lines:
-                print(r.stderr[-3000:], file=sys.stderr)
+                print(r.stdout[-3000:], r.stderr[-6000:], file=sys.stderr)
                 raise SystemExit(f"extract with {procs} procs failed")
             print(lines[-1].replace("}", f', "rep": {rep}}}'), flush=True)
 
@@ -216,7 +217,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("extract", "_extract_worker"):
         e = sub.add_parser(name)
-        e.add_argument("--n", type=int, default=1024)
+        e.add_argument("--samples", type=int, default=1024)
         e.add_argument("--procs", type=int, nargs="+", default=[1, 2])
         e.add_argument("--reps", type=int, default=2)
         e.add_argument("--batch-size", type=int, default=32)

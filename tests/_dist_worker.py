@@ -25,6 +25,7 @@ from mechunlearn.distributed import (
     run_sharded,
 )
 from mechunlearn.distributed_cli import read_jsonl
+from mechunlearn.errors import StoreMismatchError
 from mechunlearn.models import load_bridge
 from mechunlearn.sites import Site
 from mechunlearn.store import RunningMoments
@@ -62,9 +63,15 @@ def main() -> None:
         rm = RunningMoments(5)
         rm.update(x[rank::world])
         tot = all_reduce_moments(rm)
+        try:  # ranks that loaded different weights must be refused on every rank
+            run_sharded(f"{out}/bad", ["a", "b"], Site(HOOK, "mean"), f"model{rank}", 4, rows)
+            disagree = ""
+        except StoreMismatchError as e:
+            disagree = str(e)
         if rank == 0:
             torch.save({"mean": mean, "cov": cov, "n": n, "world": world, "rows": len(grads),
-                        "x_mean": tot.mean, "x_cov": tot.cov(), "x_n": tot.n},
+                        "x_mean": tot.mean, "x_cov": tot.cov(), "x_n": tot.n,
+                        "disagree": disagree},
                        f"{out}/stats.pt")
 
 

@@ -160,6 +160,7 @@ def test_torchrun_gradient_features_equal_single_process(run, single):
 def test_all_reduce_statistics_equal_single_process(run, single):
     s = torch.load(run.out / "stats.pt")
     assert s["world"] == 2 and s["rows"] == 150
+    assert "Ranks disagree on fingerprint: ['model0', 'model1']" in s["disagree"]
     mean, cov, n = single.ref.mean_cov()
     assert s["n"] == n == 150
     assert (s["mean"] - mean).norm() <= 1e-6 * mean.norm()
@@ -180,6 +181,7 @@ def test_world_size_mismatch_is_a_typed_error(run, single, monkeypatch):
               "--shard-size", "32"])
     monkeypatch.setattr(D, "rank_world", lambda: (0, 2))
     monkeypatch.setattr(D, "barrier", lambda: None)
+    monkeypatch.setattr(D, "_check_ranks_agree", lambda want: None)
     with pytest.raises(StoreMismatchError, match="shard_size"):
         D.run_sharded(run.out / "acts", single.ids, Site(HOOK, "mean"), "x", 32,
                       lambda a, z: torch.zeros(z - a, 32), shard_size=16)
@@ -192,6 +194,7 @@ def _simulate(monkeypatch, path: Path, n: int, size: int, world: int, calls: lis
     site = Site("blocks.0.hook_resid_post", "mean")
     result = None
     monkeypatch.setattr(D, "barrier", lambda: None)
+    monkeypatch.setattr(D, "_check_ranks_agree", lambda want: None)
     for rank in reversed(range(world)):  # rank 0 last: only then is the store complete
         monkeypatch.setattr(D, "rank_world", lambda r=rank: (r, world))
         budget = (fail_after or {}).get(rank)
