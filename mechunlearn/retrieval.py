@@ -238,9 +238,13 @@ class FaissIndex:
             index.train(self._prep(gather_rows(store, pick)))
         for vals, _ in store.iter_shards():
             index.add(self._prep(vals))
-        if "IVF" in factory:
-            faiss.extract_index_ivf(index).nprobe = nprobe
+        self.set_nprobe(nprobe)
         return self
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """Inverted lists visited per query (IVF indexes; more = slower, higher recall)."""
+        if "IVF" in self.factory:
+            self._faiss().extract_index_ivf(self.index).nprobe = int(nprobe)
 
     def search(self, queries: Any, k: int) -> TopK:
         """Approximate top-``k`` per query (``[q, k]``, best first)."""
