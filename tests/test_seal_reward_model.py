@@ -148,8 +148,8 @@ def test_head_from_feature_stores(tiny_bridge, tmp_path):
     pairs = _fox_pairs(30)
     site = Site("blocks.1.hook_resid_post", "last")
     f = pair_features(tiny_bridge, pairs, site, max_length=16, cache_dir=tmp_path)
-    (c,) = [p.parent for p in tmp_path.rglob("manifest.json") if p.parent.name.endswith("chosen")]
-    (r,) = [p.parent for p in tmp_path.rglob("manifest.json") if p.parent.name.endswith("rejected")]
+    (c,) = [p.parent for p in tmp_path.rglob("manifest.json") if "-chosen-" in p.parent.name]
+    (r,) = [p.parent for p in tmp_path.rglob("manifest.json") if "-rejected-" in p.parent.name]
     from_store = RewardModel.from_features(FeatureStore.open(c), FeatureStore.open(r), l2=0.1)
     in_memory = RewardModel.from_features(f["chosen"][site], f["rejected"][site], l2=0.1)
     assert torch.allclose(from_store.head.w, in_memory.head.w)

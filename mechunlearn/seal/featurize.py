@@ -4,8 +4,9 @@ Items are ``(prompt, sep + response)``, tokenized by :func:`~mechunlearn.seal.en
 (left truncation to ``max_length``), run in length-sorted batches (less padding), and returned
 in the input order. With ``cache_dir`` the features go to one
 :class:`~mechunlearn.store.FeatureStore` per Site under
-``cache_dir/<model fingerprint>/<site>-L<max_length>-<side>``; a later call with the same
-model, pairs and settings loads them in seconds instead of running the model.
+``cache_dir/<model fingerprint>/<site>-L<max_length>-sep<k>-<side>-<hash of the pair ids>``; a
+later call with the same model, pairs and settings loads them in seconds instead of running
+the model, and different subsets of pairs never overwrite each other's stores.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def pair_features(body: Any, pairs: Sequence[PreferencePair], sites: Site | Sequ
         pairs: preference pairs (their ``id`` names the rows: ``"<id>:c"`` / ``"<id>:r"``).
         sites: one or more pooled Sites (read in one forward pass).
         max_length: tokens kept per item (the end of the dialogue is kept).
-        cache_dir: folder for FeatureStores (created); reused when model, pairs, Site and
-            ``max_length`` match.
+        cache_dir: folder for FeatureStores (created); reused when model, pairs (ids, in
+            order), Site, ``max_length`` and ``sep`` match.
 
     Returns:
         ``{"chosen": {Site: Features}, "rejected": {Site: Features}}``, rows in pair order.
@@ -124,7 +125,8 @@ def pair_features(body: Any, pairs: Sequence[PreferencePair], sites: Site | Sequ
         ids = [f"{p.id}:{tag}" for p in pairs]
         items = [p.items(sep)[k] for p in pairs]
         result[side] = cached_item_features(body, items, site_list, ids, max_length, batch_size,
-                                            cache_dir, f"sep{len(sep)}-{side}", progress)
+                                            cache_dir, f"sep{len(sep)}-{side}-{ids_tag(ids)}",
+                                            progress)
     return result
 
 
