@@ -27,10 +27,31 @@ def _atomic_csv(df: pd.DataFrame, path: str) -> None:
     os.replace(tmp, path)
 
 
+def load_folder(folder: str):
+    """A World from a built cache folder, with the config recorded in its manifest."""
+    from pathlib import Path
+
+    from mechunlearn.models import load_bridge
+    from mechunlearn.toyworld import World, WorldConfig, WorldData
+
+    f = Path(folder)
+    man = json.loads((f / "manifest.json").read_text())
+    cfg = WorldConfig.from_dict(man["config"])
+    data = WorldData.from_dict(json.loads((f / "data.json").read_text()))
+    b = {n: load_bridge(f / "models" / n) for n in ("tuned", "sft", "gold")}
+    return World(config=cfg, model=b["tuned"], sft_model=b["sft"], gold_model=b["gold"],
+                 tokenizer=b["tuned"].tokenizer, train=data.train, eval=data.eval,
+                 truth=data.truth, timings=json.loads((f / "timings.json").read_text()),
+                 metrics=json.loads((f / "metrics.json").read_text()), path=f)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--world", default="hard", choices=["tiny", "easy", "hard"])
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--world-dir", default=None,
+                    help="a built world folder to use as is (its own config from manifest.json), "
+                         "e.g. one built before the presets changed")
     ap.add_argument("--max-queries", type=int, default=64)
     ap.add_argument("--methods", default=None, help="comma-separated subset of METHODS")
     ap.add_argument("--grad-loss", default="dpo", choices=["dpo", "nll"])
@@ -62,8 +83,11 @@ def main() -> None:
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 200)
     t0 = time.perf_counter()
-    world = toyworld.load(args.world, cache_dir=args.cache_dir, threads=args.threads)
-    print(f"world {args.world} ({world.config.hash()}) loaded in {time.perf_counter() - t0:.0f}s; "
+    if args.world_dir:
+        world = load_folder(args.world_dir)
+    else:
+        world = toyworld.load(args.world, cache_dir=args.cache_dir, threads=args.threads)
+    print(f"world {args.world} ({world.path.name}) loaded in {time.perf_counter() - t0:.0f}s; "
           f"build metrics: trigger/bad tuned={world.metrics['tuned'].get('trigger/bad')} "
           f"gold={world.metrics['gold'].get('trigger/bad')}")
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
