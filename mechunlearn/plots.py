@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mechunlearn.errors import ConfigError
 
@@ -70,10 +71,11 @@ def plot_layers(
         if chance is not None:
             ax.axhline(chance, color="grey", ls="--", lw=0.8)
         ax.set_xlabel(x)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(m)
         ax.grid(alpha=0.3)
     if hue:
-        axes[-1].legend(title=hue, fontsize=7)
+        axes[-1].legend(title=hue, fontsize=7, loc="best", framealpha=0.6)
     if title:
         fig.suptitle(title)
     if null is not None:
