@@ -61,7 +61,7 @@ def cached_item_features(body: Any, items: Sequence[tuple[str, str]], sites: Seq
     None). A store is reused only if its ids equal ``ids`` (same rows, same order)."""
     if cache_dir is None:
         return item_features(body, items, sites, ids, max_length, batch_size, progress)
-    root = Path(cache_dir) / model_fingerprint(body)
+    root = Path(cache_dir).expanduser() / model_fingerprint(body)
     paths = {s: root / f"{_site_slug(s)}-L{max_length}-{tag}" for s in sites}
     out: dict[Site, Features] = {}
     for s in sites:
