@@ -148,6 +148,13 @@ def test_cli_single_process_extract_merge_stats(run, single, capsys):
     assert main(["stats", str(run.tmp / "cli_merged"), "--out", str(run.tmp / "s.pt")]) == 0
     assert torch.load(run.tmp / "s.pt")["n"] == 100
     assert "100 rows" in capsys.readouterr().out
+    gargs = ["gradients", "--model", str(run.tmp / "model"), "--data",
+             str(run.tmp / "data.jsonl"), "--site", HOOK, "--out", str(run.tmp / "cli_g"),
+             "--batch-size", "8", "--shard-size", "32", "--limit", "40"]
+    assert main(gargs) == 0
+    g = open_store(run.tmp / "cli_g").load()
+    assert g.ids == single.grads.ids[:40]
+    assert (g.values - single.grads.values[:40]).abs().max() <= 1e-6
 
 
 def test_torchrun_gradient_features_equal_single_process(run, single):
