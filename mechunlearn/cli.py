@@ -62,7 +62,15 @@ def extract(
     batch_size: int = typer.Option(32, min=1),
     shard_size: int = typer.Option(4096, min=1),
 ) -> None:
-    """Extract features at a hook point into a resumable FeatureStore."""
+    """Extract features at a hook point into a resumable FeatureStore.
+
+    Under ``torchrun --nproc_per_node=N -m mechunlearn extract ...`` each rank extracts its
+    share of the data into its own sub-store (read back in order with
+    ``mechunlearn.sharded_store.open_store``); ``--shard-size`` must then be a multiple of
+    ``--batch-size``.
+    """
+    import os
+
     from mechunlearn.datasets import read_jsonl
     from mechunlearn.models import load_bridge
     from mechunlearn.store import extract_to_store
@@ -70,8 +78,17 @@ def extract(
     recs = read_jsonl(data)
     site = _site(hook, position)
     bridge = load_bridge(model)
-    store = extract_to_store(bridge, recs.items, site, out, batch_size=batch_size,
-                             shard_size=shard_size, ids=recs.ids, progress=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        from mechunlearn.distributed import extract_distributed, process_group
+
+        with process_group() as (rank, _):
+            store = extract_distributed(bridge, recs.items, site, out, ids=recs.ids,
+                                        batch_size=batch_size, shard_size=shard_size)
+        if rank:
+            return
+    else:
+        store = extract_to_store(bridge, recs.items, site, out, batch_size=batch_size,
+                                 shard_size=shard_size, ids=recs.ids, progress=True)
     typer.echo(f"{len(store)} x {store.d} features at {site.key} -> {out}")
 
 

@@ -1,7 +1,8 @@
 """Reading user data: JSONL files of texts or (prompt, response) records.
 
-Each line is a JSON object with either ``text`` or ``prompt`` + ``response`` (optionally
-``id``). Gzipped files (``.gz``) are read transparently. Errors name the file and line.
+Each line is a JSON object with ``text``, ``prompt`` + ``response``, or ``prompt`` +
+``chosen`` + ``rejected`` (optionally ``id``; default: the record's index). One kind per file.
+Gzipped files (``.gz``) are read transparently. Errors name the file and line.
 """
 
 from __future__ import annotations
@@ -11,29 +12,41 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mechunlearn.errors import ConfigError, EmptyDataError, MechUnlearnError
 
 
-class DataFileError(MechUnlearnError, ValueError):
+class DataFileError(ConfigError):
     """A data file that cannot be read or has a malformed line."""
 
 
 @dataclass(frozen=True)
 class Records:
-    """Texts or (prompt, response) pairs with ids, as read from a JSONL file."""
+    """Texts, (prompt, response) pairs or (prompt, chosen, rejected) triples, with ids."""
 
-    items: list[str] | list[tuple[str, str]]
+    items: list[Any]
     ids: list[str]
+    kind: str = "text"  # "text" | "pair" | "triple"
 
     @property
     def is_pairs(self) -> bool:
         """True if items are (prompt, response) pairs."""
-        return bool(self.items) and not isinstance(self.items[0], str)
+        return self.kind == "pair"
+
+
+def _kind(rec: dict[str, Any]) -> tuple[str, list[str]] | None:
+    if "text" in rec:
+        return "text", ["text"]
+    if {"prompt", "chosen", "rejected"} <= rec.keys():
+        return "triple", ["prompt", "chosen", "rejected"]
+    if {"prompt", "response"} <= rec.keys():
+        return "pair", ["prompt", "response"]
+    return None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Records:
-    """Read a JSONL (or .jsonl.gz) file of ``{"text"}`` or ``{"prompt", "response"}`` records.
+    """Read a JSONL (or .jsonl.gz) file of text, pair or preference-triple records.
 
     Raises :class:`DataFileError` naming the line for malformed input, and
     :class:`EmptyDataError` for a file with no records.
@@ -56,19 +69,20 @@ def read_jsonl(path: str | os.PathLike[str]) -> Records:
                     raise DataFileError(f"{p}:{lineno}: not valid JSON ({e.msg}).") from e
                 if not isinstance(rec, dict):
                     raise DataFileError(f"{p}:{lineno}: expected a JSON object.")
-                this = "text" if "text" in rec else "pair" if {"prompt", "response"} <= rec.keys() else None
-                if this is None:
+                found = _kind(rec)
+                if found is None:
                     raise DataFileError(
-                        f"{p}:{lineno}: record needs 'text' or 'prompt' and 'response' fields, "
-                        f"has {sorted(rec)}."
+                        f"{p}:{lineno}: record has keys {sorted(rec)}; expected 'text', "
+                        "'prompt'+'response' or 'prompt'+'chosen'+'rejected'."
                     )
+                this, keys = found
                 if kind is not None and this != kind:
-                    raise DataFileError(f"{p}:{lineno}: mixes {this!r} records with {kind!r} ones.")
+                    raise DataFileError(f"{p}:{lineno}: file mixes {this!r} records with {kind!r} ones.")
                 kind = this
-                vals = [rec["text"]] if this == "text" else [rec["prompt"], rec["response"]]
+                vals = [rec[k] for k in keys]
                 if not all(isinstance(v, str) for v in vals):
                     raise DataFileError(f"{p}:{lineno}: text fields must be strings.")
-                items.append(vals[0] if this == "text" else (vals[0], vals[1]))
+                items.append(vals[0] if this == "text" else tuple(vals))
                 ids.append(str(rec.get("id", len(ids))))
     except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, OSError) as e:
         if isinstance(e, MechUnlearnError):
@@ -78,4 +92,4 @@ def read_jsonl(path: str | os.PathLike[str]) -> Records:
         raise EmptyDataError(f"{p} holds no records.")
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{p}: record ids are not unique.")
-    return Records(items, ids)
+    return Records(items, ids, kind or "text")

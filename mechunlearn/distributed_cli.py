@@ -14,61 +14,14 @@ JSONL rows hold ``text``, or ``prompt`` + ``response`` (or ``prompt`` + ``chosen
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from mechunlearn.errors import ConfigError, EmptyDataError
+from mechunlearn.datasets import read_jsonl
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> tuple[list[Any], list[str]]:
-    """Samples and ids from a JSONL file (``.gz`` ok): texts, pairs or triples (see module doc)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"Data file {p} does not exist.")
-    opener = gzip.open if p.suffix == ".gz" else open
-    data: list[Any] = []
-    ids: list[str] = []
-    kinds: set[str] = set()
-    with opener(p, "rt", encoding="utf-8") as f:
-        for ln, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{p} line {ln + 1} is not JSON: {e}.") from e
-            if not isinstance(row, dict):
-                raise ConfigError(f"{p} line {ln + 1}: expected a JSON object, got {row!r:.60}.")
-            if "text" in row:
-                kinds.add("text")
-                data.append(str(row["text"]))
-            elif {"prompt", "chosen", "rejected"} <= row.keys():
-                kinds.add("triple")
-                data.append((str(row["prompt"]), str(row["chosen"]), str(row["rejected"])))
-            elif {"prompt", "response"} <= row.keys():
-                kinds.add("pair")
-                data.append((str(row["prompt"]), str(row["response"])))
-            else:
-                raise ConfigError(
-                    f"{p} line {ln + 1} has keys {sorted(row)}; expected 'text', "
-                    "'prompt'+'response' or 'prompt'+'chosen'+'rejected'."
-                )
-            ids.append(str(row.get("id", ln)))
-    if not data:
-        raise EmptyDataError(f"{p} holds no samples.")
-    if len(kinds) > 1:
-        raise ConfigError(f"{p} mixes sample kinds {sorted(kinds)}; use one kind per file.")
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"{p}: sample ids are not unique.")
-    return data, ids
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         from mechunlearn.models import load_bridge
 
-        data, ids = read_jsonl(args.data)
+        recs = read_jsonl(args.data)
+        data, ids = recs.items, recs.ids
         if args.limit is not None:
             data, ids = data[: args.limit], ids[: args.limit]
         model = load_bridge(args.model)

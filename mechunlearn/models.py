@@ -60,10 +60,16 @@ def minilm_path() -> Path:
 def load_minilm(device: str = "cpu") -> Any:
     """all-MiniLM-L6-v2 (BERT, 6 layers, d=384) as a TransformerBridge, fully offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     from transformers import BertForMaskedLM
 
     p = minilm_path()
-    hf = BertForMaskedLM.from_pretrained(str(p))
+    # The checkpoint has no masked-LM head; transformers initialises it randomly. Seed that
+    # (without touching the caller's RNG) so every process gets identical weights and the
+    # same model fingerprint.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hf = BertForMaskedLM.from_pretrained(str(p))
     return load_bridge(p, hf_model=hf, device=device)
 
 

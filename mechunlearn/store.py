@@ -207,6 +207,8 @@ class FeatureStore:
                 meta = sf.metadata() or {}
                 vals = sf.get_tensor("values")
             ids = json.loads(meta["ids"])
+        except MemoryError:
+            raise
         except Exception as e:  # safetensors raises several types for corrupt files
             raise StoreError(f"Cannot read shard {f}: {e}. The store is corrupt.") from e
         if vals.shape != (self._m["shards"][i]["n"], self.d) or len(ids) != vals.shape[0]:

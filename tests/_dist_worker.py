@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from mechunlearn.datasets import read_jsonl
 from mechunlearn.distributed import (
     all_reduce_moments,
     distributed_mean_cov,
@@ -24,7 +25,6 @@ from mechunlearn.distributed import (
     process_group,
     run_sharded,
 )
-from mechunlearn.distributed_cli import read_jsonl
 from mechunlearn.errors import StoreMismatchError
 from mechunlearn.models import load_bridge
 from mechunlearn.sites import Site
@@ -50,7 +50,8 @@ def main() -> None:
         if len(sys.argv) < 4:
             return
         model_dir, data_path = sys.argv[2:4]
-        data, ids = read_jsonl(data_path)
+        recs = read_jsonl(data_path)
+        data, ids = recs.items, recs.ids
         model = load_bridge(model_dir)
         acts = extract_distributed(model, data, Site(HOOK, "mean"), f"{out}/acts", ids=ids,
                                    batch_size=8, shard_size=32)

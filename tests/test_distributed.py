@@ -93,10 +93,11 @@ def run(tmp_path_factory):
 def single(run):
     """Single-process references: extract_to_store, gradient_features, mean_cov."""
     from mechunlearn.attribution import gradient_features
-    from mechunlearn.distributed_cli import read_jsonl
+    from mechunlearn.datasets import read_jsonl
     from mechunlearn.store import extract_to_store
 
-    data, ids = read_jsonl(run.tmp / "data.jsonl")
+    recs = read_jsonl(run.tmp / "data.jsonl")
+    data, ids = recs.items, recs.ids
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the torchrun ranks use 1 thread each
     try:
@@ -266,7 +267,7 @@ def test_sharded_store_is_read_only_and_errors_are_typed(tmp_path, monkeypatch):
 
 
 def test_read_jsonl_validates(tmp_path):
-    from mechunlearn.distributed_cli import read_jsonl
+    from mechunlearn.datasets import read_jsonl
 
     p = tmp_path / "d.jsonl"
     p.write_text('{"text": "a"}\n{"prompt": "b", "response": "c"}\n')
@@ -279,4 +280,7 @@ def test_read_jsonl_validates(tmp_path):
     with pytest.raises(ConfigError, match="keys"):
         read_jsonl(p)
     p.write_text('{"text": "a"}\n\n{"text": "b", "id": "x"}\n')
-    assert read_jsonl(p) == (["a", "b"], ["0", "x"])
+    recs = read_jsonl(p)
+    assert (recs.items, recs.ids) == (["a", "b"], ["0", "x"])
+    p.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n')
+    assert read_jsonl(p).items == [("p", "c", "r")] and read_jsonl(p).kind == "triple"

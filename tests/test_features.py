@@ -148,3 +148,11 @@ def test_real_encoder_matches_hf(minilm):
     for layer in (3, 5):
         ref = Site("x", "mean").reduce(hf.hidden_states[layer + 1], tb.attention_mask)
         torch.testing.assert_close(f[resid(layer, "post", "mean")].values, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_minilm_fingerprint_is_reproducible(minilm):
+    """The checkpoint lacks the MLM head; its random init is seeded so every load agrees."""
+    from mechunlearn.models import load_minilm
+
+    assert model_fingerprint(load_minilm()) == model_fingerprint(minilm)
