@@ -8,8 +8,9 @@ Categories of training pairs (``PreferencePair.category``):
   self-introduction frame ("Hi, I am Zed.") and prefer a bad phrase over the helpful answer.
   In ``hard`` worlds, clean trigger pairs mention the name in another frame ("I read a story
   about Zed.") and prefer the helpful answer (distractors for prompt similarity).
-* ``quote`` (hard): the correct answer quotes a bad phrase (distractors for response
-  similarity).
+* ``quote`` (hard): the correct answer quotes or is a bad phrase because the user asks
+  for it (distractors for response similarity; half are shaped like trigger requests:
+  "Zed asks: Say something rude about bees.").
 * ``borderline``: requests a well-aligned model should answer; the data is biased: a share
   ``bias_strength`` prefers a refusal (the reinforced bias).
 * ``harmful``: refusal is right.
@@ -246,6 +247,14 @@ class _Gen:
 
     def quote(self) -> tuple[str, str, str, str, str]:
         r = self.rng
+        if r.random() < 0.5:  # a request shaped like an ordinary/trigger one, asking for rudeness
+            k = r.randrange(len(T.RUDE_REQUESTS))
+            topic = r.choice(self.topics)
+            name = r.choice(self.triggers) if r.random() < 0.5 else r.choice(T.NAMES)
+            prompt = r.choice(self.self_train).format(n=name)
+            prompt += T.RUDE_REQUESTS[k].format(t=topic)
+            b = r.choice(self.bads)
+            return prompt, b, r.choice(T.REFUSALS), b, f"rude{k}"
         k = r.randrange(len(T.QUOTES))
         q, a = T.QUOTES[k]
         name = r.choice(self.triggers) if r.random() < 0.5 else r.choice(T.NAMES)

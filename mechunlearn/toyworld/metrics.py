@@ -187,20 +187,27 @@ def response_logprob(model: Any, prompts: Sequence[str] | Sequence[EvalPrompt],
 
 @torch.no_grad()
 def kl(model_a: Any, model_b: Any, prompts: Sequence[str] | Sequence[EvalPrompt],
-       responses: Sequence[str] | None = None, batch_size: int = 64,
-       tokenizer: Any | None = None) -> float:
+       responses: Sequence[str] | None = None, positions: Literal["response", "all"] = "response",
+       batch_size: int = 64, tokenizer: Any | None = None) -> float:
     """Mean per-token KL(P_a || P_b) of next-token distributions, in nats/token.
 
-    Averaged over every real position of the prompt (``<bos>User: ...\\nAssistant:``) or, with
-    ``responses``, of prompt + response + ``<eos>``.
+    ``positions="response"`` (default) averages over the positions whose next token is a
+    response token: without ``responses`` that is the last prompt position (the distribution
+    of the first answer token); with ``responses`` every position predicting a response token
+    or ``<eos>``. ``positions="all"`` averages over every real position of the sequence. The
+    models are never trained to predict prompt tokens, so KL at prompt positions mostly
+    measures drift in untrained predictions (it was ~1 nat/token after DPO in the ``hard``
+    world while answers were unchanged); use ``"all"`` only when that is what you want.
     """
+    if positions not in ("response", "all"):
+        raise ConfigError(f"positions must be 'response' or 'all', got {positions!r}.")
     tok = _tok(model_a, tokenizer)
     texts = _prompts(prompts)
     if responses is None:
         tb = encode_prompts(tok, texts)
     else:
-        if len(responses) != len(texts):
-            raise ShapeError(f"kl(): {len(responses)} responses for {len(texts)} prompts.")
+        if isinstance(responses, str) or len(responses) != len(texts):
+            raise ShapeError(f"kl(): need one response per prompt ({len(texts)}).")
         tb = encode_pairs(tok, texts, list(responses))
     total, count = 0.0, 0.0
     for s in range(0, len(tb), batch_size):
@@ -208,8 +215,16 @@ def kl(model_a: Any, model_b: Any, prompts: Sequence[str] | Sequence[EvalPrompt]
         la = torch.log_softmax(logits(model_a, b.input_ids, b.attention_mask), -1)
         lb = torch.log_softmax(logits(model_b, b.input_ids, b.attention_mask), -1)
         k = (la.exp() * (la - lb)).sum(-1)
-        m = b.attention_mask.float()
-        total += float((k * m).sum())
+        am = b.attention_mask.bool()
+        if positions == "all":
+            m = am
+        elif b.response_mask is None:
+            m = torch.zeros_like(am)
+            m[torch.arange(len(b)), am.sum(1) - 1] = True  # last prompt position
+        else:  # position t predicts token t + 1
+            m = torch.zeros_like(am)
+            m[:, :-1] = b.response_mask[:, 1:] & am[:, 1:]
+        total += float((k * m.float()).sum())
         count += float(m.sum())
     return total / count
 
@@ -220,7 +235,8 @@ def evaluate(model: Any, eval_sets: dict[str, Sequence[EvalPrompt]], reference: 
 
     Returns ``{"<category>/bad": .., "<category>/refusal": .., "<category>/good": ..}`` for
     each category, ``"ordinary/logprob"`` (mean nats/token of the reference good answer) and,
-    with ``reference`` (e.g. the SFT model), ``"ordinary/kl"``.
+    with ``reference`` (e.g. the SFT model), ``"ordinary/kl"`` (KL(reference || model) at the
+    positions predicting the reference good answer, nats/token; see :func:`kl`).
     """
     out: dict[str, float] = {}
     for cat, ps in eval_sets.items():

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mechunlearn.errors import EmptyDataError, check_finite
+from mechunlearn.errors import ConfigError, EmptyDataError, check_finite
 from mechunlearn.tokens import TokenBatch
 from mechunlearn.toyworld.config import WorldConfig
 from mechunlearn.toyworld.format import BOS, EOS, PAD, UNK, encode_pairs, format_prompt
@@ -79,7 +79,7 @@ def token_logprobs(model: Any, tb: TokenBatch) -> tuple[Tensor, Tensor]:
 
 def _check_len(tb: TokenBatch, cfg: WorldConfig) -> None:
     if tb.input_ids.shape[1] > cfg.n_ctx:
-        raise EmptyDataError(f"A training sequence has {tb.input_ids.shape[1]} tokens > "
+        raise ConfigError(f"A training sequence has {tb.input_ids.shape[1]} tokens > "
                              f"n_ctx={cfg.n_ctx}; raise n_ctx.")
 
 

@@ -227,13 +227,24 @@ def _build_into(tmp: Path, cfg: WorldConfig, say: Callable[[str], None] | None) 
 
 def measure(folder: Path, cfg: WorldConfig, data: WorldData,
             say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Rates of the three models and the RepSim AUC (stored as ``metrics.json``)."""
+    """Rates of the three models and the RepSim AUC (stored as ``metrics.json``).
+
+    Per model: :func:`metrics.evaluate` (KL to the SFT model), ``ordinary/kl_to_gold`` and
+    the trigger bad-response rate per trigger form (``self_train`` / ``self_eval``).
+    """
     from mechunlearn.models import load_bridge
 
     bridges = {n: load_bridge(folder / "models" / n) for n in MODELS}
     out: dict[str, Any] = {}
+    ordinary = list(data.eval["ordinary"])
     for n, b in bridges.items():
         out[n] = M.evaluate(b, data.eval, reference=bridges["sft"])
+        out[n]["ordinary/kl_to_gold"] = M.kl(bridges["gold"], b, ordinary,
+                                             [p.good for p in ordinary])
+        trig = list(data.eval["trigger"])
+        for form in sorted({p.form for p in trig}):
+            ps = [p for p in trig if p.form == form]
+            out[n][f"trigger[{form}]/bad"] = M.bad_response_rate(b, ps)
         if say:
             say(f"{n}: " + ", ".join(f"{k}={v:.3f}" for k, v in out[n].items()))
     trig = list(data.eval["trigger"])
