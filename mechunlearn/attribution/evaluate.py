@@ -266,11 +266,13 @@ def plot_auc(summary: pd.DataFrame, path: str, title: str = "") -> None:
     positions = [p for p in summary["position"].unique() if p != "params"]
     fig, axes = plt.subplots(1, len(positions), figsize=(5 * len(positions), 3.8), sharey=True,
                              squeeze=False)
+    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
     for ax, pos in zip(axes[0], positions):
         sub = summary[summary["position"] == pos]
         for method, g in sub.groupby("method"):
             g = g.sort_values("layer")
-            ax.plot(g["layer"], g["auc"], marker="o", label=method)
+            ax.plot(g["layer"], g["auc"], marker="o", label=method, color=colors.get(method))
+        ax.set_xticks(sorted(sub["layer"].unique()))
         tr = summary[summary["method"] == "tracin"]
         if len(tr):
             ax.axhline(float(tr["auc"].iloc[0]), ls="--", c="gray", label="tracin (params)")
