@@ -162,3 +162,23 @@ def test_write_report(tmp_path):
             "imprint.csv", "resistance.csv"} <= names
     text = (out / "summary.md").read_text()
     assert "0.667" in text and "model" in text
+
+
+def test_probe_labeler_accepts_directions():
+    from mechunlearn.directions.base import Directions
+
+    site = Site("blocks.0.hook_resid_post", "mean")
+    basis = torch.zeros(1, 4)
+    basis[0, 2] = 1.0
+    probe = ProbeLabeler(None, Directions(basis, site=site), threshold=0.5)
+    assert probe.site == site
+    from mechunlearn.features import Features
+
+    f = Features(torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.2, 9.0]]), ("a", "b"), site, "x")
+    assert probe.project(f).tolist() == [1.0, 0.0]
+    with pytest.raises(SiteMismatchError):
+        ProbeLabeler(None, Directions(basis, site=site), Site("blocks.1.hook_resid_post"))
+    with pytest.raises(ConfigError):
+        ProbeLabeler(None, basis[0])  # a raw tensor needs its Site
+    with pytest.raises(ConfigError):
+        probe(["text"])  # no model to run
