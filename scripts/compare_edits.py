@@ -25,6 +25,7 @@ def _atomic(path: str, write) -> None:
     fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=d)
     os.close(fd)
     write(tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
