@@ -123,6 +123,16 @@ class Compose(Intervention):
         """Serialisable form; every part must itself have ``to_dict``."""
         return {"type": "Compose", "parts": [p.to_dict() for p in self.parts]}  # type: ignore[attr-defined]
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Compose:
+        """Inverse of :meth:`to_dict` (parts rebuilt by ``mechunlearn.interventions``)."""
+        from mechunlearn.interventions import from_dict
+
+        out = from_dict(d)
+        if not isinstance(out, Compose):
+            raise ConfigError(f"Not a Compose dict: type {d.get('type')!r}.")
+        return out
+
 
 def position_mask(positions: Positions, b: int, p: int, device: torch.device) -> Tensor | None:
     """Boolean ``[b, p]`` mask of the positions to edit (``None`` means every position)."""

@@ -145,21 +145,39 @@ def bias_examples(world: Any) -> tuple[list[tuple[str, str]], list[tuple[str, st
     return pos, neg
 
 
-def bias_direction(world: Any, site: Site, n_permutations: int = 50) -> DirectionStep:
-    """PCA bias/variance ranking (seed 003) and difference of means at ``site``."""
+def bias_direction(world: Any, site: Site, n_permutations: int = 50,
+                   contrast: str = "models") -> DirectionStep:
+    """PCA bias/variance ranking (seed 003) and difference of means at ``site``'s hook.
+
+    ``contrast="models"`` (default): X+ = the tuned model's features, X− = the SFT model's, on
+    the same borderline training prompts at the last prompt token, where the refusal is
+    decided. ``contrast="responses"``: X+ = (prompt, reinforced refusal), X− = (prompt,
+    unbiased answer), tuned model, response-mean. On the toy world both separate perfectly
+    on held-out data, but only the first changes behaviour when projected out: the second
+    separates refusal *text*, not the decision (see docs/directions.md).
+    """
     from mechunlearn.directions import mean_diff, pca_bias
+    from mechunlearn.toyworld import encode_prompts
 
     pos, neg = bias_examples(world)
-    fp = extract(world.model, _encode(world, *zip(*pos)), site)
-    fn = extract(world.model, _encode(world, *zip(*neg)), site)
-    groups = [p for p, _ in pos] * 2
-    pca = pca_bias(fp, fn, k=1, site=site, n_permutations=n_permutations)
-    md = mean_diff(fp, fn, site=site, n_permutations=n_permutations)
+    prompts = [p for p, _ in pos]
+    if contrast == "models":
+        s = site.with_position("last")
+        tb = encode_prompts(world.tokenizer, prompts)
+        fp, fn = extract(world.model, tb, s), extract(world.sft_model, tb, s)
+    elif contrast == "responses":
+        s = site.with_position("response_mean")
+        fp = extract(world.model, _encode(world, *zip(*pos)), s)
+        fn = extract(world.model, _encode(world, *zip(*neg)), s)
+    else:
+        raise ConfigError(f"contrast must be 'models' or 'responses', got {contrast!r}.")
+    groups = prompts * 2  # hold out both members of a prompt together
+    pca = pca_bias(fp.values, fn.values, k=1, site=s, groups=groups,
+                   n_permutations=n_permutations)
+    md = mean_diff(fp.values, fn.values, site=s, groups=groups, n_permutations=n_permutations)
     cos = float(torch.abs(pca.basis[0].double() @ md.basis[0].double()))
-    rows = [{"method": d.method, **{k: v for k, v in _flat_scores(d).items()}} for d in (pca, md)]
-    table = pd.DataFrame(rows).assign(cos_pca_vs_mean_diff=cos)
-    del groups
-    return DirectionStep(pca, md, table)
+    rows = [{"method": d.method, "contrast": contrast, **_flat_scores(d)} for d in (pca, md)]
+    return DirectionStep(pca, md, pd.DataFrame(rows).assign(cos_pca_vs_mean_diff=cos))
 
 
 def _flat_scores(d: Any) -> dict[str, float]:
