@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--max-queries", type=int, default=64)
     ap.add_argument("--methods", default=None, help="comma-separated subset of METHODS")
     ap.add_argument("--grad-loss", default="dpo", choices=["dpo", "nll"])
+    ap.add_argument("--convex-grad-locality", type=float, default=0.0,
+                    help="locality (mu) of the convex decomposition on gradient features")
     ap.add_argument("--counterfactual", action="store_true")
     ap.add_argument("--cf-methods", default="convex,convex_grad,best_baseline",
                     help="methods whose top-k is removed; 'best_baseline' = the best non-convex, "
@@ -91,7 +93,11 @@ def main() -> None:
           f"build metrics: trigger/bad tuned={world.metrics['tuned'].get('trigger/bad')} "
           f"gold={world.metrics['gold'].get('trigger/bad')}")
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
-    cfg = EvalConfig(methods=methods, max_queries=args.max_queries, grad_loss=args.grad_loss)
+    from mechunlearn.attribution import ConvexConfig
+
+    cfg = EvalConfig(methods=methods, max_queries=args.max_queries, grad_loss=args.grad_loss,
+                     convex_grad=ConvexConfig(center=False, normalize="l2", pool_metric="cosine",
+                                              locality=args.convex_grad_locality))
     queries = bad_queries(world, cfg.max_queries, reference_fallback=args.reference_fallback)
     means: dict = {}
     df = evaluate_world(world, cfg, queries=queries, mean_scores=means)
