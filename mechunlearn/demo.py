@@ -115,12 +115,16 @@ def _report(w: Any, case: Any, att: Any, top: pd.DataFrame, dirs: Any, proj: pd.
     rep.add_text(f"> **User:** {case.prompt.prompt}\n>\n> **Tuned model:** {case.response}\n\n"
                  f"The tuned model answers {case.n_bad} of {case.n_prompts} held-out trigger "
                  f"prompts badly. Reference good answer: *{case.prompt.good}*")
-    rep.add_text("## 2. Attribution (convex decomposition, seed 000; RepSim beside it)")
+    rep.add_text("## 2. Attribution (convex decomposition, seed 000; baselines beside it)")
     rep.add_text(
-        f"Layer sweep over `hook_resid_post` (response-mean features). The Site is chosen by the "
-        f"lowest convex residual, without the ground truth: **{att.site.key}**, relative "
-        f"residual {att.convex.residual:.3f} (0 = the query is exactly a convex combination of "
-        f"the selected samples). AUC / precision@k use the planted poisoned ids."
+        "Layer sweep over `hook_resid_post`. `convex`: the bad pair's response-mean activation "
+        "as a convex combination of training pairs'; `convex_grad`: the same decomposition on "
+        "per-sample loss gradients at that activation; `repsim` (cosine) and `gradsim` "
+        "(gradient cosine) are the baselines. The Site is chosen by the lowest activation-"
+        f"convex residual, without the ground truth: **{att.site.key}**, relative residual "
+        f"{att.convex.residual:.3f} (0 = the query is exactly a convex combination of the "
+        "selected samples). AUC / precision@k use the planted poisoned ids: read them as a "
+        "check of each method, which a real user would not have."
     )
     rep.add_table("attribution_sweep", att.sweep, "Attribution quality by layer and method")
     rep.add_figure("attribution_by_layer",

@@ -90,14 +90,19 @@ def train_batch(world: Any) -> TokenBatch:
 
 
 def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = None,
-                   position: str = "response_mean", k: int = 16,
-                   batch_size: int = 64) -> AttributionStep:
-    """Convex attribution (seed 000) and RepSim at each layer's ``hook_resid_post``.
+                   position: str = "response_mean", k: int = 16, batch_size: int = 64,
+                   gradients: bool = True) -> AttributionStep:
+    """Attribute the bad response at each layer's ``hook_resid_post``, several ways.
 
-    The chosen Site is the one with the lowest convex residual (no ground truth used). When the
-    world has ground truth, the sweep also reports AUC and precision@k of the poisoned ids.
+    Methods per Site: ``convex`` (seed 000, on activations), ``repsim`` (cosine baseline) and,
+    with ``gradients``, ``convex_grad`` (the same convex decomposition on per-sample loss
+    gradients at the Site's activation: DPO loss for training pairs, NLL of the bad response
+    for the query) and ``gradsim`` (their cosine). The chosen Site is the one with the lowest
+    activation-convex residual (no ground truth used). When the world has ground truth, the
+    sweep also reports AUC and precision@k of the poisoned ids.
     """
-    from mechunlearn.attribution import ConvexAttributor, RepSim
+    from mechunlearn.attribution import ConvexAttributor, ConvexConfig, GradSim, RepSim
+    from mechunlearn.attribution.evaluate import ranking_metrics
 
     model = world.model
     n_layers = int(model.cfg.n_layers)
@@ -108,14 +113,29 @@ def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = Non
     ids = [p.id for p in world.train]
     train = extract(model, train_batch(world), site_list, batch_size=batch_size, ids=ids)
     query = extract(model, _encode(world, [case.prompt.prompt], [case.response]), site_list)
-    truth = np.isin(np.array(ids), np.array(world.truth.poisoned_ids))
+    feats = {"convex": (train, query), "repsim": (train, query)}
+    makers: dict[str, Callable[[Any], Any]] = {
+        "convex": lambda f: ConvexAttributor(f, k=k),
+        "repsim": lambda f: RepSim(f, k=k),
+    }
+    if gradients:
+        g_train, g_query = _gradient_features(world, case, site_list, ids)
+        feats.update({"convex_grad": (g_train, g_query), "gradsim": (g_train, g_query)})
+        makers["convex_grad"] = lambda f: ConvexAttributor(
+            f, ConvexConfig(k=k, center=False, normalize="l2", pool_metric="cosine"))
+        makers["gradsim"] = lambda f: GradSim(f, k=k)
+    truth = torch.as_tensor(np.isin(np.array(ids), np.array(world.truth.poisoned_ids)))
     rows, results = [], {}
     for s in site_list:
-        for name, att in (("convex", ConvexAttributor(train[s], k=k)), ("repsim", RepSim(train[s], k=k))):
-            a = att.attribute(query[s])
+        for name, make in makers.items():
+            tr, q = feats[name]
+            a = make(tr[s]).attribute(q[s])
             results[(s, name)] = a
+            quality = (ranking_metrics(a.scores, truth, [k])
+                       if 0 < int(truth.sum()) < len(truth) else {})
             rows.append({"site": s.key, "layer": s.layer, "method": name,
-                         "residual": a.residual, **ranking_quality(a.scores.numpy(), truth, k),
+                         "residual": a.residual, "auc": quality.get("auc", float("nan")),
+                         "precision_at_k": quality.get(f"p@{k}", float("nan")),
                          "seconds": a.seconds})
     sweep = pd.DataFrame(rows)
     conv = sweep[sweep.method == "convex"].reset_index(drop=True)
@@ -124,14 +144,19 @@ def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = Non
                            train[best])
 
 
-def ranking_quality(scores: np.ndarray, truth: np.ndarray, k: int) -> dict[str, float]:
-    """AUC and precision@k of ``scores [N]`` against boolean ``truth [N]`` (nan if no truth)."""
-    if truth.sum() == 0 or truth.all():
-        return {"auc": float("nan"), "precision_at_k": float("nan")}
-    from sklearn.metrics import roc_auc_score
+def _gradient_features(world: Any, case: BadCase, site_list: list[Site], ids: list[str]
+                       ) -> tuple[dict[Site, Features], dict[Site, Features]]:
+    from mechunlearn.attribution import gradient_features
+    from mechunlearn.toyworld import format_prompt, format_response
 
-    order = np.argsort(-scores, kind="stable")[:k]
-    return {"auc": float(roc_auc_score(truth, scores)), "precision_at_k": float(truth[order].mean())}
+    items = [(format_prompt(p.prompt), format_response(p.chosen), format_response(p.rejected))
+             for p in world.train]
+    g_train = gradient_features(world.model, items, site_list, loss="dpo",
+                                ref_model=world.sft_model, beta=world.config.beta, ids=ids,
+                                batch_size=32)
+    q = [(format_prompt(case.prompt.prompt), format_response(case.response))]
+    g_query = gradient_features(world.model, q, site_list, loss="nll")
+    return g_train, g_query
 
 
 def bias_examples(world: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
