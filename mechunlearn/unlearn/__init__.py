@@ -2,6 +2,7 @@
 selective forgetting of attributed samples (seed 000), U2A weighting (seed 002) and the
 comparison harness. See ``docs/unlearning.md``."""
 
+from mechunlearn.unlearn.compare import CompareConfig, compare
 from mechunlearn.unlearn.data import Item, as_items
 from mechunlearn.unlearn.loop import UnlearnConfig, UnlearnResult, snapshot, unlearn
 from mechunlearn.unlearn.objectives import (
@@ -14,8 +15,11 @@ from mechunlearn.unlearn.objectives import (
     SimNPO,
     make_objective,
 )
+from mechunlearn.unlearn.selective import SelectiveResult, selective_forget
+from mechunlearn.unlearn.u2a import U2AResult, u2a_weights
 
 __all__ = [
-    "NPO", "RMU", "Flip", "GradDiff", "GradientAscent", "Item", "Objective", "SimNPO",
-    "UnlearnConfig", "UnlearnResult", "as_items", "make_objective", "snapshot", "unlearn",
+    "NPO", "RMU", "CompareConfig", "Flip", "GradDiff", "GradientAscent", "Item", "Objective",
+    "SelectiveResult", "SimNPO", "U2AResult", "UnlearnConfig", "UnlearnResult", "as_items",
+    "compare", "make_objective", "selective_forget", "snapshot", "u2a_weights", "unlearn",
 ]
