@@ -24,7 +24,7 @@ def _features(model: Any, path: Path, site: Any, batch_size: int) -> Any:
 
 
 def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
-    """Add ``attribute``, ``directions``, ``edit`` and ``sweep`` commands to ``app``."""
+    """Add ``attribute``, ``directions``, ``edit``, ``seal`` and ``sweep`` commands to ``app``."""
 
     @app.command()
     @friendly
@@ -138,6 +138,33 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
             raise ConfigError(f"edit takes 'orthogonalize' or 'unlearn', got {how!r}.")
         export_hf(bridge, out)
         typer.echo(f"edited model -> {out}")
+
+    @app.command()
+    @friendly
+    def seal(
+        data: Path = typer.Option(..., help="Preference pairs: hh-rlhf JSONL(.gz) or "
+                                  "prompt/chosen/rejected JSONL."),
+        out: Path = typer.Option(Path("seal-report"), help="Report folder."),
+        model: Path | None = typer.Option(None, help="Reward-model body (HF folder); default: "
+                                          "the packaged all-MiniLM-L6-v2."),
+        cache: Path | None = typer.Option(None, help="Feature cache (default ~/.cache/...)."),
+        max_length: int = typer.Option(128, min=8, help="Tokens kept (from the end)."),
+        boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for imprint CIs."),
+    ) -> None:
+        """SEAL diagnostics: train a reward model, then resistance, imprint and robustness."""
+        from mechunlearn.seal.run import run_seal
+
+        body = None
+        if model is not None:
+            from mechunlearn.models import load_bridge
+
+            body = load_bridge(model)
+        run = run_seal(data, out, model=body, cache=cache, max_length=max_length, n_boot=boot,
+                       say=lambda m: typer.echo(m))
+        after = run.report.resistance.get("after, test")
+        if after is not None:
+            typer.echo(f"test agreement {after.agreement:.3f}, resistance {after.resistance:.3f}")
+        typer.echo(f"report -> {run.folder}")
 
     @app.command()
     @friendly

@@ -81,7 +81,7 @@ def model_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
         if flat.numel() == 0:
             continue
         if flat.is_floating_point():
-            h.update(repr(float(flat.double().sum())).encode())
+            h.update(repr(float(flat.sum(dtype=torch.float64))).encode())
         step = max(1, flat.numel() // sample)
         h.update(flat[::step].cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

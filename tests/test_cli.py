@@ -96,3 +96,20 @@ def test_capability_commands(tmp_path):
     assert r.exit_code == 2 and "--directions" in r.output
     r = runner.invoke(app, ["edit", "shrink", "--model", folder, "--out", str(tmp_path / "e3")])
     assert r.exit_code == 2
+
+
+def test_seal_command_on_a_slice(tmp_path, hh_rlhf_path):
+    import gzip
+
+    with gzip.open(hh_rlhf_path, "rt", encoding="utf-8") as f:
+        lines = [next(f) for _ in range(80)]
+    data = tmp_path / "slice.jsonl"
+    data.write_text("".join(lines) + "{broken json\n")
+    out = tmp_path / "seal"
+    r = runner.invoke(app, ["seal", "--data", str(data), "--out", str(out), "--boot", "20",
+                            "--max-length", "64", "--cache", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    assert "test agreement" in r.output and (out / "summary.md").exists()
+    assert (out / "sites.csv").exists()
+    r = runner.invoke(app, ["seal", "--data", str(tmp_path / "missing.jsonl")])
+    assert r.exit_code == 2 and "error:" in r.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -20,7 +21,11 @@ def _blocks(path: Path) -> list[str]:
 def test_doc_code_blocks_run(path, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MECHUNLEARN_CACHE", str(tmp_path / "cache"))
-    if "toyworld.load(" in path.read_text():  # reuse the session's tiny world (no retraining)
+    text = path.read_text()
+    if "harmless-base-test.jsonl.gz" in text:  # docs that read the shared hh-rlhf sample
+        data = request.getfixturevalue("hh_rlhf_path")
+        (tmp_path / "harmless-base-test.jsonl.gz").symlink_to(os.path.abspath(data))
+    if "toyworld.load(" in text:  # reuse the session's tiny world (no retraining)
         world = request.getfixturevalue("tiny_world")
         (tmp_path / "cache").mkdir()
         (tmp_path / "cache" / "toyworld").symlink_to(world.path.parent)

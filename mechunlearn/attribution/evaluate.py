@@ -82,21 +82,11 @@ class EvalConfig:
 
 def ranking_metrics(scores: Tensor, positive: Tensor, ks: Sequence[int]) -> dict[str, float]:
     """ROC AUC (ties count 1/2) and precision@k of ``scores [N]`` for labels ``positive [N]``."""
+    from mechunlearn.ranking import auc
+
     pos = positive.bool()
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise EmptyDataError(f"Ranking metrics need both classes; got {n_pos} positives, "
-                             f"{n_neg} negatives.")
-    s = scores.double()
-    order = torch.argsort(s)
-    ranks = torch.empty_like(s)
-    ranks[order] = torch.arange(1, len(s) + 1, dtype=s.dtype)
-    uniq, inv = torch.unique(s, return_inverse=True)
-    sums = torch.zeros(len(uniq), dtype=s.dtype).index_add_(0, inv, ranks)
-    cnts = torch.zeros(len(uniq), dtype=s.dtype).index_add_(0, inv, torch.ones_like(s))
-    ranks = (sums / cnts)[inv]
-    out = {"auc": float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))}
-    top = torch.argsort(-s, stable=True)
+    out = {"auc": auc(scores, pos)}
+    top = torch.argsort(-scores.double(), stable=True)
     for k in ks:
         out[f"p@{k}"] = float(pos[top[:k]].float().mean())
     return out

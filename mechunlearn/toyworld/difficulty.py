@@ -13,33 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from mechunlearn.errors import EmptyDataError
 from mechunlearn.features import extract
+from mechunlearn.ranking import auc
 from mechunlearn.sites import Site
 from mechunlearn.toyworld.data import EvalPrompt, PreferencePair
 from mechunlearn.toyworld.format import encode_pairs
-
-
-def auc(scores: Tensor, positive: Tensor) -> float:
-    """ROC AUC of ``scores [n]`` for boolean labels ``positive [n]`` (ties count 1/2)."""
-    pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        raise EmptyDataError(f"AUC needs both classes; got {len(pos)} positives, {len(neg)} negatives.")
-    ranks = _avg_ranks(scores.double())
-    r_pos = ranks[positive].sum()
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def _avg_ranks(x: Tensor) -> Tensor:
-    order = torch.argsort(x)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
-    uniq, inv = torch.unique(x, return_inverse=True)
-    sums = torch.zeros(len(uniq), dtype=x.dtype).index_add_(0, inv, ranks)
-    cnts = torch.zeros(len(uniq), dtype=x.dtype).index_add_(0, inv, torch.ones_like(x))
-    return (sums / cnts)[inv]
 
 
 def repsim_auc(model: Any, train: Sequence[PreferencePair], queries: Sequence[EvalPrompt],

@@ -109,17 +109,26 @@ def judge(world: Any, model: Any, n_examples: int = 3,
 
 def attributed_forget(world: Any, site: Site, cfg: CompareConfig) -> tuple[list[int], float]:
     """Training rows attributed to the tuned model's bad responses, and seconds taken."""
-    from mechunlearn.attribution import ConvexAttributor, ConvexConfig
     from mechunlearn.attribution.evaluate import bad_queries
-    from mechunlearn.features import extract
 
     t0 = time.perf_counter()
-    enc, tok, train = _fmt_encode(), world.tokenizer, list(world.train)
     prompts, resp = bad_queries(world, cfg.max_queries)
-    ft = extract(world.model, enc(tok, [p.prompt for p in train], [p.chosen for p in train]),
-                 [site], batch_size=64, ids=[p.id for p in train], progress=False)[site]
-    fq = extract(world.model, enc(tok, [p.prompt for p in prompts], resp), [site],
-                 batch_size=64, progress=False)[site]
+    queries = _fmt_encode()(world.tokenizer, [p.prompt for p in prompts], resp)
+    order = _convex_forget(world.model, world, queries, site, cfg)
+    return order, time.perf_counter() - t0
+
+
+def _convex_forget(model: Any, world: Any, queries: Any, site: Site, cfg: CompareConfig
+                   ) -> list[int]:
+    """Training rows ranked by summed convex weight over the ``queries`` (a TokenBatch)."""
+    from mechunlearn.attribution import ConvexAttributor, ConvexConfig
+    from mechunlearn.features import extract
+
+    train = list(world.train)
+    tb = _fmt_encode()(world.tokenizer, [p.prompt for p in train], [p.chosen for p in train])
+    ft = extract(model, tb, [site], batch_size=64, ids=[p.id for p in train],
+                 progress=False)[site]
+    fq = extract(model, queries, [site], batch_size=64, progress=False)[site]
     att = ConvexAttributor(ft, ConvexConfig(k=cfg.k))
     total = torch.zeros(len(train), dtype=torch.float64)
     for a in att.attribute_many(fq):
@@ -130,7 +139,7 @@ def attributed_forget(world: Any, site: Site, cfg: CompareConfig) -> tuple[list[
         from mechunlearn.toyworld import is_bad
 
         order = [i for i in order if is_bad(train[i].chosen)]
-    return order[: cfg.n_forget], time.perf_counter() - t0
+    return order[: cfg.n_forget]
 
 
 def _direction(world: Any, site: Site, forget: list[Any]) -> Any:
@@ -256,30 +265,10 @@ def _find_bad(world: Any) -> Callable[[Any], list[Any]]:
 
 
 def _attribute(world: Any, site: Site, cfg: CompareConfig) -> Callable[[Any, Any], list[int]]:
-    from mechunlearn.attribution import ConvexAttributor, ConvexConfig
-    from mechunlearn.features import extract
     from mechunlearn.tokens import tokenize
 
-    train = list(world.train)
-    enc = _fmt_encode()
-
     def attribute(m: Any, queries: list[Any]) -> list[int]:
-        ft = extract(m, enc(world.tokenizer, [p.prompt for p in train],
-                            [p.chosen for p in train]), [site], batch_size=64,
-                     progress=False)[site]
-        fq = extract(m, tokenize(world.tokenizer, queries), [site], batch_size=64,
-                     progress=False)[site]
-        att = ConvexAttributor(ft, ConvexConfig(k=cfg.k))
-        total = torch.zeros(len(train), dtype=torch.float64)
-        for a in att.attribute_many(fq):
-            for i, w in zip(a.indices, a.weights.tolist()):
-                total[int(i)] += w
-        order = [int(i) for i in torch.argsort(total, descending=True) if total[i] > 0]
-        if cfg.filter_bad:
-            from mechunlearn.toyworld import is_bad
-
-            order = [i for i in order if is_bad(train[i].chosen)]
-        return order[: cfg.n_forget]
+        return _convex_forget(m, world, tokenize(world.tokenizer, queries), site, cfg)
 
     return attribute
 
