@@ -96,8 +96,8 @@ def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = Non
 
     Methods per Site: ``convex`` (seed 000, on activations), ``repsim`` (cosine baseline) and,
     with ``gradients``, ``convex_grad`` (the same convex decomposition on per-sample loss
-    gradients at the Site's activation: DPO loss for training pairs, NLL of the bad response
-    for the query) and ``gradsim`` (their cosine). The chosen Site is the one with the lowest
+    gradients at the Site's activation: NLL of each training pair's chosen response and of
+    the bad response) and ``gradsim`` (their cosine). The chosen Site is the one with the lowest
     activation-convex residual (no ground truth used). When the world has ground truth, the
     sweep also reports AUC and precision@k of the poisoned ids.
     """
@@ -146,13 +146,18 @@ def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = Non
 
 def _gradient_features(world: Any, case: BadCase, site_list: list[Site], ids: list[str]
                        ) -> tuple[dict[Site, Features], dict[Site, Features]]:
+    """Per-sample NLL-gradient features at each Site: training (prompt, chosen), the query.
+
+    NLL rather than the DPO training loss: on the toy world's ``hard`` build, whose DPO had
+    saturated on the poisoned pairs (tuned bad-response rate 0.91), DPO-loss gradients of
+    exactly those pairs nearly vanish and gradient similarity ranked the poison *below*
+    chance (AUC 0.30-0.35 by layer); NLL gradients gave 0.66-0.69.
+    """
     from mechunlearn.attribution import gradient_features
     from mechunlearn.toyworld import format_prompt, format_response
 
-    items = [(format_prompt(p.prompt), format_response(p.chosen), format_response(p.rejected))
-             for p in world.train]
-    g_train = gradient_features(world.model, items, site_list, loss="dpo",
-                                ref_model=world.sft_model, beta=world.config.beta, ids=ids,
+    items = [(format_prompt(p.prompt), format_response(p.chosen)) for p in world.train]
+    g_train = gradient_features(world.model, items, site_list, loss="nll", ids=ids,
                                 batch_size=32)
     q = [(format_prompt(case.prompt.prompt), format_response(case.response))]
     g_query = gradient_features(world.model, q, site_list, loss="nll")
