@@ -301,12 +301,8 @@ class ConvexAttributor(Attributor):
                 key = dots / (sqn.sqrt() * qq**0.5).clamp_min(1e-30)
             key_parts.append(key)
             v, i = torch.topk(key, min(P, len(key)))
-            best_val = torch.cat([best_val, v])
-            best_idx = torch.cat([best_idx, i + offset])
-            best_rows = torch.cat([best_rows, x[i]])
-            if len(best_val) > P:
-                v2, j = torch.topk(best_val, P)
-                best_val, best_idx, best_rows = v2, best_idx[j], best_rows[j]
+            best_val, best_idx, best_rows = _merge_topk(best_val, best_idx, best_rows, v,
+                                                        i + offset, x[i], P)
             offset += len(key)
         return best_idx, best_rows, torch.cat(key_parts).double(), torch.cat(d2_parts).double()
 
@@ -333,12 +329,8 @@ class ConvexAttributor(Attributor):
             v, i = torch.topk(gain.float(), min(m, len(gain)))
             ok = v > 1e-9 * scale
             v, i = v[ok], i[ok]
-            best_val = torch.cat([best_val, v])
-            best_idx = torch.cat([best_idx, i + offset])
-            best_rows = torch.cat([best_rows, x[i]])
-            if len(best_val) > m:
-                v2, j = torch.topk(best_val, m)
-                best_val, best_idx, best_rows = v2, best_idx[j], best_rows[j]
+            best_val, best_idx, best_rows = _merge_topk(best_val, best_idx, best_rows, v,
+                                                        i + offset, x[i], m)
             offset += len(gain)
         return best_idx, best_rows
 
@@ -351,6 +343,16 @@ class ConvexAttributor(Attributor):
         scores = sec.clone()
         scores[idx] = 1.0 + w
         return scores
+
+
+def _merge_topk(val: Tensor, idx: Tensor, rows: Tensor, v: Tensor, i: Tensor, x: Tensor,
+                m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Running top-``m`` over chunks: append one chunk's candidates, keep the ``m`` best."""
+    val, idx, rows = torch.cat([val, v]), torch.cat([idx, i]), torch.cat([rows, x])
+    if len(val) > m:
+        _, j = torch.topk(val, m)
+        val, idx, rows = val[j], idx[j], rows[j]
+    return val, idx, rows
 
 
 def _sparse_exact(X: np.ndarray, q: np.ndarray, k: int, tol_sq: float,

@@ -119,11 +119,7 @@ def sft(model: Any, tokenizer: Any, examples: Sequence[tuple[str, str]], cfg: Wo
         sched(i)
         lp, cnt = token_logprobs(model, tb[idx])
         loss = -lp.sum() / cnt.sum()
-        check_finite("SFT loss", loss)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        _step(opt, model, loss, "SFT loss")
         losses.append(loss.item())
         if progress and (i % 50 == 0 or i == len(batches) - 1):
             progress(f"SFT step {i + 1}/{len(batches)} loss {loss.item():.3f}")
@@ -159,17 +155,22 @@ def dpo(model: Any, ref: Any, tokenizer: Any, pairs: Sequence[tuple[str, str, st
         margin = cfg.beta * ((pc - ref_c[idx]) - (pr - ref_r[idx]))
         nll = (-pc / cnt[:b]).mean()  # per-sequence mean NLL of the chosen responses
         loss = -F.logsigmoid(margin).mean() + cfg.nll_weight * nll
-        check_finite("DPO loss", loss)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        _step(opt, model, loss, "DPO loss")
         losses.append(loss.item())
         if progress and (i % 50 == 0 or i == len(batches) - 1):
             acc = float((margin > 0).float().mean())
             progress(f"DPO step {i + 1}/{len(batches)} loss {loss.item():.3f} acc {acc:.2f}")
     model.eval()
     return losses
+
+
+def _step(opt: torch.optim.Optimizer, model: Any, loss: Tensor, what: str) -> None:
+    """One optimiser step: finite-loss check, backward, gradient clipping at 1.0."""
+    check_finite(what, loss)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
 
 
 def _stack(a: TokenBatch, b: TokenBatch) -> TokenBatch:
