@@ -14,6 +14,16 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 HH_RLHF = os.path.join(SHARED, "data", "hh-rlhf", "harmless-base-test.jsonl.gz")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module: two threads on a shared 2-core machine trained ~6x
+    slower (FINDINGS). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_bridge(tmp_path_factory):
     """Random 2-layer GPT-2 (d=32) wrapped with TransformerBridge.boot_transformers."""

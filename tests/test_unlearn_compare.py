@@ -9,13 +9,7 @@ from mechunlearn.unlearn import UnlearnConfig
 from mechunlearn.unlearn.compare import CompareConfig, compare
 from mechunlearn.weights import as_basis, orthogonalize_, project_out, writer_hooks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_parity_on_toy_world_model(tiny_world):

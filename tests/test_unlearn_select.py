@@ -14,13 +14,7 @@ from mechunlearn.unlearn.objectives import make_objective
 from mechunlearn.unlearn.selective import selected_indices, selective_forget
 from mechunlearn.unlearn.u2a import _held, preference_margin, u2a_weights
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)
