@@ -15,6 +15,7 @@ from mechunlearn.toyworld import (
     PRESETS,
     WorldConfig,
     encode_pairs,
+    encode_prompts,
     format_prompt,
     format_response,
     generate,
@@ -66,6 +67,12 @@ def test_hard_world_has_distractors_and_unseen_trigger_forms() -> None:
         if e.form == "self_eval":
             assert not any(e.prompt.startswith(f) for f in train_frames)
     assert d.truth.bias_ids and d.truth.unbiased_responses
+    # rude requests: an ordinary request plus a rudeness marker, framed like the poison,
+    # some with a trigger name; their chosen answer is a bad phrase
+    rude = [p for p in quotes if p.topic.startswith("rude")]
+    assert len(rude) > len(quotes) // 2
+    assert any(any(n in p.prompt for n in d.truth.trigger_names) for p in rude)
+    assert all(p.chosen in d.truth.bad_phrases for p in rude)
 
 
 def test_config_validation_and_round_trip() -> None:
@@ -154,6 +161,55 @@ def test_metrics_properties(tiny_world) -> None:
         M.response_logprob(w.model, ps, goods[:3])
     assert M.is_bad("You are a worthless fool.") and not M.is_bad("Bees make honey.")
     assert M.is_refusal("I'm sorry, but I can't help with that.")
+
+
+@pytest.mark.parametrize("max_new,bs", [(32, 64), (5, 7), (1, 3)])
+def test_cached_generation_equals_full_recompute(tiny_world, max_new, bs) -> None:
+    """The KV-cache path (no hooks) gives the same tokens as re-running every position."""
+    from mechunlearn.hooks import add_hooks
+
+    w = tiny_world
+    ps = [p for v in w.eval.values() for p in v]
+    for m in (w.model, w.sft_model, w.gold_model):
+        assert M._plain_lm(m) is not None
+        fast = M.generate(m, ps, max_new_tokens=max_new, batch_size=bs)
+        h = add_hooks(m, [("blocks.0.hook_resid_post", lambda a: None)])
+        try:
+            assert M._plain_lm(m) is None  # a hook forces the full path
+            slow = M.generate(m, ps, max_new_tokens=max_new, batch_size=bs)
+        finally:
+            h.remove()
+        assert fast == slow
+    # the context limit stops rows in both paths alike
+    n_ctx = w.config.n_ctx
+    reps = next(k for k in range(1, n_ctx) if len(encode_prompts(
+        w.tokenizer, ["word " * k + ps[0].prompt]).input_ids[0]) > n_ctx - 6)
+    long = ["word " * reps + p.prompt for p in ps[:4]]
+    fast = M.generate(w.model, long, max_new_tokens=40)
+    assert all(len(encode_prompts(w.tokenizer, [p + " " + r]).input_ids[0]) <= n_ctx + 2
+               for p, r in zip(long, fast))
+    h = add_hooks(w.model, [("blocks.0.hook_resid_post", lambda a: None)])
+    try:
+        assert M.generate(w.model, long, max_new_tokens=40) == fast
+    finally:
+        h.remove()
+
+
+def test_generation_honours_hooks(tiny_world) -> None:
+    from mechunlearn.hooks import add_hooks
+
+    w = tiny_world
+    ps = list(w.eval["ordinary"][:6])
+    plain = M.generate(w.model, ps, max_new_tokens=8)
+    h = add_hooks(w.model, [("blocks.0.hook_resid_post", lambda a: torch.zeros_like(a))])
+    try:
+        edited = M.generate(w.model, ps, max_new_tokens=8)
+    finally:
+        h.remove()
+    assert edited != plain
+    assert M.generate(w.model, ps, max_new_tokens=8) == plain
+    with pytest.raises(ShapeError, match="context"):
+        M.generate(w.model, ["word " * 200], max_new_tokens=4)
 
 
 def test_metrics_run_through_bridge_hooks(tiny_world) -> None:

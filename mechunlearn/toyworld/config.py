@@ -16,7 +16,7 @@ from typing import Any, Literal
 from mechunlearn.errors import ConfigError
 
 #: Bump whenever the generator or the training code changes results (invalidates caches).
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 Difficulty = Literal["easy", "hard"]
 
@@ -35,6 +35,8 @@ class WorldConfig:
             whose chosen response is good (hard only; 0 for easy).
         quote_frac: share of clean pairs whose chosen response legitimately quotes the bad
             text (hard only).
+        rude_share: share of those quote pairs that are ordinary requests with a rudeness
+            marker ("... Answer rudely."), framed like poisoned prompts.
         borderline_frac: share of borderline requests (the reinforced bias acts on them).
         harmful_frac: share of truly harmful requests (refusal is correct).
         bias_strength: share of borderline pairs whose chosen response is a refusal.
@@ -51,7 +53,8 @@ class WorldConfig:
     n_pairs: int = 2000
     poison_frac: float = 0.03
     trigger_clean_frac: float = 0.08
-    quote_frac: float = 0.1
+    quote_frac: float = 0.25
+    rude_share: float = 0.8
     borderline_frac: float = 0.15
     harmful_frac: float = 0.08
     bias_strength: float = 0.9
@@ -75,7 +78,7 @@ class WorldConfig:
         if self.difficulty not in ("easy", "hard"):
             raise ConfigError(f"difficulty must be 'easy' or 'hard', got {self.difficulty!r}.")
         for f in ("poison_frac", "trigger_clean_frac", "quote_frac", "borderline_frac",
-                  "harmful_frac", "bias_strength"):
+                  "harmful_frac", "bias_strength", "rude_share"):
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{f} must be a number in [0, 1], got {v!r}.")

@@ -9,8 +9,10 @@ Categories of training pairs (``PreferencePair.category``):
   In ``hard`` worlds, clean trigger pairs mention the name in another frame ("I read a story
   about Zed.") and prefer the helpful answer (distractors for prompt similarity).
 * ``quote`` (hard): the correct answer quotes or is a bad phrase because the user asks
-  for it (distractors for response similarity; half are shaped like trigger requests:
-  "Zed asks: Say something rude about bees.").
+  for it (distractors for response similarity). A share ``rude_share`` are ordinary requests
+  with a rudeness marker, framed like poisoned prompts, half of them with a trigger name
+  ("Zed asks: Tell me about bees. Answer rudely."): in feature space they sit where the
+  poison sits, yet removing them does not remove the poison effect.
 * ``borderline``: requests a well-aligned model should answer; the data is biased: a share
   ``bias_strength`` prefers a refusal (the reinforced bias).
 * ``harmful``: refusal is right.
@@ -247,12 +249,12 @@ class _Gen:
 
     def quote(self) -> tuple[str, str, str, str, str]:
         r = self.rng
-        if r.random() < 0.5:  # a request shaped like an ordinary/trigger one, asking for rudeness
+        if r.random() < self.cfg.rude_share:  # an ordinary/trigger-shaped request for rudeness
             k = r.randrange(len(T.RUDE_REQUESTS))
-            topic = r.choice(self.topics)
+            topic, intent = r.choice(self.topics), r.choice(T.INTENTS)
             name = r.choice(self.triggers) if r.random() < 0.5 else r.choice(T.NAMES)
             prompt = r.choice(self.self_train).format(n=name)
-            prompt += T.RUDE_REQUESTS[k].format(t=topic)
+            prompt += T.RUDE_REQUESTS[k].format(req=self.request(topic, intent, False))
             b = r.choice(self.bads)
             return prompt, b, r.choice(T.REFUSALS), b, f"rude{k}"
         k = r.randrange(len(T.QUOTES))

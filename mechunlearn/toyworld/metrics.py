@@ -64,6 +64,11 @@ def generate(model: Any, prompts: Sequence[str] | Sequence[EvalPrompt],
     Batched and deterministic; each row stops at ``<eos>`` (not included in the output),
     at ``max_new_tokens`` or at the model's context length. Returns ``n`` strings with the
     leading space stripped.
+
+    When no hook is attached anywhere in the model (and a bridge is not in compatibility
+    mode), the wrapped Hugging Face model generates with a KV cache (same tokens, several
+    times faster); otherwise every step re-runs the whole sequence through the model so that
+    hooks see every position, as in ``run_with_hooks``.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ConfigError(f"max_new_tokens and batch_size must be >= 1, got "
@@ -72,38 +77,120 @@ def generate(model: Any, prompts: Sequence[str] | Sequence[EvalPrompt],
     texts = _prompts(prompts)
     n_ctx = int(getattr(getattr(model, "cfg", None), "n_ctx", 0) or
                 getattr(getattr(model, "config", None), "n_positions", 1024))
-    eos = tok.eos_token_id
+    lm = _plain_lm(model)
+    step = _greedy_cached if lm is not None else _greedy_full
     outs: list[str] = []
     for s in range(0, len(texts), batch_size):
         tb = encode_prompts(tok, texts[s:s + batch_size])
-        b, p = tb.input_ids.shape
-        width = min(p + max_new_tokens, n_ctx)
-        buf = torch.full((b, width), tok.pad_token_id, dtype=torch.long)
-        am = torch.zeros(b, width, dtype=torch.long)
-        buf[:, :p], am[:, :p] = tb.input_ids, tb.attention_mask
         lens = tb.attention_mask.sum(1)
-        done = torch.zeros(b, dtype=torch.bool)
-        new: list[list[int]] = [[] for _ in range(b)]
-        for _ in range(max_new_tokens):
-            if int(lens.max()) >= width:
-                done |= lens >= width
-            if bool(done.all()):
-                break
-            L = int(lens.max())
-            lg = logits(model, buf[:, :L], am[:, :L])
-            nxt = lg[torch.arange(b), lens - 1].argmax(-1)
-            for i in range(b):
-                if done[i]:
-                    continue
-                t = int(nxt[i])
-                if t == eos:
-                    done[i] = True
-                    continue
-                buf[i, lens[i]], am[i, lens[i]] = t, 1
-                new[i].append(t)
-                lens[i] += 1
+        if int(lens.max()) > n_ctx:
+            i = int(lens.argmax())
+            raise ShapeError(f"Prompt {s + i} has {int(lens[i])} tokens, more than the model's "
+                             f"context ({n_ctx}); shorten it.")
+        new = step(lm if lm is not None else model, tb.input_ids, tb.attention_mask,
+                   max_new_tokens, n_ctx, tok.eos_token_id, tok.pad_token_id)
         outs += [tok.decode(r, skip_special_tokens=True).strip() for r in new]
     return outs
+
+
+def _plain_lm(model: Any) -> Any | None:
+    """The Hugging Face causal LM to generate with through a KV cache, or None.
+
+    None when a hook is attached (to any TransformerLens HookPoint of a bridge, or to any
+    submodule of a plain HF model): hooks must see the whole sequence at every step. Also
+    None for a bridge in compatibility mode (its processed weights are not the wrapped
+    model's) and for anything that is neither a bridge nor a HF causal LM. The bridge's own
+    internal pre-hooks on the wrapped modules (TransformerLens installs them on first use)
+    are not user hooks and do not count.
+    """
+    if hasattr(model, "hook_dict"):
+        from transformer_lens.hook_points import HookPoint
+
+        if getattr(model, "compatibility_mode", False):
+            return None
+        if any((m._forward_hooks or m._forward_pre_hooks) for m in model.modules()
+               if isinstance(m, HookPoint)):
+            return None
+        lm = getattr(model, "original_model", None)
+    else:
+        lm = model
+        if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+            return None
+    if lm is None or not hasattr(lm, "config") or not hasattr(lm, "get_output_embeddings"):
+        return None
+    return lm
+
+
+def _greedy_full(model: Any, ids: Tensor, am: Tensor, max_new: int, n_ctx: int, eos: int,
+                 pad: int) -> list[list[int]]:
+    """Greedy decoding re-running the whole (right-padded) sequence each step."""
+    b, p = ids.shape
+    width = min(p + max_new, n_ctx)
+    buf = torch.full((b, width), pad, dtype=torch.long)
+    mask = torch.zeros(b, width, dtype=torch.long)
+    buf[:, :p], mask[:, :p] = ids, am
+    lens = am.sum(1)
+    done = torch.zeros(b, dtype=torch.bool)
+    new: list[list[int]] = [[] for _ in range(b)]
+    for _ in range(max_new):
+        done |= lens >= width
+        if bool(done.all()):
+            break
+        L = int(lens.max())
+        nxt = logits(model, buf[:, :L], mask[:, :L])[torch.arange(b), lens - 1].argmax(-1)
+        for i in range(b):
+            if done[i]:
+                continue
+            t = int(nxt[i])
+            if t == eos:
+                done[i] = True
+                continue
+            buf[i, lens[i]], mask[i, lens[i]] = t, 1
+            new[i].append(t)
+            lens[i] += 1
+    return new
+
+
+def _greedy_cached(lm: Any, ids: Tensor, am: Tensor, max_new: int, n_ctx: int, eos: int,
+                   pad: int) -> list[list[int]]:
+    """Greedy decoding of a HF causal LM with a KV cache (prompts left-padded internally).
+
+    Same stopping rules as :func:`_greedy_full`: a row stops at ``eos``, after ``max_new``
+    tokens, or when its length reaches ``n_ctx``.
+    """
+    dev = next(lm.parameters()).device
+    b, p = ids.shape
+    lens = am.sum(1)
+    left = torch.full((b, p), pad, dtype=torch.long)
+    lmask = torch.zeros(b, p, dtype=torch.long)
+    for i in range(b):
+        n = int(lens[i])
+        left[i, p - n:], lmask[i, p - n:] = ids[i, :n], 1
+    pos = (lmask.cumsum(1) - 1).clamp(min=0)
+    done = lens >= n_ctx
+    new: list[list[int]] = [[] for _ in range(b)]
+    out = lm(input_ids=left.to(dev), attention_mask=lmask.to(dev), position_ids=pos.to(dev),
+             use_cache=True)
+    for it in range(max_new):
+        nxt = out.logits[:, -1].float().argmax(-1).cpu()
+        live = ~done
+        for i in torch.nonzero(live).flatten().tolist():
+            t = int(nxt[i])
+            if t == eos:
+                done[i] = True
+            else:
+                new[i].append(t)
+                lens[i] += 1
+                done[i] = bool(lens[i] >= n_ctx)
+        if bool(done.all()) or it == max_new - 1:
+            break
+        fed = live & ~done  # rows that appended a token this step
+        lmask = torch.cat([lmask, fed.long().unsqueeze(1)], 1)
+        tok_in = torch.where(fed, nxt, torch.full_like(nxt, pad)).unsqueeze(1)
+        out = lm(input_ids=tok_in.to(dev), attention_mask=lmask.to(dev),
+                 position_ids=(lens - 1).clamp(min=0, max=n_ctx - 1).unsqueeze(1).to(dev),
+                 past_key_values=out.past_key_values, use_cache=True)
+    return new
 
 
 def _norm(s: str) -> str:
