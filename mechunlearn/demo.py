@@ -70,7 +70,8 @@ def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-rep
                       ("project pca_bias", lambda: apply(w.model, Project(dirs.pca, site=att.site))),
                       ("project mean_diff",
                        lambda: apply(w.model, Project(dirs.mean_diff, site=att.site)))):
-        rows.append(pl.verify(w, w.model, name, ref, context=ctx))
+        # Project edits every position alike, so KV-cache decoding gives the same tokens
+        rows.append(pl.verify(w, w.model, name, ref, context=ctx, kv_cache=ctx is not None))
     proj = pd.DataFrame(rows)
     t["directions"] = time.perf_counter() - s
 

@@ -220,7 +220,8 @@ def _flat_scores(d: Any) -> dict[str, float]:
 
 
 def verify(world: Any, model: Any, name: str, reference: Any,
-           context: Callable[[], Any] | None = None, n_examples: int = 3) -> dict[str, Any]:
+           context: Callable[[], Any] | None = None, n_examples: int = 3,
+           kv_cache: bool | None = None) -> dict[str, Any]:
     """Measure one model variant with the same judge as the edit comparison.
 
     Args:
@@ -228,6 +229,9 @@ def verify(world: Any, model: Any, name: str, reference: Any,
             forward of it.
         reference: an *unedited* copy of the tuned model (a separate bridge: hooks or weight
             edits on ``model`` must not reach it), for ``kl_ordinary_tuned``.
+        kv_cache: decoding mode (:func:`mechunlearn.toyworld.metrics.generate`): pass
+            ``True`` when ``context`` edits every position alike (e.g. a ``Project`` at all
+            positions), which gives the same tokens several times faster.
 
     Returns one row: ``trigger_bad``, ``trigger_good``, ``ordinary_good``, ``bias``,
     ``good_logp``, ``kl_gold_trigger``, ``kl_gold_ordinary``, ``kl_ordinary_tuned``,
@@ -237,7 +241,7 @@ def verify(world: Any, model: Any, name: str, reference: Any,
     from mechunlearn.unlearn.compare import judge
 
     with (context or _null)():
-        return {"variant": name, **judge(world, model, n_examples),
+        return {"variant": name, **judge(world, model, n_examples, kv_cache=kv_cache),
                 "kl_ordinary_tuned": kl(reference, model, world.eval["ordinary"])}
 
 

@@ -195,6 +195,23 @@ def test_cached_generation_equals_full_recompute(tiny_world, max_new, bs) -> Non
         h.remove()
 
 
+@pytest.mark.parametrize("layer", [0, 1])
+def test_kv_cache_through_bridge_with_position_free_hook(tiny_world, layer) -> None:
+    """kv_cache=True runs hooks on new positions only: exact for an all-position Project."""
+    from mechunlearn.hooks import apply
+    from mechunlearn.interventions import Project
+    from mechunlearn.sites import Site
+
+    w = tiny_world
+    ps = [p for v in w.eval.values() for p in v]
+    d = torch.randn(w.config.d_model, generator=torch.Generator().manual_seed(layer))
+    with apply(w.model, Project(d, site=Site(f"blocks.{layer}.hook_resid_post"))):
+        kv = M.generate(w.model, ps, max_new_tokens=12, kv_cache=True)
+        full = M.generate(w.model, ps, max_new_tokens=12, kv_cache=False)
+    assert kv == full
+    assert kv != M.generate(w.model, ps, max_new_tokens=12)  # the edit changed something
+
+
 def test_generation_honours_hooks(tiny_world) -> None:
     from mechunlearn.hooks import add_hooks
 

@@ -17,7 +17,7 @@ and is not bad.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -58,17 +58,20 @@ def _prompts(prompts: Sequence[str] | Sequence[EvalPrompt]) -> list[str]:
 @torch.no_grad()
 def generate(model: Any, prompts: Sequence[str] | Sequence[EvalPrompt],
              max_new_tokens: int = 32, batch_size: int = 64,
-             tokenizer: Any | None = None) -> list[str]:
+             tokenizer: Any | None = None, kv_cache: bool | None = None) -> list[str]:
     """Greedy continuations of raw prompts (formatted as ``User: ...\\nAssistant:``).
 
     Batched and deterministic; each row stops at ``<eos>`` (not included in the output),
     at ``max_new_tokens`` or at the model's context length. Returns ``n`` strings with the
     leading space stripped.
 
-    When no hook is attached anywhere in the model (and a bridge is not in compatibility
-    mode), the wrapped Hugging Face model generates with a KV cache (same tokens, several
-    times faster); otherwise every step re-runs the whole sequence through the model so that
-    hooks see every position, as in ``run_with_hooks``.
+    ``kv_cache``: ``None`` (default) decodes with a KV cache only when no hook is attached
+    (the wrapped Hugging Face model runs directly: same tokens, several times faster) and
+    otherwise re-runs the whole sequence every step, so hooks see every position as in
+    ``run_with_hooks``. ``True`` decodes with a KV cache *through the bridge*, hooks firing
+    on each new position only: correct for edits that act on every position alike (a
+    projection or steering vector at all positions), wrong for position-dependent ones.
+    ``False`` always re-runs the whole sequence.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ConfigError(f"max_new_tokens and batch_size must be >= 1, got "
@@ -77,8 +80,15 @@ def generate(model: Any, prompts: Sequence[str] | Sequence[EvalPrompt],
     texts = _prompts(prompts)
     n_ctx = int(getattr(getattr(model, "cfg", None), "n_ctx", 0) or
                 getattr(getattr(model, "config", None), "n_positions", 1024))
-    lm = _plain_lm(model)
-    step = _greedy_cached if lm is not None else _greedy_full
+    lm = _plain_lm(model) if kv_cache is None else None
+    if lm is not None:
+        fwd: Any = _hf_step(lm)
+    elif kv_cache and hasattr(model, "hook_dict"):
+        fwd = _bridge_step(model)
+    elif kv_cache:
+        fwd = _hf_step(model)
+    else:
+        fwd = None
     outs: list[str] = []
     for s in range(0, len(texts), batch_size):
         tb = encode_prompts(tok, texts[s:s + batch_size])
@@ -87,8 +97,9 @@ def generate(model: Any, prompts: Sequence[str] | Sequence[EvalPrompt],
             i = int(lens.argmax())
             raise ShapeError(f"Prompt {s + i} has {int(lens[i])} tokens, more than the model's "
                              f"context ({n_ctx}); shorten it.")
-        new = step(lm if lm is not None else model, tb.input_ids, tb.attention_mask,
-                   max_new_tokens, n_ctx, tok.eos_token_id, tok.pad_token_id)
+        args = (tb.input_ids, tb.attention_mask, max_new_tokens, n_ctx, tok.eos_token_id,
+                tok.pad_token_id)
+        new = _greedy_full(model, *args) if fwd is None else _greedy_cached(fwd, *args)
         outs += [tok.decode(r, skip_special_tokens=True).strip() for r in new]
     return outs
 
@@ -151,14 +162,40 @@ def _greedy_full(model: Any, ids: Tensor, am: Tensor, max_new: int, n_ctx: int, 
     return new
 
 
-def _greedy_cached(lm: Any, ids: Tensor, am: Tensor, max_new: int, n_ctx: int, eos: int,
+Step = Callable[[Tensor, Tensor, Tensor, Any], tuple[Tensor, Any]]
+
+
+def _hf_step(lm: Any) -> Step:
+    """``(ids, mask, positions, past) -> (logits, past)`` for a HF causal LM."""
+    dev = next(lm.parameters()).device
+
+    def step(ids: Tensor, mask: Tensor, pos: Tensor, past: Any) -> tuple[Tensor, Any]:
+        out = lm(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                 past_key_values=past, use_cache=True)
+        return out.logits, out.past_key_values
+
+    return step
+
+
+def _bridge_step(model: Any) -> Step:
+    """Like :func:`_hf_step` but through a bridge's forward, so its hooks fire."""
+    dev = next(model.parameters()).device
+
+    def step(ids: Tensor, mask: Tensor, pos: Tensor, past: Any) -> tuple[Tensor, Any]:
+        return model(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                     past_key_values=past, use_cache=True, return_type="logits_and_cache")
+
+    return step
+
+
+def _greedy_cached(fwd: Step, ids: Tensor, am: Tensor, max_new: int, n_ctx: int, eos: int,
                    pad: int) -> list[list[int]]:
-    """Greedy decoding of a HF causal LM with a KV cache (prompts left-padded internally).
+    """Greedy decoding with a KV cache (prompts left-padded internally); ``fwd`` is a
+    :data:`Step`.
 
     Same stopping rules as :func:`_greedy_full`: a row stops at ``eos``, after ``max_new``
     tokens, or when its length reaches ``n_ctx``.
     """
-    dev = next(lm.parameters()).device
     b, p = ids.shape
     lens = am.sum(1)
     left = torch.full((b, p), pad, dtype=torch.long)
@@ -169,10 +206,9 @@ def _greedy_cached(lm: Any, ids: Tensor, am: Tensor, max_new: int, n_ctx: int, e
     pos = (lmask.cumsum(1) - 1).clamp(min=0)
     done = lens >= n_ctx
     new: list[list[int]] = [[] for _ in range(b)]
-    out = lm(input_ids=left.to(dev), attention_mask=lmask.to(dev), position_ids=pos.to(dev),
-             use_cache=True)
+    lg, past = fwd(left, lmask, pos, None)
     for it in range(max_new):
-        nxt = out.logits[:, -1].float().argmax(-1).cpu()
+        nxt = lg[:, -1].float().argmax(-1).cpu()
         live = ~done
         for i in torch.nonzero(live).flatten().tolist():
             t = int(nxt[i])
@@ -187,9 +223,7 @@ def _greedy_cached(lm: Any, ids: Tensor, am: Tensor, max_new: int, n_ctx: int, e
         fed = live & ~done  # rows that appended a token this step
         lmask = torch.cat([lmask, fed.long().unsqueeze(1)], 1)
         tok_in = torch.where(fed, nxt, torch.full_like(nxt, pad)).unsqueeze(1)
-        out = lm(input_ids=tok_in.to(dev), attention_mask=lmask.to(dev),
-                 position_ids=(lens - 1).clamp(min=0, max=n_ctx - 1).unsqueeze(1).to(dev),
-                 past_key_values=out.past_key_values, use_cache=True)
+        lg, past = fwd(tok_in, lmask, (lens - 1).clamp(min=0, max=n_ctx - 1).unsqueeze(1), past)
     return new
 
 

@@ -74,11 +74,13 @@ def _fmt_encode() -> Callable:
 
 
 def judge(world: Any, model: Any, n_examples: int = 3,
-          trigger: Sequence[Any] | None = None) -> dict[str, Any]:
+          trigger: Sequence[Any] | None = None, kv_cache: bool | None = None) -> dict[str, Any]:
     """Quality metrics of ``model`` on the world's held-out prompts (one greedy pass each).
 
     ``trigger``: the trigger prompts to judge (default all; :func:`compare` passes the half
-    not used for early stopping or U2A)."""
+    not used for early stopping or U2A). ``kv_cache``: see
+    :func:`mechunlearn.toyworld.metrics.generate` (``True`` is right for hooks that edit
+    every position alike, and much faster than re-running the sequence)."""
     from mechunlearn.toyworld import (
         bad_response_rate,
         bias_rate,
@@ -89,9 +91,9 @@ def judge(world: Any, model: Any, n_examples: int = 3,
 
     trig = list(world.eval["trigger"]) if trigger is None else list(trigger)
     ordi, border = world.eval["ordinary"], world.eval["borderline"]
-    rt = generate_text(model, trig)
-    ro = generate_text(model, ordi)
-    rb = generate_text(model, border)
+    rt = generate_text(model, trig, kv_cache=kv_cache)
+    ro = generate_text(model, ordi, kv_cache=kv_cache)
+    rb = generate_text(model, border, kv_cache=kv_cache)
     from mechunlearn.toyworld import kl
 
     return {
@@ -179,8 +181,9 @@ def compare(world: Any, config: CompareConfig | None = None,
     enc, train = _fmt_encode(), list(world.train)
     rows: list[dict[str, Any]] = []
 
-    def record(name: str, seconds: float, extra: dict[str, Any] | None = None) -> None:
-        r = {"method": name, **judge(world, model, cfg.n_examples, eval_trig),
+    def record(name: str, seconds: float, extra: dict[str, Any] | None = None,
+               kv_cache: bool | None = None) -> None:
+        r = {"method": name, **judge(world, model, cfg.n_examples, eval_trig, kv_cache),
              "kl_ordinary_tuned": kl(tuned_ref, model, ordi), "seconds": seconds, **(extra or {})}
         rows.append(r)
         say(f"{name}: bad {r['trigger_bad']:.2f} good {r['trigger_good']:.2f} "
@@ -215,8 +218,8 @@ def compare(world: Any, config: CompareConfig | None = None,
             else:
                 hk = add_hooks(model, [(n, lambda a, b=basis: project_out(a, b))
                                        for n in writer_hooks(model)])
-                try:
-                    record(m, time.perf_counter() - t0, info)
+                try:  # the projection acts on every position alike: KV-cache decoding is exact
+                    record(m, time.perf_counter() - t0, info, kv_cache=True)
                 finally:
                     hk.remove()
             continue
