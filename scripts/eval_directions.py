@@ -61,7 +61,9 @@ def outcome(model, world, ordinary, tb, ref_logp, ref_lp, max_new: int) -> dict[
     """Bias / good rates on held-out borderline prompts (greedy); on ordinary prompts with
     their good answers: KL(reference || model) per token and Δ log-lik (nats/token)."""
     border = list(world.eval["borderline"])
-    rs = M.generate(model, border, max_new_tokens=max_new)
+    # every edit here acts on all positions alike (Project/Erase, positions="all"), so
+    # KV-cache decoding through the bridge gives the same tokens as re-running the sequence
+    rs = M.generate(model, border, max_new_tokens=max_new, kv_cache=True)
     lp = M.response_logprob(model, ordinary, [p.good for p in ordinary], reduction="mean")
     lg = log_probs(model, tb)
     m = tb.attention_mask.float()
