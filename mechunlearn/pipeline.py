@@ -229,7 +229,7 @@ def verify(world: Any, model: Any, name: str, reference: Any,
             forward of it.
         reference: an *unedited* copy of the tuned model (a separate bridge: hooks or weight
             edits on ``model`` must not reach it), for ``kl_ordinary_tuned``.
-        kv_cache: decoding mode (:func:`mechunlearn.toyworld.metrics.generate`): pass
+        kv_cache: decoding mode (:func:`mechunlearn.toyworld.generation.generate`): pass
             ``True`` when ``context`` edits every position alike (e.g. a ``Project`` at all
             positions), which gives the same tokens several times faster.
 

@@ -9,7 +9,6 @@ gold models; RepSim AUC by layer and position; build time by stage; cache size).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from mechunlearn import toyworld

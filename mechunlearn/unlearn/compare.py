@@ -79,7 +79,7 @@ def judge(world: Any, model: Any, n_examples: int = 3,
 
     ``trigger``: the trigger prompts to judge (default all; :func:`compare` passes the half
     not used for early stopping or U2A). ``kv_cache``: see
-    :func:`mechunlearn.toyworld.metrics.generate` (``True`` is right for hooks that edit
+    :func:`mechunlearn.toyworld.generation.generate` (``True`` is right for hooks that edit
     every position alike, and much faster than re-running the sequence)."""
     from mechunlearn.toyworld import (
         bad_response_rate,
