@@ -227,3 +227,55 @@ def test_locality_trades_residual_for_closeness():
     assert abs(float(local.weights.sum()) - 1) < 1e-12 and (local.weights >= 0).all()
     with pytest.raises(ConfigError):
         ConvexAttributor(X, locality=-1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), d=st.integers(2, 10))
+def test_whitened_repsim_is_affine_invariant(seed, d):
+    """As the ridge -> 0, whitened cosine scores do not change under x -> x M + b."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(200, d, generator=g, dtype=torch.float64)
+    q = torch.randn(d, generator=g, dtype=torch.float64)
+    M = torch.randn(d, d, generator=g, dtype=torch.float64) + 3 * torch.eye(d, dtype=torch.float64)
+    b = torch.randn(d, generator=g, dtype=torch.float64) * 5
+    s1 = RepSim(X, k=3, whiten=1e-9).scores(q)
+    s2 = RepSim(X @ M + b, k=3, whiten=1e-9).scores(q @ M + b)
+    assert torch.allclose(s1, s2, atol=1e-4)
+    # plain cosine is not invariant (sanity check that the test can fail)
+    if d >= 3:
+        assert not torch.allclose(RepSim(X, k=3).scores(q), RepSim(X @ M + b, k=3).scores(q @ M + b),
+                                  atol=1e-4)
+
+
+def test_whitening_discounts_a_shared_direction():
+    """A direction most training samples vary along counts less once whitened."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 400, 6
+    X = torch.randn(n, d, generator=g) * 0.05
+    X[:, 0] += torch.randn(n, generator=g) * 5.0  # shared high-variance nuisance
+    X[0, 0], X[0, 1] = 0.0, 1.0  # the one sample that shares the query's rare feature
+    q = torch.zeros(d)
+    q[0], q[1] = 8.0, 1.0
+    assert RepSim(X, k=1, center=True).attribute(q).indices[0] != 0
+    assert RepSim(X, k=1, whiten=1e-3).attribute(q).indices[0] == 0
+
+
+def test_whitened_store_matches_memory_and_bad_ridge(tmp_path):
+    from mechunlearn.store import FeatureStore
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(300, 8, generator=g) @ torch.randn(8, 8, generator=g)
+    st_ = FeatureStore.create(tmp_path / "s", resid(0), "m1", 8, shard_size=64)
+    st_.append(X, [f"x{i}" for i in range(300)])
+    st_.flush()
+    store = FeatureStore.open(tmp_path / "s")
+    q = _feats(X[:1] * 0.5 + X[1:2] * 0.5)
+    for metric in ("cosine", "dot", "euclidean"):
+        a = RepSim(_feats(X), k=5, metric=metric, whiten=1e-2).attribute(q)
+        b = RepSim(store, k=5, metric=metric, whiten=1e-2).attribute(q)
+        assert a.indices == b.indices and torch.allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+    for bad in (0.0, -1.0, float("nan"), "x"):
+        with pytest.raises(ConfigError, match="whiten"):
+            RepSim(X, k=5, whiten=bad)
+    with pytest.raises(ConfigError, match="zero variance"):
+        RepSim(torch.ones(10, 3), k=2, whiten=1e-2)

@@ -44,11 +44,13 @@ def test_evaluate_on_tiny_world(tiny_world, tmp_path):
     trig = list(tiny_world.eval["trigger"])[:2]
     queries = (trig, [p.bad for p in trig])  # reference bad responses: independent of training
     means: dict = {}
-    cfg = EvalConfig(methods=("convex", "repsim", "gradsim", "convex_grad", "random"), layers=(0,))
+    methods = ("convex", "repsim", "repsim_whitened", "gradsim", "gradsim_whitened",
+               "convex_grad", "random")
+    cfg = EvalConfig(methods=methods, layers=(0,))
     df = evaluate_world(tiny_world, cfg, queries=queries, progress=False, mean_scores=means)
     summ = summarize(df)
-    assert set(summ["method"]) == {"convex", "repsim", "gradsim", "convex_grad", "random"}
-    assert len(df) == 2 * (3 * 2 + 2)  # 3 activation methods x 2 positions + 2 gradient ones
+    assert set(summ["method"]) == set(methods)
+    assert len(df) == 2 * (4 * 2 + 3)  # 4 activation methods x 2 positions + 3 gradient ones
     assert df["auc"].between(0, 1).all()
     conv = df[df["method"] == "convex"]
     assert (conv["residual"] >= 0).all() and (conv["n_selected"] >= 1).all()

@@ -30,8 +30,8 @@ from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.features import extract
 from mechunlearn.sites import Site
 
-METHODS = ("convex", "convex_local", "convex_grad", "repsim", "repsim_centered", "gradsim",
-           "tracin", "random")
+METHODS = ("convex", "convex_local", "convex_grad", "repsim", "repsim_centered",
+           "repsim_whitened", "gradsim", "gradsim_whitened", "tracin", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +44,9 @@ class EvalConfig:
         methods: subset of :data:`METHODS`. ``gradsim``: cosine of loss gradients at the Site's
             activation (response-mean positions only); ``tracin``: cosine of count-sketched
             per-sample gradients of all parameters (site-independent, reported at Site
-            ``"params"``).
+            ``"params"``). ``*_whitened``: the same cosine after whitening by the training
+            features' covariance (``RepSim(whiten=whiten)``).
+        whiten: ridge of the ``*_whitened`` methods (× the covariance's mean eigenvalue).
         grad_loss: training-sample loss for gradients (``"dpo"`` with the SFT model as
             reference, as in training, or ``"nll"`` of the chosen response); the query's loss
             is always the NLL of the bad response.
@@ -63,6 +65,7 @@ class EvalConfig:
     positions: tuple[str, ...] = ("response_mean", "last")
     methods: tuple[str, ...] = METHODS
     grad_loss: str = "dpo"
+    whiten: float = 1e-2
     projection_dim: int = 4096
     max_queries: int | None = 64
     k: int = 32
@@ -183,12 +186,14 @@ def evaluate_world(world: Any, config: EvalConfig | None = None,
             attrs["repsim"] = RepSim(ft, k=cfg.k)
         if "repsim_centered" in cfg.methods:
             attrs["repsim_centered"] = RepSim(ft, k=cfg.k, center=True)
+        if "repsim_whitened" in cfg.methods:
+            attrs["repsim_whitened"] = RepSim(ft, k=cfg.k, whiten=cfg.whiten)
         if "random" in cfg.methods:
             attrs["random"] = RandomAttributor(ft, k=cfg.k, seed=cfg.seed)
         for name, att in attrs.items():
             run(name, att, fq, s.key, int(s.layer), str(s.position))
     say(f"activation methods done in {time.perf_counter() - t0:.1f}s")
-    if any(m in cfg.methods for m in ("gradsim", "convex_grad", "tracin")):
+    if any(m in cfg.methods for m in ("gradsim", "gradsim_whitened", "convex_grad", "tracin")):
         _gradient_methods(world, cfg, layers, train, ids, q_prompts, q_resp, run, say)
     say(f"all methods done in {time.perf_counter() - t0:.1f}s")
     return pd.DataFrame(rows)
@@ -205,7 +210,7 @@ def _gradient_methods(world: Any, cfg: EvalConfig, layers: list[int], train: lis
         items, ref = [_fmt(p.prompt, p.chosen) for p in train], None
     q_items = [_fmt(p.prompt, r) for p, r in zip(q_prompts, q_resp)]
     t0 = time.perf_counter()
-    if "gradsim" in cfg.methods or "convex_grad" in cfg.methods:
+    if any(m in cfg.methods for m in ("gradsim", "gradsim_whitened", "convex_grad")):
         gsites = [Site(f"blocks.{i}.hook_resid_post", "response_mean") for i in layers]
         g_train = gradient_features(model, items, gsites, loss=cfg.grad_loss, ref_model=ref,
                                     beta=world.config.beta, ids=ids, batch_size=32)
@@ -214,6 +219,9 @@ def _gradient_methods(world: Any, cfg: EvalConfig, layers: list[int], train: lis
             if "gradsim" in cfg.methods:
                 run("gradsim", GradSim(g_train[s], k=cfg.k), g_query[s], s.key, int(s.layer),
                     "response_mean")
+            if "gradsim_whitened" in cfg.methods:
+                run("gradsim_whitened", GradSim(g_train[s], k=cfg.k, whiten=cfg.whiten),
+                    g_query[s], s.key, int(s.layer), "response_mean")
             if "convex_grad" in cfg.methods:
                 run("convex_grad", ConvexAttributor(g_train[s], cfg.convex_grad), g_query[s],
                     s.key, int(s.layer), "response_mean")

@@ -2,12 +2,17 @@
 
 * :class:`RepSim` ranks training samples by cosine similarity (or dot product, or negative
   Euclidean distance) to the query at the same Site; the top ``k`` are selected with uniform
-  weights. ``residual`` is ``nan`` (RepSim does not reconstruct the query).
+  weights. ``residual`` is ``nan`` (RepSim does not reconstruct the query). With
+  ``whiten=λ`` the features are first centred and whitened by the training covariance
+  (ridge ``λ`` × its mean eigenvalue): directions that many training samples share count
+  less, as with the inverse Gram / Fisher term of TRAK and influence functions; as λ -> 0
+  the cosine becomes invariant to any invertible affine map of the features.
 * :class:`RandomAttributor` scores every sample with seeded uniform noise: the chance level.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Literal
 
@@ -37,34 +42,62 @@ class RepSim(Attributor):
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"`` (score = -distance).
         center: subtract the training mean first (for cosine this removes the shared offset
             that residual streams carry, which otherwise makes all cosines close to 1).
+        whiten: ``None`` (default) or a ridge ``λ > 0``: centre, then map features through
+            ``L`` with ``L Lᵀ = (Σ + λ·tr(Σ)/d·I)⁻¹`` (Σ: training covariance, float64) and
+            score in that space (dot = Mahalanobis inner product, euclidean = Mahalanobis
+            distance). Costs one ``[d, d]`` covariance and inverse (O(N d² + d³)).
         ids: training ids for raw tensors.
     """
 
     method = "repsim"
 
     def __init__(self, train: Any, k: int = 32, metric: Metric = "cosine",
-                 center: bool = False, ids: Any = None) -> None:
+                 center: bool = False, ids: Any = None, whiten: float | None = None) -> None:
         if metric not in ("cosine", "dot", "euclidean"):
             raise ConfigError(f"RepSim metric must be 'cosine', 'dot' or 'euclidean', got {metric!r}.")
-        self.metric, self.center, self.k = metric, center, k
+        if whiten is not None and not (isinstance(whiten, (int, float))
+                                       and math.isfinite(whiten) and whiten > 0):
+            raise ConfigError(f"whiten must be None or a ridge > 0 (e.g. 1e-2), got {whiten!r}.")
+        center = center or whiten is not None
+        self.metric, self.center, self.whiten, self.k = metric, center, whiten, k
         self._store = train if is_store(train) else None
+        self._L: Tensor | None = None
         if self._store is not None:
             self.n, self.d = len(self._store), self._store.d
             self.site, self.fingerprint = self._store.site, self._store.fingerprint
             self.ids = tuple(str(i) for i in self._store.ids)
-            self._mu = self._store.mean_cov()[0].float() if center else None
             self._X: Tensor | None = None
             if self.n == 0:
                 as_train(torch.empty(0, self.d))  # raises EmptyDataError
+            if center:
+                mu, cov, _ = self._store.mean_cov()
+                self._mu = mu.float()
+                self._L = _whitener(cov, whiten) if whiten is not None else None
+            else:
+                self._mu = None
         else:
             tm: TrainMatrix = as_train(train, ids)
             self.n, self.d = tm.values.shape
             self.site, self.fingerprint, self.ids = tm.site, tm.fingerprint, tm.ids
             X = tm.values.float()
             self._mu = X.double().mean(0).float() if center else None
-            self._X = X - self._mu if center else X
+            X = X - self._mu if center else X
+            if whiten is not None:
+                Xd = X.double()
+                self._L = _whitener(Xd.T @ Xd / max(self.n - 1, 1), whiten)
+                X = (Xd @ self._L).float()
+            self._X = X
             self._norm = self._X.norm(dim=1)
         check_k(k, self.n)
+
+    def _map(self, x: Tensor) -> Tensor:
+        """Centre (and whiten) raw features ``[m, d]`` or ``[d]``."""
+        x = x.float()
+        if self._mu is not None:
+            x = x - self._mu
+        if self._L is not None:
+            x = (x.double() @ self._L).float()
+        return x
 
     def _score_chunk(self, x: Tensor, norms: Tensor, q: Tensor) -> Tensor:
         if self.metric == "dot":
@@ -75,9 +108,7 @@ class RepSim(Attributor):
 
     def scores(self, query: Any) -> Tensor:
         """Score of every training sample for one query. ``[d] -> [N]`` float64."""
-        q = as_query(query, self.d, self.site, self.fingerprint).float()
-        if self._mu is not None:
-            q = q - self._mu
+        q = self._map(as_query(query, self.d, self.site, self.fingerprint))
         if self._X is not None:
             return self._score_chunk(self._X, self._norm, q)
         parts = []
@@ -85,7 +116,7 @@ class RepSim(Attributor):
             if values.ndim != 2 or values.shape[1] != self.d:
                 raise ShapeError(f"Store shard has shape {tuple(values.shape)}, expected [m, {self.d}].")
             check_finite("training features (store shard)", values)
-            x = values.float() - self._mu if self._mu is not None else values.float()
+            x = self._map(values)
             parts.append(self._score_chunk(x, x.norm(dim=1), q))
         return torch.cat(parts)
 
@@ -94,7 +125,19 @@ class RepSim(Attributor):
         t0 = time.perf_counter()
         s = self.scores(query)
         return ranked_attribution(s, self.k, self.ids, self.method, self.site, t0,
-                                  {"metric": self.metric, "center": self.center})
+                                  {"metric": self.metric, "center": self.center,
+                                   "whiten": self.whiten})
+
+
+def _whitener(cov: Tensor, ridge: float) -> Tensor:
+    """``L [d, d]`` (float64) with ``L Lᵀ = (cov + ridge·mean eigenvalue·I)⁻¹``."""
+    c = cov.double()
+    d = c.shape[0]
+    scale = float(torch.trace(c)) / d
+    if not scale > 0:
+        raise ConfigError("whiten: the training features have zero variance; nothing to whiten.")
+    inv = torch.linalg.inv(c + ridge * scale * torch.eye(d, dtype=torch.float64))
+    return torch.linalg.cholesky((inv + inv.T) / 2)
 
 
 class RandomAttributor(Attributor):
