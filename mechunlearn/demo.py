@@ -120,8 +120,9 @@ def _report(w: Any, case: Any, att: Any, top: pd.DataFrame, dirs: Any, proj: pd.
     rep.add_text(
         "Layer sweep over `hook_resid_post`. `convex`: the bad pair's response-mean activation "
         "as a convex combination of training pairs'; `convex_grad`: the same decomposition on "
-        "per-sample NLL gradients at that activation; `repsim` (cosine) and `gradsim` "
-        "(gradient cosine) are the baselines. The Site is chosen by the lowest activation-"
+        "per-sample NLL gradients at that activation; `repsim` (cosine), `repsim_whitened` "
+        "(cosine after whitening by the training covariance) and `gradsim` (gradient cosine) "
+        "are the baselines. The Site is chosen by the lowest activation-"
         f"convex residual, without the ground truth: **{att.site.key}**, relative residual "
         f"{att.convex.residual:.3f} (0 = the query is exactly a convex combination of the "
         "selected samples). AUC / precision@k use the planted poisoned ids: read them as a "

@@ -94,8 +94,9 @@ def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = Non
                    gradients: bool = True) -> AttributionStep:
     """Attribute the bad response at each layer's ``hook_resid_post``, several ways.
 
-    Methods per Site: ``convex`` (seed 000, on activations), ``repsim`` (cosine baseline) and,
-    with ``gradients``, ``convex_grad`` (the same convex decomposition on per-sample loss
+    Methods per Site: ``convex`` (seed 000, on activations), ``repsim`` (cosine baseline),
+    ``repsim_whitened`` (cosine after whitening by the training covariance) and, with
+    ``gradients``, ``convex_grad`` (the same convex decomposition on per-sample loss
     gradients at the Site's activation: NLL of each training pair's chosen response and of
     the bad response) and ``gradsim`` (their cosine). The chosen Site is the one with the lowest
     activation-convex residual (no ground truth used). When the world has ground truth, the
@@ -113,10 +114,12 @@ def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = Non
     ids = [p.id for p in world.train]
     train = extract(model, train_batch(world), site_list, batch_size=batch_size, ids=ids)
     query = extract(model, _encode(world, [case.prompt.prompt], [case.response]), site_list)
-    feats = {"convex": (train, query), "repsim": (train, query)}
+    feats = {"convex": (train, query), "repsim": (train, query),
+             "repsim_whitened": (train, query)}
     makers: dict[str, Callable[[Any], Any]] = {
         "convex": lambda f: ConvexAttributor(f, k=k),
         "repsim": lambda f: RepSim(f, k=k),
+        "repsim_whitened": lambda f: RepSim(f, k=k, whiten=1e-2),
     }
     if gradients:
         g_train, g_query = _gradient_features(world, case, site_list, ids)
