@@ -274,7 +274,7 @@ def test_whitened_store_matches_memory_and_bad_ridge(tmp_path):
         a = RepSim(_feats(X), k=5, metric=metric, whiten=1e-2).attribute(q)
         b = RepSim(store, k=5, metric=metric, whiten=1e-2).attribute(q)
         assert a.indices == b.indices and torch.allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
-    for bad in (0.0, -1.0, float("nan"), "x"):
+    for bad in (0.0, -1.0, float("nan"), "x", True):
         with pytest.raises(ConfigError, match="whiten"):
             RepSim(X, k=5, whiten=bad)
     with pytest.raises(ConfigError, match="zero variance"):

@@ -55,8 +55,8 @@ class RepSim(Attributor):
                  center: bool = False, ids: Any = None, whiten: float | None = None) -> None:
         if metric not in ("cosine", "dot", "euclidean"):
             raise ConfigError(f"RepSim metric must be 'cosine', 'dot' or 'euclidean', got {metric!r}.")
-        if whiten is not None and not (isinstance(whiten, (int, float))
-                                       and math.isfinite(whiten) and whiten > 0):
+        if whiten is not None and (isinstance(whiten, bool) or not (
+                isinstance(whiten, (int, float)) and math.isfinite(whiten) and whiten > 0)):
             raise ConfigError(f"whiten must be None or a ridge > 0 (e.g. 1e-2), got {whiten!r}.")
         center = center or whiten is not None
         self.metric, self.center, self.whiten, self.k = metric, center, whiten, k
