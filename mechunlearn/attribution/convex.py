@@ -48,7 +48,7 @@ from mechunlearn.attribution.base import (
     check_k,
     is_store,
 )
-from mechunlearn.attribution.simplex import SimplexSolution, simplex_lsq
+from mechunlearn.attribution.simplex import simplex_lsq, sparse_exact
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
 
 Normalize = Literal["none", "l2", "standardize"]
@@ -253,7 +253,7 @@ class ConvexAttributor(Attributor):
             # warm start below the budget; at the budget restart so better vertices can win
             init = (best.idx, best.weights) if len(best.idx) < cfg.k else None
         if hist[-1] > cfg.tol and not cfg.locality and len(pool_idx) > cfg.k:
-            polished = _sparse_exact(Xp.numpy(), q64.numpy(), cfg.k, (cfg.tol * denom) ** 2)
+            polished = sparse_exact(Xp.numpy(), q64.numpy(), cfg.k, (cfg.tol * denom) ** 2)
             if polished is not None and polished.resid_sq < best.resid_sq:
                 iters += polished.iterations
                 best = polished
@@ -353,32 +353,6 @@ def _merge_topk(val: Tensor, idx: Tensor, rows: Tensor, v: Tensor, i: Tensor, x:
         _, j = torch.topk(val, m)
         val, idx, rows = val[j], idx[j], rows[j]
     return val, idx, rows
-
-
-def _sparse_exact(X: np.ndarray, q: np.ndarray, k: int, tol_sq: float,
-                  max_support: int = 2) -> SimplexSolution | None:
-    """Simplex least squares on the pool with a larger budget, then backward elimination.
-
-    Greedy forward selection can spend its budget ``k`` on a dense approximation although a
-    sparse exact decomposition exists in the pool. With budget ``max_support * k`` the greedy
-    reaches an exact support; repeatedly dropping its smallest-weight sample and re-solving
-    then recovers the sparse one (checked on 300 planted cases). Returns ``None`` when even the
-    larger budget does not reach ``tol`` (the query is not exactly inside the pool's hull, and
-    elimination could not beat the greedy), bounding the extra cost to one more greedy run.
-    """
-    full = simplex_lsq(X, q, k=min(len(X), max_support * k), tol=0.0)
-    if full.resid_sq > tol_sq:
-        return None
-    cur, best, iters = np.asarray(full.idx), None, full.iterations
-    while True:
-        sol = simplex_lsq(X[cur], q, k=len(cur), tol=0.0)
-        iters += sol.iterations
-        sup = cur[sol.idx]
-        if len(sup) <= k and (best is None or sol.resid_sq <= max(tol_sq, best.resid_sq)):
-            best = SimplexSolution(sup, sol.weights, sol.resid_sq, iters, sol.optimal, ())
-        if len(sup) <= 1 or (len(sup) <= k and sol.resid_sq > tol_sq):
-            return best
-        cur = np.delete(sup, int(np.argmin(sol.weights)))
 
 
 def convex_attribution(query: Any, train: Any, **config: Any) -> Attribution:
