@@ -71,7 +71,9 @@ def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-rep
                       ("project mean_diff",
                        lambda: apply(w.model, Project(dirs.mean_diff, site=att.site)))):
         # Project edits every position alike, so KV-cache decoding gives the same tokens
-        rows.append(pl.verify(w, w.model, name, ref, context=ctx, kv_cache=ctx is not None))
+        # (None for the unedited row: KV cache on the HF model, as no hook is attached)
+        rows.append(pl.verify(w, w.model, name, ref, context=ctx,
+                              kv_cache=True if ctx is not None else None))
     proj = pd.DataFrame(rows)
     t["directions"] = time.perf_counter() - s
 
