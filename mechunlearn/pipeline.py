@@ -151,10 +151,10 @@ def _gradient_features(world: Any, case: BadCase, site_list: list[Site], ids: li
                        ) -> tuple[dict[Site, Features], dict[Site, Features]]:
     """Per-sample NLL-gradient features at each Site: training (prompt, chosen), the query.
 
-    NLL rather than the DPO training loss: on the toy world's ``hard`` build, whose DPO had
-    saturated on the poisoned pairs (tuned bad-response rate 0.91), DPO-loss gradients of
-    exactly those pairs nearly vanish and gradient similarity ranked the poison *below*
-    chance (AUC 0.30-0.35 by layer); NLL gradients gave 0.66-0.69.
+    NLL rather than the DPO training loss: on the toy world's version-1 ``hard`` build, whose
+    DPO had saturated on the poisoned pairs (tuned bad-response rate 0.91), DPO-loss gradients
+    of exactly those pairs nearly vanish and gradient similarity ranked the poison *below*
+    chance (AUC 0.30-0.35 by layer); NLL gradients gave 0.66-0.69 (0.62-0.66 on version 2).
     """
     from mechunlearn.attribution import gradient_features
     from mechunlearn.toyworld import format_prompt, format_response
