@@ -1,6 +1,8 @@
 """Atomic file writes: write a temporary file in the target's folder, then ``os.replace``.
 
-A crash at any point leaves either the old file or the new one, never a partial file.
+A crash at any point leaves either the old file or the new one, never a partial file. Files
+get the permissions of an ordinary ``open()`` under the user's umask (``tempfile`` alone would
+leave them 0600); :func:`umask` and :func:`chmod_default` do that for folders too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,26 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def umask() -> int:
+    """The process's umask (read from ``/proc`` where possible, else set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def chmod_default(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` the mode a plain ``open()`` / ``mkdir()`` would: 0666 or 0777 minus umask."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~umask())
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> Path:
@@ -27,6 +49,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> P
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        chmod_default(tmp)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

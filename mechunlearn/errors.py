@@ -72,6 +72,31 @@ class ArchitectureError(MechUnlearnError, NotImplementedError):
     """A model whose architecture an operation does not know how to handle."""
 
 
+class LayoutError(MechUnlearnError, ValueError):
+    """A hook whose activation layout an operation does not support (e.g. token ids)."""
+
+
+class ModelMismatchError(MechUnlearnError, ValueError):
+    """Directions or interventions fitted on one model applied to another (strict mode)."""
+
+
+class ModelMismatchWarning(UserWarning):
+    """Directions or interventions fitted on one model applied to another (default mode)."""
+
+
+class OutputExistsError(MechUnlearnError, FileExistsError):
+    """An output folder that already holds files mechunlearn did not write (never replaced)."""
+
+
+class OutputPathError(MechUnlearnError, OSError):
+    """An output path that cannot be used: the working directory or one of its parents, ``/``,
+    the home folder, an existing file, a symbolic link, or a path under a regular file."""
+
+
+class ModelFolderError(MechUnlearnError, OSError):
+    """A model folder that is missing, not a folder, or lacks its config or weight files."""
+
+
 def check_finite(name: str, x: object) -> None:
     """Raise :class:`NonFiniteError` naming ``name`` if tensor/array ``x`` has NaN or inf."""
     import numpy as np
