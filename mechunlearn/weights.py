@@ -22,8 +22,6 @@ stores ``[out, in]``; both are handled.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,15 +312,22 @@ def sync_fused_qkv_(model: Any) -> int:
 
 
 def export_hf(model: Any, path: str | os.PathLike[str], check: bool = True,
-              atol: float = 1e-5) -> Path:
+              atol: float = 1e-5, overwrite: bool = False) -> Path:
     """Save the (edited) bridge's HF model + tokenizer as a safetensors folder, atomically.
 
     The unembedding is saved untied when an edit untied it (``tie_word_embeddings=False``).
     With ``check``, the folder is reloaded in plain ``transformers`` and its logits on a few
     random token ids must equal the bridge's to ``atol`` (else :class:`ArchitectureError`).
-    Returns the folder path.
+    The folder is written by :func:`mechunlearn.outputs.output_folder`: a previous exported
+    model at ``path`` is replaced, anything else is refused (:class:`OutputExistsError`;
+    ``overwrite=True`` also replaces another mechunlearn output, never a user's files), and
+    ``.mechunlearn.json`` records the package versions. Returns the folder path.
     """
     import copy
+
+    from mechunlearn.outputs import check_destination, output_folder
+
+    check_destination(path, "hf-model", overwrite)  # refuse before any work
 
     hf = model.original_model
     cfg = copy.deepcopy(hf.config)
@@ -338,23 +343,14 @@ def export_hf(model: Any, path: str | os.PathLike[str], check: bool = True,
         raise ArchitectureError(f"Could not map HF tensors {missing[:5]} from the bridge.")
     fresh.load_state_dict({k: state[k] for k in want}, strict=True)
     fresh.eval()
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with output_folder(path, "hf-model", overwrite=overwrite) as tmp:
         fresh.save_pretrained(str(tmp), safe_serialization=True)
         tok = getattr(model, "tokenizer", None)
         if tok is not None:
             tok.save_pretrained(str(tmp))
         if check:
             _check_export(model, tmp, atol)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return Path(path)
 
 
 def _check_export(model: Any, folder: Path, atol: float) -> None:
