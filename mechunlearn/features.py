@@ -17,7 +17,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechunlearn.errors import ConfigError, HookNotFiredError, ShapeError, check_finite
+from mechunlearn.errors import (
+    ConfigError,
+    HookNotFiredError,
+    LayoutError,
+    ShapeError,
+    check_finite,
+)
 from mechunlearn.hooks import add_hooks
 from mechunlearn.sites import Site, canonical_hook_name
 from mechunlearn.tokens import Data, TokenBatch, as_token_batch
@@ -179,7 +185,15 @@ def extract(
         if not isinstance(s, Site):
             raise ConfigError(f"extract() sites must be Site objects, got {type(s).__name__}.")
         s.resolve(model)
-    if batch_size < 1:
+        if s.layout == "head_q_k":
+            raise LayoutError(
+                f"extract() at {s.key}: attention patterns are [batch, head, query, key]; a "
+                "sample's row has one entry per key, so its size depends on the padded length "
+                "and is no fixed feature space. Use blocks.L.attn.hook_z (per head, with "
+                "Site(..., head=h)) or blocks.L.hook_attn_out, or Site.reduce on a "
+                "run_with_cache pattern yourself."
+            )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     tb = as_token_batch(model, data, padding_side, attention_mask, response_mask)
     n = len(tb)

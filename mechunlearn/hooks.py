@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, HookNotFiredError, ShapeError
-from mechunlearn.sites import Site, first_real_index
+from mechunlearn.sites import Site, first_real_index, from_pos_major, to_pos_major
 
 Positions = Union[str, int, Sequence[int], Tensor]  # noqa: UP007 (runtime alias)
 
@@ -46,7 +46,9 @@ class Intervention(abc.ABC):
 
     ``__call__(act)`` takes the raw hook activation ``[batch, pos, d]`` (or
     ``[batch, pos, head, d_head]`` with ``site.head`` set), edits the selected head and
-    positions, and returns a tensor of the same shape.
+    positions, and returns a tensor of the same shape. For attention patterns
+    (``[batch, head, query, key]``, see :func:`mechunlearn.sites.hook_layout`) positions are
+    query positions and ``site.head`` picks axis 1; ``edit`` sees attention rows ``[..., key]``.
     """
 
     site: Site
@@ -61,18 +63,30 @@ class Intervention(abc.ABC):
         return [self]
 
     def __call__(self, act: Tensor) -> Tensor:
-        if act.ndim == 4 and self.site.head is not None:
-            out = act.clone()
-            out[:, :, self.site.head] = self(act[:, :, self.site.head])
-            return out
+        name = self.site.hook_name
+        x = to_pos_major(name, act, f"{type(self).__name__} at {self.site.key}")
+        head = self.site.head
+        if head is not None:
+            if x.ndim != 4 or head >= x.shape[2]:
+                raise ShapeError(
+                    f"{type(self).__name__} at {self.site.key}: head={head} needs a per-head "
+                    f"activation with more than {head} heads, got shape {tuple(act.shape)}."
+                )
+            out = x.clone()
+            out[:, :, head] = self._edit_pos_major(x[:, :, head])
+            return from_pos_major(name, out)
+        return from_pos_major(name, self._edit_pos_major(x))
+
+    def _edit_pos_major(self, act: Tensor) -> Tensor:
+        """Edit the selected positions of ``act`` ``[batch, pos, ...]`` (head already picked)."""
         if act.ndim < 2:
             raise ShapeError(
                 f"{type(self).__name__} at {self.site.key}: activation shape {tuple(act.shape)} "
                 "has no [batch, pos] dimensions."
             )
         if act.ndim == 4:
-            flat = act.flatten(2)
-            return self(flat).view_as(act)
+            flat = act.reshape(*act.shape[:2], -1)
+            return self._edit_pos_major(flat).reshape(act.shape)
         mask = position_mask(self.positions, act.shape[0], act.shape[1], act.device)
         edited = self.edit(act)
         if edited.shape != act.shape:

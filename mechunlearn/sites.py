@@ -18,7 +18,13 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
-from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, UnknownHookError
+from mechunlearn.errors import (
+    ConfigError,
+    EmptyDataError,
+    LayoutError,
+    ShapeError,
+    UnknownHookError,
+)
 
 Position = Union[Literal["last", "mean", "response_mean", "all"], int]  # noqa: UP007
 ResidKind = Literal["pre", "mid", "post"]
@@ -27,6 +33,56 @@ SiteKind = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"
 _POSITIONS = ("last", "mean", "response_mean", "all")
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 SITE_KINDS: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+
+Layout = Literal["pos", "head_q_k", "tokens"]
+_PATTERN_SUFFIXES = ("hook_pattern", "hook_attn_scores")
+_TOKEN_HOOKS = ("embed.hook_in", "pos_embed.hook_in", "token_type_embed.hook_in")
+
+
+def hook_layout(hook_name: str) -> Layout:
+    """Axis layout of a TransformerLens hook's activation, from its name.
+
+    * ``"pos"``: ``[batch, pos, d]`` or ``[batch, pos, head, d_head]`` (residual stream,
+      attention/MLP outputs, ``hook_q/k/v/z``, ...): token positions on axis 1.
+    * ``"head_q_k"``: ``[batch, head, query, key]`` (``attn.hook_pattern``,
+      ``attn.hook_attn_scores``): token (query) positions on axis 2, not axis 1.
+    * ``"tokens"``: ``[batch, pos]`` integer token ids (``embed.hook_in``): not features.
+    """
+    if hook_name.endswith(_PATTERN_SUFFIXES):
+        return "head_q_k"
+    if hook_name in _TOKEN_HOOKS or hook_name.endswith(tuple("." + t for t in _TOKEN_HOOKS)):
+        return "tokens"
+    return "pos"
+
+
+def to_pos_major(hook_name: str, acts: Tensor, who: str) -> Tensor:
+    """View ``acts`` with token positions on axis 1: ``[batch, head, q, k]`` becomes
+    ``[batch, q, head, k]``; ``[batch, pos, ...]`` is returned as is.
+
+    Raises :class:`LayoutError` for token-id hooks and :class:`ShapeError` when the tensor
+    does not have the layout its hook name implies. Inverse: :func:`from_pos_major`.
+    """
+    layout = hook_layout(hook_name)
+    if layout == "tokens" or not acts.is_floating_point():
+        raise LayoutError(
+            f"{who}: hook {hook_name!r} carries integer token ids [batch, pos] "
+            f"(dtype {acts.dtype}), not activations; use hook_embed or a residual hook."
+        )
+    if layout == "head_q_k":
+        if acts.ndim != 4:
+            raise ShapeError(
+                f"{who}: hook {hook_name!r} should be [batch, head, query, key], got shape "
+                f"{tuple(acts.shape)}."
+            )
+        return acts.transpose(1, 2)
+    return acts
+
+
+def from_pos_major(hook_name: str, acts: Tensor) -> Tensor:
+    """Inverse of :func:`to_pos_major` (back to the hook's own layout, contiguous)."""
+    if hook_layout(hook_name) == "head_q_k":
+        return acts.transpose(1, 2).contiguous()
+    return acts
 
 
 @dataclass(frozen=True)
@@ -42,6 +98,11 @@ class Site:
         head: head index for per-head hooks whose activation is ``[batch, pos, head, d_head]``
             (e.g. ``blocks.0.attn.hook_z``). Without it such activations are flattened to
             ``[batch, pos, head * d_head]``.
+
+    Layouts (:func:`hook_layout`): positions are always *token* positions. For attention
+    patterns (``attn.hook_pattern`` ``[batch, head, query, key]``) they are query positions,
+    ``head`` picks axis 1, and one sample's vector is its attention row over keys.
+    Token-id hooks (``embed.hook_in``) are refused with :class:`LayoutError`.
     """
 
     hook_name: str
@@ -60,6 +121,11 @@ class Site:
             raise ConfigError(f"Site.head must be a non-negative int or None, got {self.head!r}.")
 
     # ------------------------------------------------------------------ naming
+    @property
+    def layout(self) -> Layout:
+        """Axis layout of the hook's activation (see :func:`hook_layout`)."""
+        return hook_layout(self.hook_name)
+
     @property
     def layer(self) -> int | None:
         """Block index the hook belongs to (``None`` for embedding/unembedding hooks)."""
@@ -105,6 +171,12 @@ class Site:
             )
         if self.hook_name not in hook_dict:
             raise UnknownHookError(self.hook_name, hook_dict.keys())
+        canon = getattr(hook_dict[self.hook_name], "name", self.hook_name)
+        if "tokens" in (self.layout, hook_layout(str(canon))):
+            raise LayoutError(
+                f"Site {self.key}: hook {self.hook_name!r} carries integer token ids, not "
+                "activations; use hook_embed or a residual-stream hook."
+            )
         n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
         if self.layer is not None and n_layers is not None and self.layer >= n_layers:
             raise UnknownHookError(self.hook_name, hook_dict.keys())
@@ -120,14 +192,16 @@ class Site:
         """Reduce hook activations to per-sample features.
 
         Args:
-            acts: ``[batch, pos, d]`` or ``[batch, pos, head, d_head]``.
+            acts: the hook's activation in its own layout: ``[batch, pos, d]``,
+                ``[batch, pos, head, d_head]``, or ``[batch, head, query, key]`` for attention
+                patterns (positions then reduce over the query axis).
             attention_mask: ``[batch, pos]``, 1 for real tokens (default: all real).
             response_mask: ``[batch, pos]``, 1 for response tokens (``"response_mean"`` only).
 
         Returns:
             ``[batch, d]`` (or ``[batch, pos, d]`` for ``position="all"``).
         """
-        acts = self._select_head(acts)
+        acts = self._select_head(to_pos_major(self.hook_name, acts, f"Site {self.key}"))
         b, p = acts.shape[:2]
         mask = _bool_mask("attention_mask", attention_mask, b, p, acts.device)
         if self.position == "all":
