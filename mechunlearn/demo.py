@@ -43,8 +43,10 @@ def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-rep
     from mechunlearn.hooks import apply
     from mechunlearn.interventions import Project
     from mechunlearn.models import load_bridge
+    from mechunlearn.outputs import check_destination
     from mechunlearn.unlearn.compare import CompareConfig, compare
 
+    check_destination(out, "report")  # refuse an unusable --out before minutes of work
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     say(f"[1/5] loading toy world {world!r} (trains and caches it on first use)")

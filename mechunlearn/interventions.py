@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechunlearn.directions.base import Directions, _atomic, _make_eraser, orthonormalize
+from mechunlearn.directions.base import Directions, _make_eraser, orthonormalize
 from mechunlearn.errors import ConfigError, ShapeError, StoreError, check_finite
 from mechunlearn.hooks import Compose, Intervention, Positions
 from mechunlearn.sites import Site
@@ -292,28 +292,36 @@ def from_dict(d: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> In
     return cls(**kwargs)
 
 
-def save(path: str | os.PathLike[str], interventions: list[Intervention]) -> Path:
-    """Write ``interventions`` to folder ``path`` (JSON + safetensors, atomically)."""
+def save(path: str | os.PathLike[str], interventions: list[Intervention],
+         overwrite: bool = False) -> Path:
+    """Write ``interventions`` to folder ``path`` (JSON + safetensors).
+
+    Written by :func:`mechunlearn.outputs.output_folder` (atomic, package versions in
+    ``.mechunlearn.json``; a folder holding other files is refused, see there).
+    """
     from safetensors.torch import save_file
 
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
+    from mechunlearn.outputs import output_folder
+
     tensors: dict[str, Tensor] = {}
     items = [to_dict(iv, tensors, str(i)) for i, iv in enumerate(interventions)]
-    _atomic(p / "interventions.safetensors", lambda f: save_file(tensors, f))
     text = json.dumps({"format_version": 1, "interventions": items}, indent=1)
-    _atomic(p / "interventions.json", lambda f: Path(f).write_text(text))
-    return p
+    with output_folder(path, "interventions", overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / "interventions.safetensors"))
+        (tmp / "interventions.json").write_text(text)
+    return Path(path)
 
 
 def load(path: str | os.PathLike[str]) -> list[Intervention]:
     """Read the list written by :func:`save`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     p = Path(path)
     try:
         meta = json.loads((p / "interventions.json").read_text())
         tensors = load_file(str(p / "interventions.safetensors"))
-    except (OSError, ValueError) as e:
-        raise StoreError(f"Cannot read interventions from {p}: {e}") from e
+    except (OSError, ValueError, SafetensorError) as e:
+        raise StoreError(f"Cannot read interventions from {p}: {e}. The files are missing or "
+                         "corrupt: save them again.") from e
     return [from_dict(d, tensors) for d in meta["interventions"]]

@@ -1,16 +1,16 @@
 """Self-contained report folders: Markdown + PNG figures + the CSV/JSON data behind each.
 
 ``Report`` collects sections (Markdown text, tables, figures) and ``write(path)`` renders them
-into a temporary folder that then replaces ``path`` atomically, so a crash never leaves a
-half-written report and a previous report at ``path`` survives until the new one is complete.
+through :func:`mechunlearn.outputs.output_folder`: into a temporary folder that then replaces
+``path``, so a crash never leaves a half-written report, a previous report at ``path`` survives
+until the new one is complete, a folder holding anything else is never touched, and
+``.mechunlearn.json`` records the package versions.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,17 +43,21 @@ class Report:
         """Save ``obj`` as ``data/{name}.json`` (not shown in the Markdown)."""
         self.parts.append(("json", (name, obj)))
 
-    def write(self, path: str | os.PathLike[str]) -> Path:
-        """Render to ``path`` (replaced atomically). Returns the path of ``report.md``."""
+    def write(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Render to folder ``path``. Returns the path of ``report.md``.
+
+        A previous report at ``path`` is replaced; a folder holding files mechunlearn did not
+        write is refused (:class:`~mechunlearn.errors.OutputExistsError`); ``overwrite=True``
+        also replaces another kind of mechunlearn output.
+        """
         import matplotlib
+
+        from mechunlearn.outputs import output_folder
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        target = Path(path).resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
+        with output_folder(path, "report", overwrite=overwrite) as tmp:
             (tmp / "figures").mkdir()
             (tmp / "data").mkdir()
             lines = [f"# {self.title}", ""]
@@ -80,19 +84,7 @@ class Report:
                     name, obj = payload
                     (tmp / "data" / f"{name}.json").write_text(json.dumps(obj, indent=1, default=str))
             (tmp / "report.md").write_text("\n".join(lines))
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target / "report.md"
+        return Path(os.path.abspath(Path(path).expanduser())) / "report.md"
 
 
 def _markdown_table(df: pd.DataFrame, floatfmt: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,12 +177,18 @@ class Directions:
         except (KeyError, TypeError) as e:
             raise ConfigError(f"Not a Directions dict ({e}).") from e
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path/directions.safetensors`` + ``path/directions.json`` atomically."""
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write folder ``path`` with ``directions.safetensors`` + ``directions.json``.
+
+        Written by :func:`mechunlearn.outputs.output_folder` (atomic; ``.mechunlearn.json``
+        records the package versions): saved Directions at ``path`` are replaced, a folder
+        holding other files is refused with :class:`~mechunlearn.errors.OutputExistsError`
+        (``overwrite=True`` also replaces another kind of mechunlearn output).
+        """
         from safetensors.torch import save_file
 
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
+        from mechunlearn.outputs import output_folder
+
         tensors = {"basis": self.basis.contiguous()}
         if self.eraser is not None:
             for k, v in _eraser_parts(self.eraser).items():
@@ -193,21 +198,29 @@ class Directions:
         meta.pop("basis")
         meta.pop("eraser", None)
         meta["has_eraser"] = self.eraser is not None
-        _atomic(p / "directions.safetensors", lambda f: save_file(tensors, f))
-        _atomic(p / "directions.json", lambda f: Path(f).write_text(json.dumps(meta, indent=1)))
-        return p
+        with output_folder(path, "directions", overwrite=overwrite) as tmp:
+            save_file(tensors, str(tmp / "directions.safetensors"))
+            (tmp / "directions.json").write_text(json.dumps(meta, indent=1))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Directions:
-        """Read what :meth:`save` wrote."""
+        """Read what :meth:`save` wrote (:class:`StoreError` if it is missing or corrupt)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         p = Path(path)
+        if not p.is_dir():
+            raise StoreError(f"Cannot read Directions from {p}: not a folder. Pass the folder "
+                             "written by `mechunlearn directions --out` or Directions.save.")
         try:
             meta = json.loads((p / "directions.json").read_text())
             tensors = load_file(str(p / "directions.safetensors"))
-        except (OSError, ValueError) as e:
-            raise StoreError(f"Cannot read Directions from {p}: {e}") from e
+            if not isinstance(meta, dict) or "basis" not in tensors:
+                raise ValueError("no 'basis' tensor or metadata")
+        except (OSError, ValueError, SafetensorError) as e:
+            raise StoreError(f"Cannot read Directions from {p}: {e}. The files are missing or "
+                             "corrupt (e.g. truncated): save the directions again.") from e
         eraser = None
         if meta.get("has_eraser"):
             eraser = _make_eraser({k: tensors.get(f"eraser.{k}") for k in ("proj_left", "proj_right", "bias")})
@@ -238,18 +251,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Site):
         return x.to_dict()
     return x
-
-
-def _atomic(target: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def warn_if_null(dirs: Directions) -> None:
