@@ -87,8 +87,13 @@ class ShardedStore(FeatureStore):
         self._subs = subs
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], verify: bool = False) -> ShardedStore:
-        """Open a complete sharded store at ``path`` (``verify`` checks every sha256)."""
+    def open(cls, path: str | os.PathLike[str], verify: bool = False,
+             check_reads: bool = True) -> ShardedStore:
+        """Open a complete sharded store at ``path``.
+
+        Every shard read is checked against its sha256 (``check_reads``, see
+        :meth:`FeatureStore.open`); ``verify=True`` also hashes every shard now.
+        """
         p = Path(path)
         m = read_manifest(p)
         if m is None:
@@ -99,7 +104,8 @@ class ShardedStore(FeatureStore):
         for r in range(world):
             want = len(rank_blocks(n, size, r, world))
             sp = p / rank_dir(r, world)
-            sub = FeatureStore.open(sp, verify=verify) if (sp / "manifest.json").is_file() else None
+            sub = (FeatureStore.open(sp, verify=verify, check_reads=check_reads)
+                   if (sp / "manifest.json").is_file() else None)
             have = 0 if sub is None else sub.n_shards
             if have != want:
                 missing.append(f"rank {r}: {have}/{want} shards")
@@ -128,8 +134,10 @@ class ShardedStore(FeatureStore):
         """Nothing to flush (read-only)."""
 
 
-def open_store(path: str | os.PathLike[str], verify: bool = False) -> FeatureStore:
-    """Open a plain :class:`FeatureStore` or a :class:`ShardedStore`, whichever is at ``path``."""
+def open_store(path: str | os.PathLike[str], verify: bool = False,
+               check_reads: bool = True) -> FeatureStore:
+    """Open a plain :class:`FeatureStore` or a :class:`ShardedStore`, whichever is at ``path``
+    (``verify``/``check_reads`` as in :meth:`FeatureStore.open`)."""
     mf = Path(path) / "manifest.json"
     if not mf.is_file():
         raise StoreError(f"No store at {path} (missing manifest.json).")
@@ -138,9 +146,9 @@ def open_store(path: str | os.PathLike[str], verify: bool = False) -> FeatureSto
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise StoreError(f"Corrupt manifest {mf}: {e}.") from e
     if fmt == FORMAT:
-        return ShardedStore.open(path, verify=verify)
+        return ShardedStore.open(path, verify=verify, check_reads=check_reads)
     if fmt == STORE_FORMAT:
-        return FeatureStore.open(path, verify=verify)
+        return FeatureStore.open(path, verify=verify, check_reads=check_reads)
     raise StoreError(f"{mf} has unknown format {fmt!r}.")
 
 

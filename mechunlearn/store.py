@@ -54,9 +54,10 @@ def _dtype_name(dtype: torch.dtype) -> str:
 class FeatureStore:
     """Append-only, resumable, memory-mapped store of ``[n, d]`` features at one Site."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], check_reads: bool = True) -> None:
         self.path = path
         self._m = manifest
+        self.check_reads = bool(check_reads)
         self._buf: list[Tensor] = []
         self._buf_ids: list[str] = []
         self._ids_cache: list[str] | None = None
@@ -94,8 +95,19 @@ class FeatureStore:
         return cls(p, m)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], verify: bool = False) -> FeatureStore:
-        """Open an existing store; ``verify=True`` also checks every shard's sha256."""
+    def open(cls, path: str | os.PathLike[str], verify: bool = False,
+             check_reads: bool = True) -> FeatureStore:
+        """Open an existing store.
+
+        Opening checks every shard's size (cheap). Every shard read is also checked against
+        its sha256 in the manifest (``check_reads``, default on), so a shard corrupted in
+        place (same size, other bytes) raises :class:`StoreError` instead of returning wrong
+        values. Cost (``scripts/bench_store_verify.py``, 300 MB page-cached store, d=768):
+        ~0.6 s per GB read (sha256 at ~1 GB/s); a bare ``iter_shards`` pass 0.11 -> 0.28 s,
+        a streamed ``mean_cov`` 2.32 -> 2.68 s (+16 %).
+        ``verify=True`` additionally hashes every shard now, before any read.
+        ``check_reads=False`` skips the read-time hash (sizes are still checked).
+        """
         p = Path(path)
         mf = p / "manifest.json"
         if not mf.is_file():
@@ -108,7 +120,7 @@ class FeatureStore:
             raise StoreError(f"{mf} is not a mechunlearn FeatureStore manifest.")
         if m.get("version") != VERSION:
             raise StoreError(f"{mf} has store version {m.get('version')}, expected {VERSION}.")
-        store = cls(p, m)
+        store = cls(p, m, check_reads=check_reads)
         for sh in m["shards"]:
             f = p / sh["file"]
             if not f.is_file() or f.stat().st_size != sh["bytes"]:
@@ -199,14 +211,25 @@ class FeatureStore:
 
     # ----------------------------------------------------------------- reading
     def _read(self, i: int) -> tuple[Tensor, list[str]]:
-        from safetensors import safe_open
+        """Shard ``i`` as ``(values [m, d], ids)``, its bytes checked against the manifest."""
+        from safetensors.torch import load as st_load
 
-        f = self.path / self._m["shards"][i]["file"]
+        sh = self._m["shards"][i]
+        f = self.path / sh["file"]
         try:
-            with safe_open(str(f), framework="pt") as sf:
-                meta = sf.metadata() or {}
-                vals = sf.get_tensor("values")
-            ids = json.loads(meta["ids"])
+            data = f.read_bytes()
+        except OSError as e:
+            raise StoreError(f"Cannot read shard {f}: {e}. The store is incomplete.") from e
+        want = sh.get("sha256")
+        if self.check_reads and want is not None and hashlib.sha256(data).hexdigest() != want:
+            raise StoreError(
+                f"Shard {f} fails its sha256 check: its bytes changed after it was written "
+                f"({len(data)} bytes, manifest says {sh.get('bytes')}). The store is corrupt; "
+                "re-extract into a fresh folder (nothing was read from this shard)."
+            )
+        try:
+            vals = st_load(data)["values"]
+            ids = json.loads(_shard_metadata(data)["ids"])
         except MemoryError:
             raise
         except Exception as e:  # safetensors raises several types for corrupt files
@@ -252,6 +275,13 @@ class FeatureStore:
         for vals, _ in self.iter_shards():
             stats.update(vals)
         return stats.mean, stats.cov(), stats.n
+
+
+def _shard_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file held in ``data``."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    return dict(header.get("__metadata__") or {})
 
 
 class RunningMoments:
