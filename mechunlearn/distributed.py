@@ -142,6 +142,12 @@ def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
 
 
+def _rank_dirs_only(folder: Path) -> list[str] | None:
+    """``[]`` if ``folder`` holds only per-rank sub-store folders (each checked on its own)."""
+    ok = all(e.is_dir() and e.name.startswith("rank_") for e in folder.iterdir())
+    return [] if ok else None
+
+
 def _check_resume(old: dict[str, Any], want: dict[str, Any], out: Path) -> None:
     if int(old["world_size"]) != want["world_size"]:
         raise WorldSizeMismatchError(
@@ -198,8 +204,15 @@ def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fin
     if old is not None:
         _check_resume(old, want, p)
     elif rank == 0:
-        p.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(p / "manifest.json", {**want, "complete": False})
+        from mechunlearn.outputs import check_destination, output_folder, write_manifest
+
+        if p.is_dir() and any(p.iterdir()):  # other ranks' sub-stores only, never user files
+            check_destination(p, "sharded-store", legacy=_rank_dirs_only)
+            atomic_write_json(p / "manifest.json", {**want, "complete": False})
+            write_manifest(p, "sharded-store")
+        else:
+            with output_folder(p, "sharded-store") as tmp:
+                atomic_write_json(tmp / "manifest.json", {**want, "complete": False})
     barrier()
     sub = FeatureStore.create(p / rank_dir(rank, world), site, fingerprint, d, dtype=dtype,
                               shard_size=shard_size)

@@ -253,8 +253,6 @@ def best_sites(summary: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
 
 def plot_auc(summary: pd.DataFrame, path: str, title: str = "") -> None:
     """AUC by layer, one line per method and position; saved atomically to ``path`` (png)."""
-    import os
-    import tempfile
 
     import matplotlib
 
@@ -281,9 +279,7 @@ def plot_auc(summary: pd.DataFrame, path: str, title: str = "") -> None:
     axes[0][0].set_ylabel("AUC of poisoned ids")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    from mechunlearn.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)

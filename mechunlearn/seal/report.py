@@ -167,19 +167,28 @@ def summary_markdown(report: SealReport, top_k: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: SealReport, folder: str | os.PathLike[str]) -> Path:
-    """Write CSV tables, PNG plots and ``summary.md`` into ``folder`` (atomic per file)."""
-    p = Path(folder)
-    p.mkdir(parents=True, exist_ok=True)
-    for name, df in report.tables().items():
-        _atomic_write(p / f"{name}.csv", df.to_csv(index=False).encode())
-    if len(report.imprint):
-        _save_fig(plot_imprint(report.imprint), p / "imprint.png")
-    if len(report.resistance_by_feature):
-        _save_fig(plot_resistance_by_feature(report.resistance_by_feature),
-                  p / "resistance_by_feature.png")
-    if report.activation_robustness is not None and len(report.activation_robustness):
-        _save_fig(plot_robustness_by_layer(report.activation_robustness),
-                  p / "robustness_by_layer.png")
-    _atomic_write(p / "summary.md", summary_markdown(report).encode())
-    return p
+def write_report(report: SealReport, folder: str | os.PathLike[str], overwrite: bool = False,
+                 extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Write CSV tables (plus ``extra_tables``), PNG plots and ``summary.md`` into ``folder``.
+
+    Written by :func:`mechunlearn.outputs.output_folder`: built in a temporary folder and
+    moved into place; a previous SEAL report there is replaced, a folder holding other files
+    is refused (``overwrite=True`` also replaces another kind of mechunlearn output), and
+    ``.mechunlearn.json`` records the package versions.
+    """
+    from mechunlearn.outputs import output_folder
+
+    tables = {**report.tables(), **(extra_tables or {})}
+    with output_folder(folder, "seal-report", overwrite=overwrite) as p:
+        for name, df in tables.items():
+            (p / f"{name}.csv").write_bytes(df.to_csv(index=False).encode())
+        if len(report.imprint):
+            _save_fig(plot_imprint(report.imprint), p / "imprint.png")
+        if len(report.resistance_by_feature):
+            _save_fig(plot_resistance_by_feature(report.resistance_by_feature),
+                      p / "resistance_by_feature.png")
+        if report.activation_robustness is not None and len(report.activation_robustness):
+            _save_fig(plot_robustness_by_layer(report.activation_robustness),
+                      p / "robustness_by_layer.png")
+        (p / "summary.md").write_text(summary_markdown(report))
+    return Path(folder)

@@ -203,23 +203,26 @@ class RewardModel:
         return RewardModel(head, self.config, self.body)
 
     # ---------------------------------------------------------------- save/load
-    def save(self, folder: str | os.PathLike[str]) -> Path:
+    def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
         """Write ``head.safetensors`` (+ ``body.safetensors`` with fine-tuned blocks) and
-        ``config.json`` atomically (config last: its presence marks a complete save)."""
+        ``config.json`` into folder ``folder`` via :func:`mechunlearn.outputs.output_folder`
+        (atomic; a previous saved reward model there is replaced, a folder holding other
+        files is refused; ``.mechunlearn.json`` records the package versions)."""
+        from mechunlearn.outputs import output_folder
         from mechunlearn.store import atomic_write_json
 
-        p = Path(folder)
-        p.mkdir(parents=True, exist_ok=True)
-        _atomic_safetensors(p / "head.safetensors",
-                            {k: v.contiguous() for k, v in self.head.tensors().items()})
-        if self.config.tuned_blocks:
-            body = self._need_body()
-            tensors = {f"blocks.{i}.{n}": t.detach().contiguous().clone()
-                       for i in self.config.tuned_blocks
-                       for n, t in body.blocks[i].named_parameters()}
-            _atomic_safetensors(p / "body.safetensors", tensors)
-        atomic_write_json(p / "config.json", self.config.to_dict())
-        return p
+        with output_folder(folder, "reward-model", overwrite=overwrite,
+                           legacy=_legacy_files) as p:
+            save_file({k: v.contiguous() for k, v in self.head.tensors().items()},
+                      str(p / "head.safetensors"))
+            if self.config.tuned_blocks:
+                body = self._need_body()
+                tensors = {f"blocks.{i}.{n}": t.detach().contiguous().clone()
+                           for i in self.config.tuned_blocks
+                           for n, t in body.blocks[i].named_parameters()}
+                save_file(tensors, str(p / "body.safetensors"))
+            atomic_write_json(p / "config.json", self.config.to_dict())
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], body: Any = None) -> RewardModel:
@@ -228,8 +231,13 @@ class RewardModel:
         p = Path(folder)
         if not (p / "config.json").is_file() or not (p / "head.safetensors").is_file():
             raise ConfigError(f"{p} is not a saved RewardModel (config.json/head.safetensors).")
-        cfg = RewardModelConfig.from_dict(json.loads((p / "config.json").read_text()))
-        head = LinearHead.from_tensors(load_file(str(p / "head.safetensors")))
+        from safetensors import SafetensorError
+
+        try:
+            cfg = RewardModelConfig.from_dict(json.loads((p / "config.json").read_text()))
+            head = LinearHead.from_tensors(load_file(str(p / "head.safetensors")))
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise ConfigError(f"Saved RewardModel {p} is corrupt ({e}); save it again.") from e
         if body is not None:
             cfg.site.resolve(body)
             if cfg.tuned_blocks:
@@ -268,15 +276,9 @@ class RewardModel:
         return losses
 
 
-def _atomic_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _legacy_files(folder: Path) -> list[str] | None:
+    """Files of a reward model saved before output manifests existed (``None``: not one)."""
+    names = ["config.json", "head.safetensors", "body.safetensors"]
+    if not all((folder / n).is_file() for n in names[:2]):
+        return None
+    return names

@@ -39,16 +39,21 @@ class SealRun:
 def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: Any = None,
              cache: str | os.PathLike[str] | None = None, max_length: int = 128,
              text_n: int = 300, sweep_n: int = 100, n_boot: int = 1000, seed: int = 0,
-             say: Callable[[str], None] = print) -> SealRun:
+             say: Callable[[str], None] = print, overwrite: bool = False) -> SealRun:
     """Diagnose a reward model trained on ``data`` (hh-rlhf or prompt/chosen/rejected JSONL).
 
     Args:
+        out: report folder (see :func:`mechunlearn.seal.report.write_report`; checked before
+            any work, ``overwrite`` as there).
         model: the reward model's body (a TransformerBridge with 6+ blocks); default: the
             packaged all-MiniLM-L6-v2 encoder.
         cache: FeatureStore / fitted-head cache folder (default ``~/.cache/mechunlearn/seal``).
         text_n, sweep_n: test pairs used for text robustness and for the layer sweep.
         n_boot: bootstrap resamples for the imprint confidence intervals.
     """
+    from mechunlearn.outputs import check_destination
+
+    check_destination(out, "seal-report", overwrite)  # refuse a bad --out before any work
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache = os.path.expanduser(str(cache or "~/.cache/mechunlearn/seal"))
     t0 = time.time()
@@ -183,8 +188,7 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
             "max_length": max_length, "threads": torch.get_num_threads(),
             "seconds": {k: round(v, 1) for k, v in times.items()}}
     report = SealReport(res, by_feat, imprint, text_rob, sweep, worst, info)
-    folder = write_report(report, out)
-    atomic_write_bytes(Path(folder) / "sites.csv", sites_df.to_csv(index=False).encode())
+    folder = write_report(report, out, overwrite=overwrite, extra_tables={"sites": sites_df})
     return SealRun(report, sites_df, Path(folder))
 
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from typing import Any
 import torch
 
 from mechunlearn.errors import ConfigError
+from mechunlearn.outputs import output_folder
 from mechunlearn.toyworld import metrics as M
 from mechunlearn.toyworld.config import WORLD_VERSION, WorldConfig, resolve_config
 from mechunlearn.toyworld.data import EvalPrompt, PreferencePair, Truth, WorldData, generate
@@ -108,6 +107,17 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _legacy_files(folder: Path) -> list[str] | None:
+    """Files of a world built before output manifests existed (``None``: not a world)."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or "config" not in m or not isinstance(m.get("files"), dict):
+        return None
+    return ["manifest.json", *m["files"]]
+
+
 def verify(folder: Path, cfg: WorldConfig) -> str | None:
     """``None`` if ``folder`` is a complete, uncorrupted build of ``cfg``, else the reason."""
     man = folder / "manifest.json"
@@ -158,23 +168,16 @@ def build(config: str | WorldConfig = "hard", cache_dir: str | os.PathLike[str] 
         return final
     if say:
         say(f"building world {cfg.name!r} ({cfg.hash()}) in {final}: {reason}")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cfg.hash()}-", dir=root))
     old_threads = torch.get_num_threads()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        _build_into(tmp, cfg, say)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # Replaces only a previous build of ours at ``final``, never a folder of user files.
+        with output_folder(final, "toyworld", legacy=_legacy_files,
+                           meta={"config": cfg.name, "hash": cfg.hash()}) as tmp:
+            _build_into(tmp, cfg, say)
     finally:
         torch.set_num_threads(old_threads)
-    if final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=root))
-        os.replace(final, trash / "old")
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(tmp, final)
     if say:
         say(f"built {final}")
     return final
