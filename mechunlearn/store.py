@@ -44,6 +44,21 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
            "float64": torch.float64}
 
 
+#: files a store adds after creation (they count as ours when a store folder is replaced)
+STORE_PATTERNS = ("manifest.json", "shard_*.safetensors")
+
+
+def legacy_store_files(folder: Path) -> list[str] | None:
+    """Files of a store written before output manifests existed (``None``: not a store)."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        return None
+    return ["manifest.json", *(str(sh.get("file")) for sh in m.get("shards", []))]
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     for k, v in _DTYPES.items():
         if v == dtype:
@@ -88,10 +103,15 @@ class FeatureStore:
                         "different models/sites/dims are never mixed. Use another folder."
                     )
             return store
-        p.mkdir(parents=True, exist_ok=True)
+        from mechunlearn.outputs import output_folder
+
         m = {"format": FORMAT, "version": VERSION, **want, "shard_size": int(shard_size),
              "shards": []}
-        atomic_write_json(p / "manifest.json", m)
+        # A new store is a mechunlearn output folder: never created inside a folder holding
+        # the user's files; .mechunlearn.json records the package versions.
+        with output_folder(p, "featurestore", patterns=STORE_PATTERNS,
+                           legacy=legacy_store_files) as tmp:
+            atomic_write_json(tmp / "manifest.json", m)
         return cls(p, m)
 
     @classmethod

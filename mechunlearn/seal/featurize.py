@@ -145,13 +145,12 @@ def _try_load(path: Path, ids: list[str]) -> Features | None:
 
 
 def _save(path: Path, f: Features) -> None:
-    import shutil
+    """Write a cache store; a stale store of ours at ``path`` is replaced, nothing else."""
+    from mechunlearn.outputs import output_folder
+    from mechunlearn.store import STORE_PATTERNS, FeatureStore, legacy_store_files
 
-    from mechunlearn.store import FeatureStore
-
-    if path.exists():
-        shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store = FeatureStore.create(path, f.site, f.fingerprint, f.d)
-    store.append(f.values, list(f.ids))
-    store.flush()
+    with output_folder(path, "featurestore", patterns=STORE_PATTERNS,
+                       legacy=legacy_store_files) as tmp:
+        store = FeatureStore.create(tmp, f.site, f.fingerprint, f.d)  # tmp is empty
+        store.append(f.values, list(f.ids))
+        store.flush()
