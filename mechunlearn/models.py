@@ -14,25 +14,66 @@ from typing import Any
 
 from mechunlearn.errors import ConfigError
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
-def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str = "cpu") -> Any:
-    """Boot a ``TransformerBridge`` from a local ``save_pretrained`` folder (model + tokenizer).
 
-    Args:
-        path: folder with ``config.json`` and tokenizer files.
-        hf_model: an already-loaded HF model to wrap (shares weights); loaded from ``path``
-            when omitted.
+def check_model_folder(path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` is a ``save_pretrained`` folder with config, weights and tokenizer.
+
+    Raises:
+        ConfigError: not a folder, no ``config.json``, no weights (``*.safetensors`` /
+            ``pytorch_model*.bin``) or no tokenizer files (one of :data:`TOKENIZER_FILES`),
+            each naming what is missing and how to add it.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformer_lens import TransformerBridge
-    from transformers import AutoTokenizer
-
     p = Path(path)
+    if not p.is_dir():
+        what = "a file" if p.exists() else "missing"
+        raise ConfigError(f"Model folder {str(p)!r} is {what}; pass the folder written by "
+                          "model.save_pretrained(path) and tokenizer.save_pretrained(path).")
     if not (p / "config.json").is_file():
         raise ConfigError(
             f"{p} is not a Hugging Face model folder (no config.json); save one with "
             "model.save_pretrained(path) and tokenizer.save_pretrained(path)."
         )
+    if not any(any(p.glob(g)) for g in WEIGHT_GLOBS):
+        raise ConfigError(f"Model folder {str(p)!r} has no weights (no *.safetensors or "
+                          "pytorch_model*.bin); save them with model.save_pretrained(path).")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"Model folder {str(p)!r} has no tokenizer files (none of "
+                          f"{', '.join(TOKENIZER_FILES)}); save the tokenizer the model was "
+                          "trained with: tokenizer.save_pretrained(path).")
+    return p
+
+
+def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str = "cpu") -> Any:
+    """Boot a ``TransformerBridge`` from a local ``save_pretrained`` folder (model + tokenizer).
+
+    The folder's own tokenizer (``AutoTokenizer.from_pretrained(path)``) is what mechunlearn
+    tokenizes with (:func:`mechunlearn.tokens.model_tokenizer`); ``bridge.tokenizer`` stays
+    TransformerLens's copy, which prepends BOS even when the folder's tokenizer does not.
+
+    Args:
+        path: folder with ``config.json``, weights and tokenizer files.
+        hf_model: an already-loaded HF model to wrap (shares weights); loaded from ``path``
+            when omitted.
+        device: torch device string.
+
+    Raises:
+        ConfigError: see :func:`check_model_folder` (weights are not required when
+            ``hf_model`` is given).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformer_lens import TransformerBridge
+    from transformers import AutoTokenizer
+
+    from mechunlearn.tokens import remember_folder_tokenizer
+
+    p = Path(path)
+    if hf_model is None:
+        check_model_folder(p)
+    elif not (p / "config.json").is_file():
+        check_model_folder(p)  # raises the same messages
     tok = AutoTokenizer.from_pretrained(str(p))
     if hf_model is None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
@@ -43,6 +84,7 @@ def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str 
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(str(p), hf_model=hf_model, tokenizer=tok, device=device)
     bridge.eval()
+    remember_folder_tokenizer(bridge, tok)
     return bridge
 
 

@@ -22,7 +22,7 @@ from mechunlearn.toyworld import (
     load,
     verify,
 )
-from mechunlearn.toyworld import generation as G
+from mechunlearn import lm as G
 from mechunlearn.toyworld import metrics as M
 from mechunlearn.toyworld.difficulty import auc
 
@@ -172,11 +172,11 @@ def test_cached_generation_equals_full_recompute(tiny_world, max_new, bs) -> Non
     w = tiny_world
     ps = [p for v in w.eval.values() for p in v]
     for m in (w.model, w.sft_model, w.gold_model):
-        assert G._plain_lm(m) is not None
+        assert G.plain_lm(m) is not None
         fast = M.generate(m, ps, max_new_tokens=max_new, batch_size=bs)
         h = add_hooks(m, [("blocks.0.hook_resid_post", lambda a: None)])
         try:
-            assert G._plain_lm(m) is None  # a hook forces the full path
+            assert G.plain_lm(m) is None  # a hook forces the full path
             slow = M.generate(m, ps, max_new_tokens=max_new, batch_size=bs)
         finally:
             h.remove()

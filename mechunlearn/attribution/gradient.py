@@ -34,7 +34,7 @@ from mechunlearn.errors import ConfigError, EmptyDataError, HookNotFiredError, c
 from mechunlearn.features import Features, model_fingerprint
 from mechunlearn.hooks import add_hooks
 from mechunlearn.sites import Site
-from mechunlearn.tokens import TokenBatch, tokenize
+from mechunlearn.tokens import TokenBatch, model_tokenizer, tokenize
 
 Loss = Literal["nll", "dpo"]
 
@@ -56,7 +56,7 @@ def _response_logprob(model: Any, tb: TokenBatch) -> tuple[Tensor, Tensor]:
 
 
 def _batch(model: Any, pairs: Sequence[tuple[str, str]]) -> TokenBatch:
-    tok = getattr(model, "tokenizer", None)
+    tok = model_tokenizer(model)
     if tok is None:
         raise ConfigError("gradient_features needs a model with a tokenizer.")
     return tokenize(tok, list(pairs))

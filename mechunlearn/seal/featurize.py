@@ -25,6 +25,7 @@ from mechunlearn.features import Features, extract, model_fingerprint
 from mechunlearn.seal.data import PreferencePair
 from mechunlearn.seal.encode import encode_items, length_order
 from mechunlearn.sites import Site
+from mechunlearn.tokens import model_tokenizer
 
 SIDES = ("chosen", "rejected")
 
@@ -35,7 +36,7 @@ def item_features(body: Any, items: Sequence[tuple[str, str]], sites: Sequence[S
     """Features ``[n, d]`` per Site of ``(prompt, response)`` items, in input order."""
     if len(items) == 0:
         raise EmptyDataError("item_features() got no items.")
-    tok = getattr(body, "tokenizer", None)
+    tok = model_tokenizer(body)
     if tok is None:
         raise ConfigError("The reward-model body has no tokenizer; boot it with load_bridge().")
     tb = encode_items(tok, items, max_length)

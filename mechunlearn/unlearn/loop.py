@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
 from mechunlearn.hooks import add_hooks
+from mechunlearn.tokens import model_tokenizer
 from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows, warn_overlap
 from mechunlearn.unlearn.objectives import (
     RMU,
@@ -121,7 +122,7 @@ class _Data:
 
     def __init__(self, model: Any, forget: Sequence[Any], retain: Sequence[Any] | None,
                  obj: Objective, encode: Encode | None, chunk: int = 64) -> None:
-        tok = getattr(model, "tokenizer", None)
+        tok = model_tokenizer(model)
         self.forget = as_items(forget, "forget")
         self.retain = as_items(retain, "retain") if retain is not None else []
         warn_overlap(self.forget, self.retain)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError
+from mechunlearn.tokens import model_tokenizer
 from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows
 from mechunlearn.unlearn.loop import UnlearnConfig, forward, snapshot, unlearn
 from mechunlearn.unlearn.objectives import Objective, token_kl
@@ -128,7 +129,7 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
 
 @torch.no_grad()
 def _logprobs(model: Any, items: list[Any], encode: Encode | None) -> list[Tensor]:
-    tb = encode_items(getattr(model, "tokenizer", None), items, encode)
+    tb = encode_items(model_tokenizer(model), items, encode)
     out: list[Tensor] = []
     for s in range(0, len(items), 64):
         ids, am, _ = rows(tb, torch.arange(s, min(s + 64, len(items))))
@@ -138,7 +139,7 @@ def _logprobs(model: Any, items: list[Any], encode: Encode | None) -> list[Tenso
 
 @torch.no_grad()
 def _kl(model: Any, items: list[Any], ref: list[Tensor], encode: Encode | None) -> float:
-    tb = encode_items(getattr(model, "tokenizer", None), items, encode)
+    tb = encode_items(model_tokenizer(model), items, encode)
     kls = []
     for s in range(0, len(items), 64):
         idx = torch.arange(s, min(s + 64, len(items)))

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, EmptyDataError
+from mechunlearn.tokens import model_tokenizer
 from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows
 from mechunlearn.unlearn.loop import _Data, forward, snapshot
 from mechunlearn.unlearn.objectives import Objective, make_objective, response_logprobs
@@ -76,7 +77,7 @@ def _held(model: Any, heldout: Sequence[Any], encode: Encode | None) -> _Held:
     if any(x.good is None for x in items):
         raise ConfigError("U2A held-out items need a good and a bad response: "
                           "(prompt, bad, good) tuples or pairs with chosen=bad.")
-    tok = getattr(model, "tokenizer", None)
+    tok = model_tokenizer(model)
     return _Held(items, encode_items(tok, items, encode, "good"),
                  encode_items(tok, items, encode, "response"))
 
