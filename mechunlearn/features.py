@@ -8,7 +8,6 @@ every hook is removed in ``finally``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from mechunlearn.errors import (
     check_finite,
 )
 from mechunlearn.hooks import add_hooks
+from mechunlearn.provenance import current_fingerprint, model_fingerprint  # noqa: F401 (re-export)
 from mechunlearn.sites import Site, canonical_hook_name
 from mechunlearn.tokens import Data, TokenBatch, as_token_batch
 
@@ -71,26 +71,6 @@ class Features:
         ids = tuple(self.ids[int(i)] for i in idx_t)
         mask = self.mask[idx_t] if self.mask is not None else None
         return Features(self.values[idx_t], ids, self.site, self.fingerprint, mask)
-
-
-def model_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
-    """Short sha256 of parameter names, shapes, dtypes, sums and a strided sample of values.
-
-    Changes whenever any weight tensor changes in practice; costs one pass over the weights.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if not isinstance(t, Tensor):
-            continue
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        flat = t.detach().reshape(-1)
-        if flat.numel() == 0:
-            continue
-        if flat.is_floating_point():
-            h.update(repr(float(flat.sum(dtype=torch.float64))).encode())
-        step = max(1, flat.numel() // sample)
-        h.update(flat[::step].cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class _Stop(Exception):
@@ -217,7 +197,7 @@ def extract(
         for s in site_list:
             out[s].append(s.reduce(acts[s.hook_name], batch.attention_mask, batch.response_mask).to("cpu", dtype))
         masks.append(batch.attention_mask)
-    fp = model_fingerprint(model)
+    fp = current_fingerprint(model)
     result: dict[Site, Features] = {}
     for s in site_list:
         if s.position == "all":

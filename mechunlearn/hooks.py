@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, HookNotFiredError, ShapeError
+from mechunlearn.provenance import check_same_model
 from mechunlearn.sites import Site, first_real_index, from_pos_major, to_pos_major
 
 Positions = Union[str, int, Sequence[int], Tensor]  # noqa: UP007 (runtime alias)
@@ -268,6 +269,11 @@ def apply(
         attention_mask: ``[batch, pos]`` for int positions with padded inputs.
         response_mask: ``[batch, pos]`` for ``positions="prompt"|"response"``.
 
+    An intervention that records the model it was fitted on (``fingerprint``, set from
+    :class:`~mechunlearn.directions.Directions`) warns with ``ModelMismatchWarning`` on a
+    model with other weights (raises ``ModelMismatchError`` under
+    :func:`mechunlearn.provenance.strict`).
+
     Works with ``model(...)``, ``run_with_cache``, ``run_with_hooks`` and ``generate``.
     """
     leaves: list[Intervention] = []
@@ -279,6 +285,8 @@ def apply(
         raise ConfigError("apply() needs at least one intervention.")
     for iv in leaves:
         iv.site.resolve(model)
+        check_same_model(getattr(iv, "fingerprint", None), model,
+                         f"{type(iv).__name__} at {iv.site.key}")
     token = _CONTEXT.set({"attention_mask": attention_mask, "response_mask": response_mask})
     handles = add_hooks(model, [(iv.site.hook_name, iv) for iv in leaves])
     names = [e[2] for e in handles.entries]

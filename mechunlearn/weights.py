@@ -6,8 +6,9 @@ block, with their biases) by ``(I - U^T U) W``, ``U`` ``[k, d]`` orthonormal. It
 activation-space twin is a projection ``x - (x U^T) U`` applied at each writer's output hook
 (:func:`writer_hooks`); ``tests/test_weights.py`` checks the two agree to 1e-4 in float32.
 
-**What is guaranteed.** Pre-LN models (GPT-2): the residual stream is the sum of the writers'
-outputs, so after the edit it has *no* component along ``U`` at any ``hook_resid_*``.
+**What is guaranteed.** Pre-LN and parallel-block models (GPT-2, Llama, Mistral, Qwen2/3,
+Gemma, Phi-3, OPT, GPT-NeoX, GPT-J, Phi-2; ``tests/test_architectures.py``): the residual
+stream is the sum of the writers' outputs, so after the edit it has *no* component along ``U`` at any ``hook_resid_*``.
 Post-LN models (BERT): each writer's output is projected *before* the residual add and
 LayerNorm; LayerNorm's mean-centring and affine bias can put a component back, so only the
 writer outputs (not the normalised stream) are direction-free. Both claims are tested.
@@ -32,7 +33,15 @@ from torch import Tensor, nn
 
 from mechunlearn.errors import ArchitectureError, ConfigError, ShapeError, check_finite
 
-SUPPORTED = {"gpt2": "pre_ln", "bert": "post_ln"}
+#: Hugging Face model_type -> residual form. ``pre_ln``: x + f(norm(x)) per sublayer;
+#: ``parallel``: x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX, GPT-J, Phi-2); ``post_ln``:
+#: norm(x + f(x)) (BERT; OPT with ``do_layer_norm_before=False``). Blocks that normalise a
+#: sublayer's output before the add (Gemma-2/3 ``post_attention_layernorm`` /
+#: ``post_feedforward_layernorm``) have no linear attention/MLP writer: see :func:`find_writers`.
+SUPPORTED = {"gpt2": "pre_ln", "bert": "post_ln", "llama": "pre_ln", "mistral": "pre_ln",
+             "qwen2": "pre_ln", "qwen3": "pre_ln", "gemma": "pre_ln", "gemma2": "pre_ln",
+             "gemma3_text": "pre_ln", "phi3": "pre_ln", "opt": "pre_ln", "gpt_neox": "parallel",
+             "gptj": "parallel", "phi": "parallel"}
 WRITER_KINDS = ("embed", "pos_embed", "token_type_embed", "attn", "mlp")
 _RESID_HOOK_SUFFIXES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
                         "hook_mlp_out", "hook_embed", "hook_pos_embed", "hook_in", "hook_out")
@@ -56,7 +65,8 @@ class Writer:
 
 
 def architecture(model: Any) -> str:
-    """``"pre_ln"`` or ``"post_ln"``; :class:`ArchitectureError` for unsupported models."""
+    """``"pre_ln"``, ``"parallel"`` or ``"post_ln"`` (see :data:`SUPPORTED`);
+    :class:`ArchitectureError` for unsupported models."""
     hf = getattr(model, "original_model", None)
     mtype = getattr(getattr(hf, "config", None), "model_type", None)
     if mtype not in SUPPORTED:
@@ -65,11 +75,21 @@ def architecture(model: Any) -> str:
             f"TransformerBridge.boot_transformers; got {type(model).__name__} with model_type "
             f"{mtype!r}. Its residual writers are unknown, so nothing was edited."
         )
+    if getattr(hf.config, "do_layer_norm_before", True) is False:  # OPT-350m style
+        return "post_ln"
     return SUPPORTED[mtype]
 
 
 def find_writers(model: Any, kinds: Sequence[str] | None = None) -> list[Writer]:
-    """Residual-stream writers of a GPT-2 or BERT TransformerBridge, in forward order.
+    """Residual-stream writers of a TransformerBridge (model types in :data:`SUPPORTED`), in
+    forward order: embeddings, then each block's attention output and MLP down projection.
+
+    Raises :class:`ArchitectureError` for attention/MLP writers of blocks that normalise the
+    sublayer output before adding it (Gemma-2/3): what reaches the residual stream is an
+    RMSNorm of the projection, and no edit of the projection's weights removes a direction
+    from it (the norm's per-dimension scale turns a removed direction ``u`` back into one along
+    ``g * u``). ``writers=["embed"]`` still works there; use activation projection
+    (``Project`` at ``hook_attn_out``/``hook_mlp_out``) for the blocks.
 
     Args:
         kinds: subset of :data:`WRITER_KINDS` (default: all the model has).
@@ -88,6 +108,17 @@ def find_writers(model: Any, kinds: Sequence[str] | None = None) -> list[Writer]
             out.append(Writer(kind, kind, f"{kind}.hook_out", _inner(comp, kind, nn.Embedding)))
     for i, block in enumerate(model.blocks):
         for kind, path in (("attn", "attn.o"), ("mlp", "mlp.out")):
+            if kinds is not None and kind not in kinds:
+                continue
+            post = {"attn": "ln1_post", "mlp": "ln2_post"}[kind]
+            if getattr(block, post, None) is not None:
+                raise ArchitectureError(
+                    f"Block {i} normalises its {kind} output ({post}) before adding it to the "
+                    "residual stream, so no weight edit of the output projection removes a "
+                    "direction from what is written; nothing was edited. Pass "
+                    "writers=['embed'] to edit the embeddings only, and use activation "
+                    f"projection (Project at blocks.{i}.hook_{kind}_out) for the blocks."
+                )
             comp = block
             for part in path.split("."):
                 comp = getattr(comp, part, None)
@@ -231,7 +262,7 @@ def orthogonalize_(model: Any, directions: Any, writers: Sequence[str] | None = 
     """Remove ``directions`` from every residual writer of ``model``, in place.
 
     Args:
-        model: GPT-2- or BERT-style ``TransformerBridge`` (weights of ``model.original_model``,
+        model: a ``TransformerBridge`` whose model type is in :data:`SUPPORTED` (weights of ``model.original_model``,
             shared with the bridge, are edited).
         directions: ``[k, d_model]`` / ``[d_model]`` tensor or a ``Directions`` object.
         writers: writer kinds to edit (subset of :data:`WRITER_KINDS`; default all).
