@@ -3,7 +3,10 @@
 Each is a frozen dataclass implementing :class:`mechunlearn.hooks.Intervention`: ``edit`` acts
 on vectors ``[..., d]``; the base class picks the Site's head (``site.head``) and the token
 ``positions`` (``"all"``, ``"prompt"``, ``"response"``, ints, or a bool ``[batch, pos]``
-mask). Apply them with ``mechunlearn.apply(model, *interventions)``; combine with
+mask). Each also has ``fingerprint``: the model the edit was fitted on (taken from
+:class:`Directions`; ``None`` for plain tensors): ``apply`` warns on a model with other
+weights (strict mode raises, see :mod:`mechunlearn.provenance`). Apply them with
+``mechunlearn.apply(model, *interventions)``; combine with
 ``Compose``. The Site's ``position`` (a feature *reduction*) is ignored here: ``positions``
 chooses the edited tokens. Dtype and device follow the activation.
 
@@ -57,6 +60,16 @@ def _vector(name: str, v: Any) -> Tensor:
     return t
 
 
+def _inherit_fingerprint(iv: Any, source: Any) -> None:
+    """Take the fitted-on model's fingerprint from ``source`` Directions unless given."""
+    fp = iv.fingerprint
+    if fp is None and isinstance(source, Directions):
+        fp = source.fingerprint
+    if fp is not None and not isinstance(fp, str):
+        raise ConfigError(f"{type(iv).__name__}.fingerprint must be a str or None, got {fp!r}.")
+    object.__setattr__(iv, "fingerprint", fp)
+
+
 def _check_d(name: str, x: Tensor, d: int) -> None:
     if x.shape[-1] != d:
         raise ShapeError(f"{name}: activation has last dimension {x.shape[-1]}, expected d={d}.")
@@ -93,8 +106,10 @@ class Project(_Serialisable):
     basis: Any
     site: Site | None = None
     positions: Positions = "all"
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        _inherit_fingerprint(self, self.basis)
         fallback = self.basis.site if isinstance(self.basis, Directions) else None
         b = self.basis.basis if isinstance(self.basis, Directions) else self.basis
         object.__setattr__(self, "basis", orthonormalize(b))
@@ -115,7 +130,9 @@ class Project(_Serialisable):
         if not projects:
             raise ConfigError("Project.union needs at least one Project.")
         basis = torch.cat([p.basis for p in projects])
-        return Project(basis, projects[0].site, projects[0].positions)
+        fps = {p.fingerprint for p in projects}
+        return Project(basis, projects[0].site, projects[0].positions,
+                       fps.pop() if len(fps) == 1 else None)
 
 
 @register
@@ -127,8 +144,10 @@ class Steer(_Serialisable):
     alpha: float = 1.0
     site: Site | None = None
     positions: Positions = "all"
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        _inherit_fingerprint(self, self.vector)
         fallback = self.vector.site if isinstance(self.vector, Directions) else None
         v = self.vector.direction if isinstance(self.vector, Directions) else self.vector
         v = _vector("Steer.vector", v)
@@ -153,8 +172,10 @@ class Clamp(_Serialisable):
     value: float = 0.0
     site: Site | None = None
     positions: Positions = "all"
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        _inherit_fingerprint(self, self.direction)
         fallback = self.direction.site if isinstance(self.direction, Directions) else None
         v = self.direction.direction if isinstance(self.direction, Directions) else self.direction
         u = orthonormalize(_vector("Clamp.direction", v).reshape(1, -1))[0]
@@ -180,8 +201,10 @@ class Erase(_Serialisable):
     eraser: Any
     site: Site | None = None
     positions: Positions = "all"
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        _inherit_fingerprint(self, self.eraser)
         fallback = None
         er = self.eraser
         if isinstance(er, Directions):
@@ -209,7 +232,8 @@ class Erase(_Serialisable):
         return {"type": "Erase",
                 "eraser": {k: _encode(v, tensors, f"{prefix}.eraser.{k}") for k, v in parts.items()},
                 "site": _encode(self.site, tensors, ""),
-                "positions": _encode(self.positions, tensors, f"{prefix}.positions")}
+                "positions": _encode(self.positions, tensors, f"{prefix}.positions"),
+                "fingerprint": self.fingerprint}
 
 
 @register
@@ -221,8 +245,10 @@ class Patch(_Serialisable):
     cached: Any
     site: Site | None = None
     positions: Positions = "all"
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        _inherit_fingerprint(self, None)
         object.__setattr__(self, "cached", _vector("Patch.cached", self.cached))
         object.__setattr__(self, "site", _site(self.site, None, "Patch"))
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from mechunlearn.directions.base import (
     Directions,
+    fingerprint_of,
     groups_array,
     labelled,
     site_of,
@@ -100,6 +101,7 @@ def _run(method: str, basis_fn: BasisFn, x_pos: Any, x_neg: Any, labels: Any, gr
     scores["null_aucs"] = list(ev.null_aucs)
     all_settings = dict(settings, n_splits=n_splits, n_permutations=n_permutations, alpha=alpha,
                         seed=seed, grouped=g is not None, n_pos=int(y.sum()), n_neg=int((~y).sum()))
-    dirs = Directions(basis, scores, site_, method, all_settings, eraser)
+    dirs = Directions(basis, scores, site_, method, all_settings, eraser,
+                      fingerprint_of(x_pos, x_neg))
     warn_if_null(dirs)
     return dirs

@@ -20,6 +20,7 @@ from torch import Tensor
 from mechunlearn.directions.inputs import (  # noqa: F401  (re-exported)
     _is_store,
     as_matrix,
+    fingerprint_of,
     groups_array,
     labelled,
     near_constant_dims,
@@ -87,6 +88,9 @@ class Directions:
         method: finder name (``"pca_bias"``, ``"mean_diff"``, ``"probe"``, ``"ccs"``, ``"leace"``).
         settings: the finder's settings (JSON-serialisable).
         eraser: a ``concept_erasure.LeaceEraser`` for ``method="leace"``, else ``None``.
+        fingerprint: weights fingerprint of the model the features came from (``None`` if
+            unknown or mixed); interventions built from these Directions warn when applied to
+            another model (see :mod:`mechunlearn.provenance`).
     """
 
     basis: Tensor
@@ -95,6 +99,7 @@ class Directions:
     method: str = "custom"
     settings: dict[str, Any] = field(default_factory=dict)
     eraser: Any = None
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "basis", orthonormalize(self.basis))
@@ -140,7 +145,8 @@ class Directions:
         if not 1 <= k <= self.k:
             raise ConfigError(f"top(k) needs 1 <= k <= {self.k}, got {k}.")
         sc = {n: (v[:k] if isinstance(v, list) else v) for n, v in self.scores.items()}
-        return Directions(self.basis[:k], sc, self.site, self.method, dict(self.settings))
+        return Directions(self.basis[:k], sc, self.site, self.method, dict(self.settings),
+                          fingerprint=self.fingerprint)
 
     def coords(self, x: Tensor) -> Tensor:
         """Coordinates ``[..., k]`` of ``x [..., d]`` along the basis (dtype of ``x``)."""
@@ -158,6 +164,7 @@ class Directions:
             "site": None if self.site is None else self.site.to_dict(),
             "method": self.method,
             "settings": _jsonable(self.settings),
+            "fingerprint": self.fingerprint,
         }
         if self.eraser is not None:
             out["eraser"] = {k: (None if v is None else v.tolist()) for k, v in _eraser_parts(self.eraser).items()}
@@ -173,7 +180,8 @@ class Directions:
                 {k: (None if v is None else torch.tensor(v)) for k, v in er.items()}
             )
             return cls(torch.tensor(d["basis"]), dict(d.get("scores", {})), site,
-                       d.get("method", "custom"), dict(d.get("settings", {})), eraser)
+                       d.get("method", "custom"), dict(d.get("settings", {})), eraser,
+                       d.get("fingerprint"))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"Not a Directions dict ({e}).") from e
 
@@ -226,7 +234,7 @@ class Directions:
             eraser = _make_eraser({k: tensors.get(f"eraser.{k}") for k in ("proj_left", "proj_right", "bias")})
         site = None if meta.get("site") is None else Site.from_dict(meta["site"])
         return cls(tensors["basis"], meta.get("scores", {}), site, meta.get("method", "custom"),
-                   meta.get("settings", {}), eraser)
+                   meta.get("settings", {}), eraser, meta.get("fingerprint"))
 
 
 def _eraser_parts(eraser: Any) -> dict[str, Tensor | None]:

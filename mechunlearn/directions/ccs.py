@@ -30,6 +30,7 @@ from mechunlearn.directions._fit import blas_threads, check_evidence_args
 from mechunlearn.directions.base import (
     Directions,
     as_matrix,
+    fingerprint_of,
     groups_array,
     near_constant_dims,
     site_of,
@@ -182,6 +183,7 @@ def _ccs(x_pos: Any, x_neg: Any, labels: Any, n_restarts: int, epochs: int, lr: 
                 "normalize": normalize, "paired_labels": labels is not None, "n_splits": n_splits,
                 "n_permutations": n_permutations, "alpha": alpha, "seed": seed,
                 "grouped": g is not None, "n_pairs": len(P)}
-    dirs = Directions(w[None], scores, site_of(x_pos, x_neg, site=site), "ccs", settings)
+    dirs = Directions(w[None], scores, site_of(x_pos, x_neg, site=site), "ccs", settings,
+                      fingerprint=fingerprint_of(x_pos, x_neg))
     warn_if_null(dirs)
     return dirs

@@ -49,6 +49,16 @@ def site_of(*xs: Any, site: Site | None = None) -> Site | None:
     return None
 
 
+def fingerprint_of(*xs: Any) -> str | None:
+    """The model fingerprint shared by every :class:`Features`/store among ``xs``.
+
+    ``None`` when none carries one, or when they come from different models (e.g. a contrast
+    between a tuned and a reference model: then no single model is "the" one to check).
+    """
+    fps = {x.fingerprint for x in xs if isinstance(x, Features) or _is_store(x)}
+    return fps.pop() if len(fps) == 1 else None
+
+
 def _is_store(x: Any) -> bool:
     return type(x).__name__ == "FeatureStore" and hasattr(x, "load") and hasattr(x, "site")
 

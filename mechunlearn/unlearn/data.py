@@ -59,6 +59,14 @@ def as_items(data: Sequence[Any], role: str) -> list[Item]:
                 f"{role} item {i} is {type(x).__name__} {x!r:.80}; expected a preference pair "
                 "(prompt/chosen/rejected), (prompt, response) or (prompt, bad, good)."
             )
+    empty = [x.id for x in out if not x.response.strip()
+             or (x.good is not None and not x.good.strip())]
+    if empty:
+        raise EmptyDataError(
+            f"{len(empty)} of {len(out)} {role} item(s) have an empty response (ids "
+            f"{empty[:5]}): unlearning acts only on response tokens, so they would train on "
+            "nothing. Drop them or fill in the response."
+        )
     return out
 
 
@@ -84,6 +92,13 @@ def encode_items(tokenizer: Any, items: list[Item], encode: Encode | None,
     tb = enc(tokenizer, [x.prompt for x in items], [getattr(x, field) or "" for x in items])
     if tb.response_mask is None:
         raise ConfigError("The encode function must return a TokenBatch with response_mask.")
+    n_resp = (tb.response_mask.bool() & tb.attention_mask.bool()).sum(1)
+    if bool((n_resp == 0).any()):
+        bad = [items[int(i)].id for i in torch.nonzero(n_resp == 0).flatten()[:5]]
+        raise EmptyDataError(
+            f"{int((n_resp == 0).sum())} item(s) have no {field} tokens after tokenization "
+            f"(ids {bad}): the loss would ignore them. Check the texts and the encode function."
+        )
     return tb
 
 
