@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechunlearn import fastpath
 from mechunlearn.errors import (
     ConfigError,
     HookNotFiredError,
@@ -92,12 +93,36 @@ def run_and_capture(
 ) -> dict[str, Tensor]:
     """One forward pass; returns ``{hook_name: activation}`` for each requested hook.
 
-    Stops after the last requested hook fires when ``stop_early``. Raises
-    :class:`HookNotFiredError` if a requested hook did not fire.
+    Stops after the last requested hook fires when ``stop_early`` (a fast path: the first
+    time per model class in a process its activations are compared with a full forward
+    pass, see :mod:`mechunlearn.fastpath`; on mismatch it is switched off with a warning).
+
+    Raises:
+        HookNotFiredError: a requested hook did not fire.
     """
     canon: dict[str, list[str]] = {}
     for n in hook_names:
         canon.setdefault(canonical_hook_name(model, n), []).append(n)
+    key = f"early-stop:{type(model).__name__}"
+    use_stop = stop_early and fastpath.status().get(key, True)
+    acts = _capture(model, batch, canon, use_stop)
+    if use_stop and key not in fastpath.status() and all(n in acts for n in hook_names):
+        def compare() -> tuple[bool, float]:
+            full = _capture(model, batch, canon, False)
+            return fastpath.close(torch.cat([acts[n].float().flatten() for n in hook_names]),
+                                  torch.cat([full[n].float().flatten() for n in hook_names]))
+
+        if not fastpath.self_check(key, compare, "Early-stopped extraction"):
+            acts = _capture(model, batch, canon, False)
+    missing = [n for n in hook_names if n not in acts]
+    if missing:
+        raise HookNotFiredError(f"Hook(s) {missing} never fired during the forward pass.")
+    return acts
+
+
+def _capture(model: Any, batch: TokenBatch, canon: dict[str, list[str]], stop_early: bool,
+             ) -> dict[str, Tensor]:
+    """The forward pass of :func:`run_and_capture` (``canon``: canonical name -> names)."""
     acts: dict[str, Tensor] = {}
 
     def make(names: list[str]):
@@ -123,9 +148,6 @@ def run_and_capture(
         pass
     finally:
         handles.remove()
-    missing = [n for n in hook_names if n not in acts]
-    if missing:
-        raise HookNotFiredError(f"Hook(s) {missing} never fired during the forward pass.")
     return acts
 
 

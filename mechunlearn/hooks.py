@@ -302,3 +302,27 @@ def apply(
     finally:
         handles.remove()
         _CONTEXT.reset(token)
+
+
+@contextmanager
+def forward_masks(attention_mask: Tensor | None) -> Iterator[None]:
+    """Hand one forward pass's padding mask ``[batch, pos]`` to the interventions of the
+    enclosing :func:`apply` block (for int ``positions``: indices among real tokens).
+
+    Decoders call this around each forward pass, whose width grows step by step, so that a
+    position-indexed edit lands on each row's real tokens, not on padding. Outside an
+    ``apply`` block it does nothing. A ``response_mask`` given to ``apply`` is dropped for the
+    pass when its shape no longer matches.
+    """
+    cur = _CONTEXT.get()
+    if cur is None or attention_mask is None:
+        yield
+        return
+    resp = cur.get("response_mask")
+    if resp is not None and tuple(resp.shape) != tuple(attention_mask.shape):
+        resp = None
+    token = _CONTEXT.set({**cur, "attention_mask": attention_mask, "response_mask": resp})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)

@@ -9,6 +9,11 @@ Two decoders give the same tokens:
   (``kv_cache=True``: hooks see only each new position, exact for edits that act on every
   position alike).
 
+Every forward pass hands its padding mask to the interventions of an enclosing
+:func:`mechunlearn.apply` block (:func:`mechunlearn.hooks.forward_masks`), so an edit at
+``positions=-1`` lands on each row's last real token: a batched row equals that prompt
+decoded alone.
+
 The fast path proves itself (:mod:`mechunlearn.fastpath`): the first time it runs in a
 process for a model class, its prefill logits and first cached step are compared with full
 forward passes on the first batch; on mismatch (e.g. a ``transformers`` release whose cache
@@ -27,6 +32,7 @@ from torch import Tensor
 
 from mechunlearn import fastpath
 from mechunlearn.errors import ConfigError, ShapeError
+from mechunlearn.hooks import forward_masks
 from mechunlearn.tokens import TokenBatch
 
 CHECK_ROWS = 8  # rows of the first batch used by the fast-path self-check
@@ -46,7 +52,8 @@ def logits(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     dev = model_device(model)
     ids, am = input_ids.to(dev), attention_mask.to(dev)
     if hasattr(model, "hook_dict"):
-        out = model(ids, attention_mask=am, return_type="logits")
+        with forward_masks(am):
+            out = model(ids, attention_mask=am, return_type="logits")
     else:
         out = model(input_ids=ids, attention_mask=am).logits
     return out.float().cpu()
@@ -201,8 +208,9 @@ def _bridge_step(model: Any) -> Step:
     dev = model_device(model)
 
     def step(ids: Tensor, mask: Tensor, pos: Tensor, past: Any) -> tuple[Tensor, Any]:
-        return model(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                     past_key_values=past, use_cache=True, return_type="logits_and_cache")
+        with forward_masks(mask[:, -ids.shape[1]:].to(dev)):  # the positions hooks see
+            return model(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                         past_key_values=past, use_cache=True, return_type="logits_and_cache")
 
     return step
 

@@ -99,3 +99,23 @@ def test_early_stopped_extraction_checks_itself(model, monkeypatch) -> None:
         got = mu.extract(model, PROMPTS, site)
     assert torch.allclose(got.values, ref.values)
     assert torch.allclose(mu.extract(model, PROMPTS, site).values, ref.values)
+
+
+@pytest.mark.parametrize("kv_cache", [None, False])
+def test_position_indexed_edit_in_batched_generation_equals_alone(model, kv_cache) -> None:
+    """Steer(positions=-1) lands on each row's last real token, not on padding: every row of
+    a batch of prompts of different lengths equals that prompt decoded alone."""
+    import mechunlearn as mu
+    from mechunlearn.interventions import Steer
+
+    tok = model_tokenizer(model)
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1)) * 5
+    steer = Steer(v, site=mu.Site("blocks.0.hook_resid_post"), positions=-1)
+    with mu.apply(model, steer):
+        batched = lm.greedy(model, tokenize(tok, PROMPTS), 6, None, tok.pad_token_id,
+                            kv_cache=kv_cache)
+        alone = [lm.greedy(model, tokenize(tok, [p]), 6, None, tok.pad_token_id,
+                           kv_cache=kv_cache)[0] for p in PROMPTS]
+    plain = lm.greedy(model, tokenize(tok, PROMPTS), 6, None, tok.pad_token_id)
+    assert batched == alone
+    assert batched != plain  # the edit did something
