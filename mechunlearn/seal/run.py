@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from mechunlearn.atomic import atomic_write_bytes
+from mechunlearn.errors import EmptyDataError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,15 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
 
     body = load_minilm() if model is None else model
     pairs, rep = load_hh_rlhf(data)
+    if len(pairs) < 10:
+        why = ", ".join(f"{k}: {v}" for k, v in rep.reasons.items()) or "none"
+        raise EmptyDataError(
+            f"{data}: {len(pairs)} usable preference pair(s) of {rep.n_lines} record(s); SEAL "
+            f"needs at least 10. Skipped {rep.n_skipped} ({why}); first skipped at line "
+            f"{rep.first_bad_line}: {rep.first_error or '-'}. Records need 'chosen' and "
+            "'rejected' hh-rlhf dialogues, or 'prompt'+'chosen'+'rejected' with different, "
+            "non-empty responses."
+        )
     train, test = split_pairs(pairs, 0.2, seed=seed)
     say(f"data: {rep.n_loaded} pairs loaded of {rep.n_lines} lines; skipped {rep.reasons} "
           f"(first at line {rep.first_bad_line}); train {len(train)}, test {len(test)}")
@@ -90,8 +100,12 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
     # ---- features at candidate Sites (one pass; cached)
     t = time.time()
     n_layers = int(body.cfg.n_layers)
+    # position 0 is BERT's [CLS] (it sees everything); in a causal LM it sees only the first
+    # token, which is the same for every hh-rlhf item, so its features are constant: use the
+    # last token (the one that sees the whole text) there instead
+    pooled = ("mean", "response_mean", "last" if is_causal(body) else 0)
     cands = [Site(f"blocks.{i}.hook_resid_post", pos) for i in range(n_layers)
-             for pos in ("mean", "response_mean", 0)]
+             for pos in pooled]
     feats = pair_features(body, pairs, cands, max_length, cache_dir=cache,
                           progress=True)
     times["features"] = time.time() - t
@@ -111,8 +125,12 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
             loaded = RewardModel.load(saved)
             rm = RewardModel(loaded.head, loaded.config, body)
         else:
-            rm = RewardModel.from_features(fc.subset(tr), fr.subset(tr), body, seed=seed,
-                                           max_length=max_length)
+            try:
+                rm = RewardModel.from_features(fc.subset(tr), fr.subset(tr), body, seed=seed,
+                                               max_length=max_length)
+            except ShapeError as e:  # e.g. constant features at this Site: not a candidate
+                say(f"site {s.key} skipped: {e}")
+                continue
             rm.save(saved)
         rc, rr = rm.score_features(fc.subset(te)), rm.score_features(fr.subset(te))
         models[s] = rm
@@ -120,8 +138,11 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
                      "l2": rm.config.info["l2"], "cv_acc": rm.config.info["cv_accuracy"],
                      "train_acc": rm.config.info["train_accuracy"],
                      "test_acc": alignment_resistance(rc, rr).agreement})
+    if not rows:
+        raise ShapeError(f"No candidate Site gave usable features ({[c.key for c in cands]}); "
+                         "see the 'skipped' lines above.")
     sites_df = pd.DataFrame(rows)
-    best = cands[int(sites_df["cv_acc"].to_numpy().argmax())]
+    best = [c for c in cands if c in models][int(sites_df["cv_acc"].to_numpy().argmax())]
     rm = models[best]
     times["fit_heads"] = time.time() - t
     say(f"chosen RM site: {best.key} (best cross-validated training accuracy)")
@@ -143,17 +164,35 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
     lab_c = label([p.chosen for p in pairs], labelers)
     lab_r = label([p.rejected for p in pairs], labelers)
     refusal_dirs = {}
-    for layer in range(n_layers):
-        s = Site(f"blocks.{layer}.hook_resid_post", "mean")
-        x = torch.cat([feats["chosen"][s].values[tr], feats["rejected"][s].values[tr]])
-        y = torch.tensor(pd.concat([lab_c["refusal"].iloc[tr], lab_r["refusal"].iloc[tr]])
+    findings: list[str] = []
+    y_ref = torch.tensor(pd.concat([lab_c["refusal"].iloc[tr], lab_r["refusal"].iloc[tr]])
                          .to_numpy() > 0)
-        refusal_dirs[s] = x[y].mean(0) - x[~y].mean(0)
-    probe_site = Site(f"blocks.{min(3, n_layers - 1)}.hook_resid_post", "mean")
-    probe = ProbeLabeler(body, refusal_dirs[probe_site], probe_site, kind="spoiler")
-    lab_c["probe_refusal_L3"] = probe.project(feats["chosen"][probe_site])
-    lab_r["probe_refusal_L3"] = probe.project(feats["rejected"][probe_site])
-    kinds = {lab.name: lab.kind for lab in labelers} | {"probe_refusal_L3": "spoiler"}
+    n_fired = int(y_ref.sum())
+    if 0 < n_fired < len(y_ref):
+        for layer in range(n_layers):
+            s = Site(f"blocks.{layer}.hook_resid_post", "mean")
+            x = torch.cat([feats["chosen"][s].values[tr], feats["rejected"][s].values[tr]])
+            refusal_dirs[s] = x[y_ref].mean(0) - x[~y_ref].mean(0)
+    else:  # a labeler that never (or always) fires is a finding, not a crash
+        findings.append(
+            f"The refusal labeler fired on {n_fired} of {len(y_ref)} training responses: no "
+            "refusal direction exists in this data, so the probe labeler and the activation "
+            "sweep along it were skipped and the refusal imprint is undefined."
+        )
+    for name in lab_c.columns:
+        col = pd.concat([lab_c[name], lab_r[name]])
+        if col.nunique() <= 1:
+            findings.append(f"Label {name!r} is constant ({col.iloc[0]}) on every response: "
+                            "its imprint is undefined (no row in the imprint table).")
+    kinds = {lab.name: lab.kind for lab in labelers}
+    if refusal_dirs:
+        probe_site = Site(f"blocks.{min(3, n_layers - 1)}.hook_resid_post", "mean")
+        probe = ProbeLabeler(body, refusal_dirs[probe_site], probe_site, kind="spoiler")
+        lab_c["probe_refusal_L3"] = probe.project(feats["chosen"][probe_site])
+        lab_r["probe_refusal_L3"] = probe.project(feats["rejected"][probe_site])
+        kinds["probe_refusal_L3"] = "spoiler"
+    for f in findings:
+        say(f"finding: {f}")
     times["labels"] = time.time() - t
 
     t = time.time()
@@ -176,8 +215,8 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
     sp = test[: sweep_n]
     si = [index[p.id] for p in sp]
     sweep_dirs = {s: v for s, v in refusal_dirs.items() if s.layer <= best.layer}
-    sweep = _cached_sweep(cache, rm, sp, sweep_dirs, rc_all[si], rr_all[si],
-                          activation_robustness)
+    sweep = (_cached_sweep(cache, rm, sp, sweep_dirs, rc_all[si], rr_all[si],
+                           activation_robustness) if sweep_dirs else pd.DataFrame())
     times["activation_sweep"] = time.time() - t
     times["total"] = time.time() - t0
 
@@ -186,11 +225,21 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
             "reward model": f"head-only BT at {best.key}, l2={rm.config.info['l2']}",
             "RM score SD over all responses": round(float(torch.cat([rc_all, rr_all]).std()), 3),
             "max_length": max_length, "threads": torch.get_num_threads(),
+            "findings": findings,
             "seconds": {k: round(v, 1) for k, v in times.items()}}
     report = SealReport(res, by_feat, imprint, text_rob, sweep, worst, info)
     folder = write_report(report, out, overwrite=overwrite, extra_tables={"sites": sites_df})
     return SealRun(report, sites_df, Path(folder))
 
+
+
+def is_causal(body: Any) -> bool:
+    """Whether ``body`` wraps a causal LM (each position sees only earlier tokens)."""
+    hf = getattr(body, "original_model", None)
+    name = type(hf).__name__ if hf is not None else ""
+    cfg = getattr(hf, "config", None)
+    return ("CausalLM" in name or "LMHead" in name or bool(getattr(cfg, "is_decoder", False))
+            or getattr(cfg, "model_type", "") in ("gpt2", "llama", "gpt_neox", "opt"))
 
 
 def _cached_sweep(cache: str, rm: Any, pairs: Any, dirs: Any, rc: Any, rr: Any, fn: Any
