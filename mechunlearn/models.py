@@ -76,11 +76,17 @@ def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str 
         check_model_folder(p)  # raises the same messages
     tok = AutoTokenizer.from_pretrained(str(p))
     if hf_model is None:
+        import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
         cfg = AutoConfig.from_pretrained(str(p))
         cls = AutoModelForMaskedLM if getattr(cfg, "model_type", "") == "bert" else AutoModelForCausalLM
-        hf_model = cls.from_pretrained(str(p))
+        # weights missing from the checkpoint (e.g. all-MiniLM-L6-v2's masked-LM head) are
+        # initialised randomly: seed that init (without touching the caller's RNG) so the
+        # model, and its fingerprint, are a function of the folder in every process
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            hf_model = cls.from_pretrained(str(p))
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(str(p), hf_model=hf_model, tokenizer=tok, device=device)
     bridge.eval()
