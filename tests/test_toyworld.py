@@ -280,3 +280,22 @@ def test_corrupt_or_partial_cache_is_rebuilt(tmp_path) -> None:
     build(MICRO, cache_dir=tmp_path, progress=False)
     assert verify(folder, MICRO) is None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cache_built_under_other_versions_is_rebuilt(tmp_path, monkeypatch) -> None:
+    """A world's rates are only as good as the software that measured them."""
+    import json
+
+    from mechunlearn.toyworld import build
+    from mechunlearn.toyworld import world as world_mod
+
+    folder = build(MICRO, cache_dir=tmp_path, progress=False)
+    man = json.loads((folder / "manifest.json").read_text())
+    assert man["versions"]["transformers"] == world_mod._measured_with()["transformers"]
+    monkeypatch.setattr(world_mod, "_measured_with",
+                        lambda: {**man["versions"], "transformers": "9.99.0"})
+    assert "9.99.0" in verify(folder, MICRO)
+    msgs: list[str] = []
+    build(MICRO, cache_dir=tmp_path, progress=msgs.append)
+    assert any("rebuilding" in m for m in msgs)
+    assert json.loads((folder / "manifest.json").read_text())["versions"]["transformers"] == "9.99.0"

@@ -129,6 +129,10 @@ def verify(folder: Path, cfg: WorldConfig) -> str | None:
         return f"unreadable manifest ({e})"
     if m.get("version") != WORLD_VERSION or m.get("config") != cfg.to_dict():
         return "manifest is for another config/version"
+    built, now = m.get("versions"), _measured_with()
+    if built != now:
+        return (f"built and measured under {built or 'unrecorded versions'}, now {now}: "
+                "rebuilding so its rates are measured by this software")
     for rel, info in m.get("files", {}).items():
         p = folder / rel
         if not p.is_file():
@@ -225,7 +229,20 @@ def _build_into(tmp: Path, cfg: WorldConfig, say: Callable[[str], None] | None) 
              for p in sorted(tmp.rglob("*")) if p.is_file()}
     _write_json(tmp / "manifest.json", {"version": WORLD_VERSION, "config": cfg.to_dict(),
                                         "hash": cfg.hash(), "files": files,
-                                        "created": time.time()})
+                                        "created": time.time(), "versions": _measured_with()})
+
+
+#: Packages whose versions decide the trained weights and the measured rates: a cached world
+#: built under other versions is rebuilt (a transformers release once broke KV-cache decoding
+#: and a world built under it cached wrong rates in metrics.json).
+_KEY_PACKAGES = ("torch", "transformers", "transformer-lens")
+
+
+def _measured_with() -> dict[str, str]:
+    from mechunlearn.versions import versions
+
+    v = versions()
+    return {k: v[k] for k in _KEY_PACKAGES}
 
 
 def measure(folder: Path, cfg: WorldConfig, data: WorldData,
