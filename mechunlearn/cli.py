@@ -61,8 +61,13 @@ def extract(
     position: str = typer.Option("last", help="last | mean | response_mean | <int>."),
     batch_size: int = typer.Option(32, min=1),
     shard_size: int = typer.Option(4096, min=1),
+    field: str | None = typer.Option(None, help="For prompt/chosen/rejected records: which "
+                                     "response to read, chosen | rejected."),
 ) -> None:
     """Extract features at a hook point into a resumable FeatureStore.
+
+    ``--data`` takes ``text`` records, ``prompt``+``response`` records, or
+    ``prompt``+``chosen``+``rejected`` records with ``--field chosen|rejected``.
 
     Under ``torchrun --nproc_per_node=N -m mechunlearn extract ...`` each rank extracts its
     share of the data into its own sub-store (read back in order with
@@ -71,23 +76,24 @@ def extract(
     """
     import os
 
-    from mechunlearn.datasets import read_jsonl
+    from mechunlearn.datasets import model_inputs, read_jsonl
     from mechunlearn.models import load_bridge
     from mechunlearn.store import extract_to_store
 
     recs = read_jsonl(data)
+    items = model_inputs(recs, field, "--field")
     site = _site(hook, position)
     bridge = load_bridge(model)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
         from mechunlearn.distributed import extract_distributed, process_group
 
         with process_group() as (rank, _):
-            store = extract_distributed(bridge, recs.items, site, out, ids=recs.ids,
+            store = extract_distributed(bridge, items, site, out, ids=recs.ids,
                                         batch_size=batch_size, shard_size=shard_size)
         if rank:
             return
     else:
-        store = extract_to_store(bridge, recs.items, site, out, batch_size=batch_size,
+        store = extract_to_store(bridge, items, site, out, batch_size=batch_size,
                                  shard_size=shard_size, ids=recs.ids, progress=True)
     typer.echo(f"{len(store)} x {store.d} features at {site.key} -> {out}")
 

@@ -16,11 +16,12 @@ from mechunlearn.errors import ConfigError
 
 
 def _features(model: Any, path: Path, site: Any, batch_size: int) -> Any:
-    from mechunlearn.datasets import read_jsonl
+    from mechunlearn.datasets import model_inputs, read_jsonl
     from mechunlearn.features import extract
 
     recs = read_jsonl(path)
-    return extract(model, recs.items, site, batch_size=batch_size, ids=recs.ids, progress=True)
+    return extract(model, model_inputs(recs, flag=None), site, batch_size=batch_size,
+                   ids=recs.ids, progress=True)
 
 
 def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:

@@ -93,3 +93,34 @@ def read_jsonl(path: str | os.PathLike[str]) -> Records:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{p}: record ids are not unique.")
     return Records(items, ids, kind or "text")
+
+
+def model_inputs(recs: Records, field: str | None = None, flag: str | None = "field"
+                 ) -> list[Any]:
+    """Items to feed a model: texts, ``(prompt, response)`` pairs, or for preference triples
+    the ``(prompt, chosen)`` or ``(prompt, rejected)`` pairs picked by ``field``.
+
+    Raises :class:`ConfigError` naming ``flag`` when triples come without ``field``, or
+    ``field`` is given for records that have no such choice. ``flag=None``: the caller
+    offers no choice, so triples are refused with the formats it does take.
+    """
+    if recs.kind == "triple":
+        if flag is None:
+            raise ConfigError(
+                "This command reads 'text' or 'prompt'+'response' records, not "
+                "prompt/chosen/rejected ones: write the responses you mean as prompt/response "
+                "records (`mechunlearn extract` and `seal` read preference records directly)."
+            )
+        if field not in ("chosen", "rejected"):
+            raise ConfigError(
+                f"The data holds prompt/chosen/rejected records; pass {flag} chosen or {flag} "
+                f"rejected to choose which response to read (got {field!r})."
+            )
+        j = 1 if field == "chosen" else 2
+        return [(t[0], t[j]) for t in recs.items]
+    if field is not None:
+        raise ConfigError(
+            f"{flag} {field!r} only applies to prompt/chosen/rejected records; this file holds "
+            f"{'texts' if recs.kind == 'text' else 'prompt/response pairs'}: drop {flag}."
+        )
+    return list(recs.items)
