@@ -28,7 +28,7 @@ _LAZY = {
     "Patch": "mechunlearn.interventions", "Directions": "mechunlearn.directions",
     "ConvexAttributor": "mechunlearn.attribution", "RepSim": "mechunlearn.attribution",
     "Attribution": "mechunlearn.attribution", "orthogonalize_": "mechunlearn.weights",
-    "export_hf": "mechunlearn.weights",
+    "export_hf": "mechunlearn.weights", "doctor": "mechunlearn.conformance.doctor",
     "FeatureStore": "mechunlearn.store", "extract_to_store": "mechunlearn.store",
 }  # (not ``sweep``/``unlearn``: those names are subpackages)
 

@@ -148,6 +148,9 @@ def _register_tools() -> None:
     from mechunlearn.cli_tools import register
 
     register(app, friendly, _site)
+    from mechunlearn.conformance.doctor import register_cli
+
+    register_cli(app, friendly)
 
 
 _register_tools()
