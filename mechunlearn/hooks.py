@@ -36,6 +36,16 @@ from mechunlearn.sites import Site, first_real_index, from_pos_major, to_pos_maj
 
 Positions = Union[str, int, Sequence[int], Tensor]  # noqa: UP007 (runtime alias)
 
+#: ``dict -> Intervention`` decoder, registered by :mod:`mechunlearn.interventions` on import
+#: (this module sits below it and must not import it).
+_DECODER: Callable[[dict[str, Any]], Any] | None = None
+
+
+def register_decoder(fn: Callable[[dict[str, Any]], Any]) -> None:
+    """Set the decoder :meth:`Compose.from_dict` uses (called by ``mechunlearn.interventions``)."""
+    global _DECODER
+    _DECODER = fn
+
 _CONTEXT: contextvars.ContextVar[dict[str, Tensor | None] | None] = contextvars.ContextVar(
     "mechunlearn_hook_context", default=None
 )
@@ -140,10 +150,12 @@ class Compose(Intervention):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Compose:
-        """Inverse of :meth:`to_dict` (parts rebuilt by ``mechunlearn.interventions``)."""
-        from mechunlearn.interventions import from_dict
-
-        out = from_dict(d)
+        """Inverse of :meth:`to_dict` (parts rebuilt by the decoder that
+        ``mechunlearn.interventions`` registers on import: no import back up the layers)."""
+        if _DECODER is None:
+            raise ConfigError("Compose.from_dict needs `import mechunlearn.interventions` "
+                              "(or `import mechunlearn`) first; it registers the part types.")
+        out = _DECODER(d)
         if not isinstance(out, Compose):
             raise ConfigError(f"Not a Compose dict: type {d.get('type')!r}.")
         return out

@@ -23,6 +23,8 @@ interventions as ``interventions.json`` + ``interventions.safetensors`` (atomic 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,8 +34,8 @@ import torch
 from torch import Tensor
 
 from mechunlearn.directions.base import Directions, _make_eraser, orthonormalize
-from mechunlearn.errors import ConfigError, ShapeError, StoreError, check_finite
-from mechunlearn.hooks import Compose, Intervention, Positions
+from mechunlearn.errors import ConfigError, NonFiniteError, ShapeError, StoreError, check_finite
+from mechunlearn.hooks import Compose, Intervention, Positions, register_decoder
 from mechunlearn.sites import Site
 
 REGISTRY: dict[str, type] = {}
@@ -68,6 +70,17 @@ def _inherit_fingerprint(iv: Any, source: Any) -> None:
     if fp is not None and not isinstance(fp, str):
         raise ConfigError(f"{type(iv).__name__}.fingerprint must be a str or None, got {fp!r}.")
     object.__setattr__(iv, "fingerprint", fp)
+
+
+def _number(name: str, v: Any) -> float:
+    """``v`` as a finite float, else :class:`ConfigError` / :class:`NonFiniteError`."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) and not (
+            isinstance(v, Tensor) and v.numel() == 1):
+        raise ConfigError(f"{name} must be a number, got {type(v).__name__} {v!r:.40}.")
+    f = float(v)
+    if not math.isfinite(f):
+        raise NonFiniteError(f"{name} must be finite, got {f}.")
+    return f
 
 
 def _check_d(name: str, x: Tensor, d: int) -> None:
@@ -154,7 +167,7 @@ class Steer(_Serialisable):
         if v.ndim != 1:
             raise ShapeError(f"Steer.vector must be [d], got shape {tuple(v.shape)}.")
         object.__setattr__(self, "vector", v)
-        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "alpha", _number("Steer.alpha", self.alpha))
         object.__setattr__(self, "site", _site(self.site, fallback, "Steer"))
 
     def edit(self, x: Tensor) -> Tensor:
@@ -180,7 +193,7 @@ class Clamp(_Serialisable):
         v = self.direction.direction if isinstance(self.direction, Directions) else self.direction
         u = orthonormalize(_vector("Clamp.direction", v).reshape(1, -1))[0]
         object.__setattr__(self, "direction", u)
-        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "value", _number("Clamp.value", self.value))
         object.__setattr__(self, "site", _site(self.site, fallback, "Clamp"))
 
     def edit(self, x: Tensor) -> Tensor:
@@ -351,3 +364,6 @@ def load(path: str | os.PathLike[str]) -> list[Intervention]:
         raise StoreError(f"Cannot read interventions from {p}: {e}. The files are missing or "
                          "corrupt: save them again.") from e
     return [from_dict(d, tensors) for d in meta["interventions"]]
+
+
+register_decoder(from_dict)
