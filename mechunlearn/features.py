@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from mechunlearn import fastpath
 from mechunlearn.errors import (
     ConfigError,
+    DTypeError,
     HookNotFiredError,
     LayoutError,
     ShapeError,
@@ -72,6 +73,20 @@ class Features:
         ids = tuple(self.ids[int(i)] for i in idx_t)
         mask = self.mask[idx_t] if self.mask is not None else None
         return Features(self.values[idx_t], ids, self.site, self.fingerprint, mask)
+
+
+def check_token_ids(model: Any, input_ids: Tensor) -> None:
+    """Raise :class:`ShapeError` if any id in ``input_ids [n, pos]`` is outside the model's
+    vocabulary ``[0, cfg.d_vocab)`` (an embedding lookup would fail or read garbage)."""
+    vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if input_ids.numel() == 0 or vocab is None or int(vocab) <= 0:
+        return
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= int(vocab):
+        raise ShapeError(
+            f"Token ids must be in [0, {int(vocab)}) (the model's vocabulary), got ids "
+            f"{lo}..{hi}; were they made by another tokenizer?"
+        )
 
 
 class _Stop(Exception):
@@ -197,7 +212,10 @@ def extract(
             )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DTypeError(f"extract(dtype=...) must be a floating torch dtype, got {dtype!r}.")
     tb = as_token_batch(model, data, padding_side, attention_mask, response_mask)
+    check_token_ids(model, tb.input_ids)
     n = len(tb)
     if n == 0:
         from mechunlearn.errors import EmptyDataError
