@@ -86,6 +86,18 @@ def _corrupt_in_place(e):
     FeatureStore.open(dst).load()
 
 
+def _no_tokenizer(e):
+    import shutil
+
+    dst = e.root / "scratch" / "no_tok"
+    if not dst.exists():
+        dst.mkdir(parents=True)
+        for f in (e.root / "model").iterdir():
+            if not any(k in f.name for k in ("token", "vocab", "merges")):
+                shutil.copy(f, dst / f.name)
+    load_bridge(dst)
+
+
 def _pattern_extract(e):
     extract(e.model, torch.tensor([[5, 6], [7, 8]]), Site("blocks.0.attn.hook_pattern", "last"))
 
@@ -270,6 +282,12 @@ CASES = [
      "missing"),
     ("model_folder_is_file", lambda e: load_bridge(e.root / "d.jsonl"), E.MechUnlearnError,
      "a file"),
+    ("model_folder_without_tokenizer", _no_tokenizer, E.MechUnlearnError, "no tokenizer"),
+    # --- the lead's items, included because they pass
+    ("extract_empty_string_sample", lambda e: extract(e.model, ["ok", ""], resid(0)),
+     E.EmptyDataError, "empty text"),
+    ("extract_single_str", lambda e: extract(e.model, "a string", resid(0)), E.ConfigError,
+     "single str"),
 ]
 
 
