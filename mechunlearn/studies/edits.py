@@ -1,0 +1,198 @@
+"""Edits of the tuned model, each measured by the :class:`~.verify.Verifier` and then undone.
+
+* ``project``: :class:`~mechunlearn.interventions.Project` of the bias direction at the
+  chosen Site, every token position, inside :func:`mechunlearn.apply` (nothing to undo: the
+  hook is removed on exit);
+* ``orthogonalize``: :func:`mechunlearn.weights.orthogonalize_` of the same direction in
+  every residual writer (undone by its handle; an architecture it refuses gives a skipped
+  row with the reason);
+* ``unlearn``: the top attributed training pairs are the forget set, a sample of the rest
+  the retain set; objective ``flip`` (train on the rejected response instead) when the data
+  are preference triples, else ``npo``; early stopping on the attribution-half bad prompts;
+* ``selective``: attribute -> unlearn -> re-check rounds (the selective forgetting of Liu et
+  al., "Explainable reinforcement learning from human feedback to improve alignment",
+  arXiv:2512.13837; :func:`mechunlearn.unlearn.selective_forget`);
+* ``u2a``: forget weights from the first-order bi-level scores of "Unlearning to Align"
+  (:func:`mechunlearn.unlearn.u2a_weights`), then
+  weighted unlearning; the held-out preference pairs are the attribution-half bad cases with
+  the reference model's greedy answer as the good side (needs ``reference``).
+
+Every row records ``restored``: the model's weight fingerprint after undo equals the one
+before the edit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mechunlearn.errors import ArchitectureError
+from mechunlearn.provenance import model_fingerprint
+from mechunlearn.sites import Site
+from mechunlearn.studies.cases import BadCases
+from mechunlearn.studies.data import TrainPair
+from mechunlearn.studies.format import PromptFormat
+from mechunlearn.studies.judge import Judge, judge_all
+from mechunlearn.studies.verify import Verifier, generate
+
+METHODS = ("project", "orthogonalize", "unlearn", "selective", "u2a")
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """Everything the edits need besides the model."""
+
+    fmt: PromptFormat
+    judge: Judge
+    cases: BadCases
+    train: Sequence[TrainPair]
+    site: Site
+    direction: Any  # Directions or None
+    why_no_direction: str
+    forget: list[int]  # training rows, best first
+    retain: list[int]
+    reference: Any = None
+    unlearn_config: Any = None
+    max_new_tokens: int = 32
+    selective_k: int = 8
+    n_forget: int = 16
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _stop_metric(plan: EditPlan) -> Callable[[Any], float]:
+    prompts = list(dict.fromkeys(plan.cases.prompts))
+    return lambda m: float(sum(judge_all(plan.judge, generate(
+        m, plan.fmt, prompts, min(16, plan.max_new_tokens))[0]))) / len(prompts)
+
+
+def _find_bad(plan: EditPlan) -> Callable[[Any], list[tuple[str, str]]]:
+    prompts = list(dict.fromkeys(plan.cases.prompts))
+
+    def find(m: Any) -> list[tuple[str, str]]:
+        rs = generate(m, plan.fmt, prompts, min(16, plan.max_new_tokens))[0]
+        return [plan.fmt.pairs([p], [r])[0] for p, r, b in
+                zip(prompts, rs, judge_all(plan.judge, rs)) if b and r.strip()]
+
+    return find
+
+
+def _attribute(plan: EditPlan) -> Callable[[Any, Any], list[int]]:
+    """Training rows by summed convex weight over the queries, with the current weights."""
+    import torch
+
+    from mechunlearn.attribution import ConvexAttributor
+    from mechunlearn.features import extract
+    from mechunlearn.tokens import model_tokenizer, tokenize
+
+    def attribute(m: Any, queries: list[tuple[str, str]]) -> list[int]:
+        tok = model_tokenizer(m)
+        tr = list(plan.train)
+        ft = extract(m, plan.fmt.encode_pairs(tok, [p.prompt for p in tr], [p.chosen for p in tr]),
+                     plan.site, ids=[p.id for p in tr], progress=False)
+        fq = extract(m, tokenize(tok, queries), plan.site, progress=False)
+        total = torch.zeros(len(tr), dtype=torch.float64)
+        for a in ConvexAttributor(ft, k=plan.selective_k).attribute_many(fq):
+            total[list(a.indices)] += a.weights.double()
+        order = [int(i) for i in torch.argsort(total, descending=True) if total[i] > 0]
+        return order[: plan.n_forget]
+
+    return attribute
+
+
+def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[str] = METHODS,
+              say: Callable[[str], None] = lambda s: None
+              ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Measure the unedited model, then each method in ``methods`` (edit, measure, undo).
+
+    Returns rows (``variant, bad_rate_heldout, good_rate_ordinary, kl_ordinary, seconds,
+    restored, status, detail``) and the held-out greedy responses per variant.
+    """
+    from mechunlearn.unlearn import selective_forget, u2a_weights, unlearn
+
+    before = model_fingerprint(model)
+    rows: list[dict[str, Any]] = []
+    gens: dict[str, list[str]] = {}
+
+    def record(name: str, t0: float, ctx: Any = None, kv: bool | None = None,
+               **extra: Any) -> None:
+        m, resp = verifier.measure(model, ctx, kv)
+        gens[name] = resp
+        rows.append({"variant": name, **m, "seconds": time.perf_counter() - t0,
+                     "status": "measured", **extra})
+        say(f"      {name}: bad rate {m['bad_rate_heldout']:.2f}, ordinary good "
+            f"{m['good_rate_ordinary']:.2f}, KL {m['kl_ordinary']:.4f}")
+
+    def skip(name: str, why: str) -> None:
+        rows.append({"variant": name, "status": "skipped", "detail": why})
+        say(f"      {name}: skipped ({why[:100]})")
+
+    record("unedited", time.perf_counter(), restored=True)
+    forget = [plan.train[i] for i in plan.forget]
+    retain = [plan.train[i] for i in plan.retain]
+    triples = all(p.rejected is not None for p in forget)
+    objective = "flip" if triples else "npo"
+    for m in methods:
+        t0 = time.perf_counter()
+        if m in ("project", "orthogonalize") and plan.direction is None:
+            skip(m, plan.why_no_direction)
+            continue
+        if m == "project":
+            from mechunlearn.hooks import apply
+            from mechunlearn.interventions import Project
+
+            iv = Project(plan.direction, site=plan.site, positions="all")
+            record(m, t0, lambda iv=iv: apply(model, iv), True,
+                   restored=model_fingerprint(model) == before, detail=f"at {plan.site.key}")
+            continue
+        if m == "orthogonalize":
+            from mechunlearn.weights import orthogonalize_
+
+            try:
+                h = orthogonalize_(model, plan.direction)
+            except ArchitectureError as e:
+                skip(m, str(e))
+                continue
+            try:
+                record(m, t0, detail=f"{len(h.names)} writers")
+            finally:
+                h.undo()
+            rows[-1]["restored"] = model_fingerprint(model) == before
+            continue
+        if not forget:
+            skip(m, "attribution selected no training sample")
+            continue
+        if m == "u2a" and plan.reference is None:
+            skip(m, "U2A needs good responses for its held-out pairs: pass a reference model")
+            continue
+        cfg = plan.unlearn_config
+        if m == "unlearn":
+            res = unlearn(model, forget, retain, objective, cfg, forget_metric=_stop_metric(plan),
+                          encode=plan.fmt.encode_pairs, progress=False)
+            detail = f"{objective}, {len(forget)} forget / {len(retain)} retain, {res.steps} steps, stopped: {res.stopped}"
+        elif m == "selective":
+            res = selective_forget(model, list(plan.train), _find_bad(plan), _attribute(plan),
+                                   objective, cfg, max_retain=len(retain),
+                                   encode=plan.fmt.encode_pairs)
+            detail = f"{objective}, {len(res.forget_ids)} forgotten, stopped: {res.stopped}"
+        else:
+            good = generate(plan.reference, plan.fmt, plan.cases.prompts, plan.max_new_tokens)[0]
+            ok = [not b and g.strip() != "" for g, b in zip(good, judge_all(plan.judge, good))]
+            held = [(p, r, g) for p, r, g, o in zip(plan.cases.prompts, plan.cases.responses,
+                                                    good, ok) if o and r.strip()]
+            if not held:
+                skip(m, "the reference model's answers to the bad prompts are all judged bad "
+                        "or empty: no good side for U2A's held-out pairs")
+                continue
+            u = u2a_weights(model, forget, held, objective, encode=plan.fmt.encode_pairs)
+            res = unlearn(model, forget, retain, objective, cfg, weights=u.weights,
+                          forget_metric=_stop_metric(plan), encode=plan.fmt.encode_pairs,
+                          progress=False)
+            detail = f"{objective}, {len(u.selected)} of {len(forget)} weighted > 0, {res.steps} steps"
+        try:
+            record(m, t0, detail=detail)
+        finally:
+            res.undo()
+        rows[-1]["restored"] = model_fingerprint(model) == before
+    return rows, gens
