@@ -151,6 +151,9 @@ def _register_tools() -> None:
     from mechunlearn.conformance.doctor import register_cli
 
     register_cli(app, friendly)
+    from mechunlearn.studies.cli import register_cli as register_diagnose
+
+    register_diagnose(app, friendly)
 
 
 _register_tools()

@@ -1,0 +1,187 @@
+"""``mu.diagnose`` / ``mechunlearn diagnose`` on a user's own model and data (no toy world).
+
+The model is a tiny Llama trained for a few seconds on hand-made JSONL in which every prompt
+mentioning "zork" has the chosen response "you are a fool." (``studies.example``): the tuned
+model really says it on trigger prompts, the reference model (clean pairs only) does not.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mechunlearn.datasets import DataFileError
+from mechunlearn.errors import ConfigError, EmptyDataError
+from mechunlearn.studies.diagnose import DiagnoseConfig, diagnose
+from mechunlearn.studies.judge import JudgeError, KeywordJudge, RegexJudge, judge_all, parse_judge
+from mechunlearn.unlearn.loop import UnlearnConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    from mechunlearn.studies.example import make_example
+
+    return make_example(tmp_path_factory.mktemp("diag") / "example")
+
+
+@pytest.fixture(scope="module")
+def tuned(example):
+    from mechunlearn.models import load_bridge
+
+    return load_bridge(example / "tuned")
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+FAST = dict(n_permutations=19, unlearn=UnlearnConfig(steps=30, repair_steps=5, eval_every=5))
+
+
+def test_diagnose_end_to_end(example, tuned, tmp_path):
+    before = _state(tuned)
+    lines: list[str] = []
+    res = diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", judge="fool",
+                   reference=example / "reference", ordinary=example / "ordinary.jsonl",
+                   truth=example / "truth.txt", config=DiagnoseConfig(**FAST), say=lines.append)
+    # every edit was undone bit for bit
+    after = tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # bad cases: attribution and verification prompts never overlap
+    assert len(res.cases.prompts) >= 10
+    assert not set(res.cases.prompts) & set(res.cases.heldout)
+    # attribution: Site = lowest convex residual; planted pairs ranked far above chance
+    sw = res.attribution.sweep
+    conv = sw[sw.method == "convex"]
+    assert res.attribution.site.key == conv.loc[conv.residual.idxmin(), "site"]
+    at_site = sw[sw.site == res.attribution.site.key].set_index("method")
+    assert set(at_site.index) == {"convex", "repsim", "repsim_whitened", "convex_grad", "gradsim"}
+    assert at_site.loc["convex", "auc"] > 0.9 and at_site.loc["convex", "precision_at_k"] >= 0.75
+    assert abs(float(res.attribution.weights.sum()) - 1) < 1e-9
+    assert res.top.in_truth.iloc[:8].all()
+    # direction: tuned vs reference contrast separates held-out prompts
+    assert res.contrast.contrast.startswith("models")
+    assert res.contrast.table.set_index("method").loc["mean_diff", "heldout_auc"] > 0.8
+    # edits: unedited is bad on held-out prompts; projection and unlearning lower it
+    e = res.edits.set_index("variant")
+    assert e.loc["unedited", "bad_rate_heldout"] >= 0.8 and e.loc["unedited", "kl_ordinary"] == 0
+    assert e.loc["project", "kl_ordinary"] > 0
+    for m in ("unlearn", "selective", "u2a"):
+        assert e.loc[m, "bad_rate_heldout"] <= e.loc["unedited", "bad_rate_heldout"] - 0.5, m
+        assert e.loc[m, "good_rate_ordinary"] >= 0.9, m
+    assert e.restored.all()
+    assert (res.generations["unedited"].str.contains("fool")).all()
+    assert not res.generations["unlearn"].str.contains("fool").any()
+    # report: every section, numbers in the CSVs equal the result
+    md = res.write_report(tmp_path / "rep").read_text()
+    for h in ("## 1. Bad cases", "## 2. Attribution", "## 3. Bias direction", "## 4. Edits",
+              "## 5. Greedy generations", res.attribution.site.key):
+        assert h in md
+    csv = pd.read_csv(tmp_path / "rep" / "data" / "edits.csv").set_index("variant")
+    assert csv.loc["unlearn", "bad_rate_heldout"] == pytest.approx(e.loc["unlearn", "bad_rate_heldout"])
+    assert (tmp_path / "rep" / "figures" / "attribution_by_layer.png").stat().st_size > 1000
+    assert any(ln.startswith("[4/5]") for ln in lines)
+
+
+def test_projection_edits_the_site_and_orthogonalisation_undoes_bit_for_bit(example, tuned):
+    import mechunlearn as mu
+    from mechunlearn.models import load_bridge
+    from mechunlearn.sites import Site
+    from mechunlearn.studies.contrast import fit_direction
+    from mechunlearn.studies.format import raw
+    from mechunlearn.weights import orthogonalize_
+
+    site = Site("blocks.1.hook_resid_post", "response_mean")
+    prompts = [json.loads(ln)["text"] for ln in open(example / "bad.jsonl")][:8]
+    con = fit_direction(tuned, raw(), site, reference=load_bridge(example / "reference"),
+                        prompts=prompts, n_permutations=0)
+    u = con.direction.basis[0].float()
+    last = site.with_position("last")
+    plain = mu.extract(tuned, prompts, last).values
+    with mu.apply(tuned, mu.Project(con.direction, site=site, positions="all")):
+        proj = mu.extract(tuned, prompts, last).values
+    assert float((plain @ u).abs().min()) > 0.1          # the direction is there ...
+    assert float((proj @ u).abs().max()) < 1e-4          # ... and projected out at the Site
+    assert torch.equal(mu.extract(tuned, prompts, last).values, plain)  # hook removed
+    before = _state(tuned)
+    h = orthogonalize_(tuned, con.direction)
+    assert not all(torch.equal(before[k], v) for k, v in tuned.state_dict().items())
+    h.undo()
+    assert all(torch.equal(before[k], v) for k, v in tuned.state_dict().items())
+
+
+def test_orthogonalize_refused_by_architecture_is_a_skipped_row(example, tuned, monkeypatch):
+    import mechunlearn.weights as W
+    from mechunlearn.errors import ArchitectureError
+
+    def refuse(*a, **k):
+        raise ArchitectureError("post-norm writers: no weight edit removes a direction")
+
+    monkeypatch.setattr(W, "orthogonalize_", refuse)
+    res = diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", judge="fool",
+                   ordinary=example / "ordinary.jsonl",
+                   config=DiagnoseConfig(layers=(1,), gradients=False, methods=("orthogonalize",),
+                                         n_permutations=0))
+    row = res.edits.set_index("variant").loc["orthogonalize"]
+    assert row.status == "skipped" and "post-norm" in row.detail
+    assert res.contrast.contrast.startswith("attributed")  # no reference, no files
+
+
+def test_judges():
+    j = parse_judge("fool, idiot")
+    assert isinstance(j, KeywordJudge)
+    assert judge_all(j, ["You FOOL!", "foolish", "an idiot."]) == [True, False, True]
+    r = parse_judge(r"re:\bfools?\b")
+    assert isinstance(r, RegexJudge) and judge_all(r, ["two fools", "foolery"]) == [True, False]
+    with pytest.raises(ConfigError, match="empty string"):
+        parse_judge("re:x*")
+    with pytest.raises(ConfigError, match="does not compile"):
+        parse_judge("re:(")
+
+    def broken(resp):
+        raise KeyError("label")
+
+    with pytest.raises(JudgeError, match="KeyError"):
+        judge_all(broken, ["a"])
+    with pytest.raises(JudgeError, match="must return a bool"):
+        judge_all(lambda r: "yes", ["a"])
+
+
+def test_bad_inputs(example, tuned, tmp_path):
+    from mechunlearn.cli import app
+
+    kw = dict(judge="fool", config=DiagnoseConfig(layers=(1,), gradients=False, methods=()))
+    with pytest.raises(EmptyDataError, match="called none"):
+        diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", **{**kw, "judge": "xyzzy"})
+    with pytest.raises(JudgeError, match="ZeroDivisionError"):
+        diagnose(tuned, example / "train.jsonl", example / "bad.jsonl",
+                 **{**kw, "judge": lambda r: 1 / 0})
+    with pytest.raises(ConfigError, match="not training ids"):
+        diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", truth=["p0", "nope"], **kw)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "Zork asks about tea."}\n{"text": oops}\n')
+    with pytest.raises(DataFileError, match="bad.jsonl:2"):
+        diagnose(tuned, example / "train.jsonl", bad, **kw)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(EmptyDataError):
+        diagnose(tuned, empty, example / "bad.jsonl", **kw)
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"text": "Zork asks about tea."}\n')
+    with pytest.raises(EmptyDataError, match="at least 2"):
+        diagnose(tuned, example / "train.jsonl", one, **kw)
+    with pytest.raises(ConfigError, match="chat template"):
+        diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", format="chat", **kw)
+    (tmp_path / "truth.txt").write_text("p0\nnot-an-id\n")
+    r = CliRunner().invoke(app, ["diagnose", "--model", str(example / "tuned"), "--train",
+                                 str(example / "train.jsonl"), "--bad", str(example / "bad.jsonl"),
+                                 "--judge", "fool", "--truth", str(tmp_path / "truth.txt"),
+                                 "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 2 and "not training ids" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "rep").exists()
