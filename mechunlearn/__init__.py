@@ -30,6 +30,7 @@ _LAZY = {
     "Attribution": "mechunlearn.attribution", "orthogonalize_": "mechunlearn.weights",
     "export_hf": "mechunlearn.weights", "doctor": "mechunlearn.conformance.doctor",
     "FeatureStore": "mechunlearn.store", "extract_to_store": "mechunlearn.store",
+    "diagnose": "mechunlearn.studies.diagnose", "DiagnoseConfig": "mechunlearn.studies.diagnose",
 }  # (not ``sweep``/``unlearn``: those names are subpackages)
 
 
