@@ -2,26 +2,48 @@
 
 Methods share one interface (``Attributor.attribute(query) -> Attribution``):
 :class:`ConvexAttributor` (convex decomposition, seed 000), :class:`RepSim`,
-:class:`GradSim` (on :func:`gradient_features`) and :class:`RandomAttributor`.
+:class:`GradSim` (on :func:`gradient_features`), :class:`RandomAttributor`, and
+:class:`ContrastAttributor` (preference-contrast features, :func:`contrast_features`).
+``Attributor.attribute_set`` attributes a set of bad responses at once;
+:func:`choose_by_stability` picks a Site without ground truth.
 """
 
-from mechunlearn.attribution.base import Attribution, Attributor, FeatureMismatchError
+from mechunlearn.attribution.base import (
+    Attribution,
+    Attributor,
+    FeatureMismatchError,
+    SetAttribution,
+)
+from mechunlearn.attribution.contrast import (
+    ContrastAttributor,
+    ContrastFeatures,
+    contrast_features,
+    reference_answers,
+)
 from mechunlearn.attribution.convex import ConvexAttributor, ConvexConfig, convex_attribution
 from mechunlearn.attribution.gradient import GradSim, gradient_features
+from mechunlearn.attribution.selection import choose_by_stability, split_half_stability
 from mechunlearn.attribution.similarity import RandomAttributor, RepSim
 from mechunlearn.attribution.simplex import SimplexSolution, simplex_lsq
 
 __all__ = [
     "Attribution",
     "Attributor",
+    "ContrastAttributor",
+    "ContrastFeatures",
     "ConvexAttributor",
     "ConvexConfig",
     "FeatureMismatchError",
     "GradSim",
     "RandomAttributor",
     "RepSim",
+    "SetAttribution",
     "SimplexSolution",
+    "choose_by_stability",
+    "contrast_features",
     "convex_attribution",
     "gradient_features",
+    "reference_answers",
     "simplex_lsq",
+    "split_half_stability",
 ]

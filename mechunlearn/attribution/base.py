@@ -14,6 +14,7 @@ and the training set carry a Site and a model fingerprint, they must agree
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,3 +241,44 @@ class Attributor:
     def attribute_many(self, queries: Any) -> list[Attribution]:
         """Attribute each row of ``queries [m, d]`` (Tensor or Features)."""
         return [self.attribute(q) for q in query_rows(queries)]
+
+    def attribute_set(self, queries: Any, k: int | None = None) -> SetAttribution:
+        """Attribute a *set* of bad responses as one problem: the mean of per-query scores.
+
+        Training samples behind many of the bad responses rise to the top; samples that only
+        look like one of them average out. ``queries``: ``[m, d]`` in the form
+        :meth:`attribute_many` takes. ``k``: size of the combined selection (default: the
+        attributor's ``k``). Returns a :class:`SetAttribution` (combined result with
+        ``method=<method>_set``, ``scores [N]`` = mean of the ``m`` per-query scores, uniform
+        weights, ``residual`` = mean per-query residual; plus every per-query result).
+        """
+        t0 = time.perf_counter()
+        per = self.attribute_many(queries)
+        if not per:
+            raise EmptyDataError("attribute_set() got no queries.")
+        scores = torch.stack([a.scores.double() for a in per]).mean(0)
+        k = int(getattr(self, "k", len(per[0].indices))) if k is None else k
+        check_k(k, len(scores))
+        ids = getattr(self, "ids", None) or tuple(str(i) for i in range(len(scores)))
+        top = torch.topk(scores, k).indices
+        res = [a.residual for a in per]
+        combined = Attribution(
+            indices=tuple(int(i) for i in top), ids=tuple(ids[int(i)] for i in top),
+            weights=torch.full((k,), 1.0 / k, dtype=torch.float64),
+            residual=float(np.mean(res)) if not all(math.isnan(r) for r in res) else float("nan"),
+            scores=scores, method=f"{per[0].method}_set", site=per[0].site,
+            seconds=time.perf_counter() - t0, info={"n_queries": len(per)})
+        return SetAttribution(combined, tuple(per))
+
+
+@dataclass(frozen=True)
+class SetAttribution:
+    """Result of :meth:`Attributor.attribute_set`: one ranking for a set of bad responses.
+
+    Attributes:
+        combined: :class:`Attribution` whose ``scores [N]`` are the mean per-query scores.
+        per_query: the ``m`` per-query :class:`Attribution` results, in query order.
+    """
+
+    combined: Attribution
+    per_query: tuple[Attribution, ...]
