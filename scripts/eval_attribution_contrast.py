@@ -110,9 +110,11 @@ def evaluate_one(preset: str, seed: int, max_queries: int | None, threads: int) 
         per = att.attribute_many(queries)
         S = torch.stack([a.scores for a in per])
         ms = (time.perf_counter() - t) / len(per) * 1e3
+        res = [a.residual for a in per]
         rows.append({"world": f"{preset}:{seed}", "method": name, "site": site.key,
                      "layer": int(site.layer), "position": str(site.position),
-                     **_metrics(S, positive, n_pos), "ms_per_query": ms})
+                     **_metrics(S, positive, n_pos), "residual": sum(res) / len(res),
+                     "ms_per_query": ms})
 
     for s in sites:
         tr, q = f_ch[s], f_qb[s]

@@ -187,3 +187,24 @@ def test_split_half_stability_separates_signal_from_noise():
         split_half_stability(stable, m=n)
     with pytest.raises(ConfigError):
         choose_by_stability({})
+
+
+def test_explain_preferences_one_call(tiny_bridge):
+    from mechunlearn.attribution import explain_preferences
+
+    site = resid(1, position="response_mean")
+    train = [("the quick", " brown fox", " cat"), ("the lazy", " dog", " fox jumps"),
+             ("over the", " lazy dog", " moon")]
+    res = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
+                              good=[" fox jumps"], k=2, ids=["a", "b", "c"])
+    assert res.combined.ids[0] == "b"          # the same lesson as the bad answer
+    assert len(res.per_query) == 1 and res.combined.method == "contrast_cosine_set"
+    ref = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
+                              ref_model=tiny_bridge, k=2, max_new_tokens=3)
+    assert len(ref.combined.scores) == 3
+    with pytest.raises(ConfigError, match="ref_model"):
+        explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")])
+    with pytest.raises(ShapeError):
+        explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")], good=["a", "b"])
+    with pytest.raises(ConfigError, match="triples"):
+        explain_preferences(tiny_bridge, site, [("a", "b")], [("the lazy", " dog")], good=["x"])

@@ -4,6 +4,7 @@ Methods share one interface (``Attributor.attribute(query) -> Attribution``):
 :class:`ConvexAttributor` (convex decomposition, seed 000), :class:`RepSim`,
 :class:`GradSim` (on :func:`gradient_features`), :class:`RandomAttributor`, and
 :class:`ContrastAttributor` (preference-contrast features, :func:`contrast_features`).
+:func:`explain_preferences` is the one-call version for your own model and preference data;
 ``Attributor.attribute_set`` attributes a set of bad responses at once;
 :func:`choose_by_stability` picks a Site without ground truth.
 """
@@ -21,6 +22,7 @@ from mechunlearn.attribution.contrast import (
     reference_answers,
 )
 from mechunlearn.attribution.convex import ConvexAttributor, ConvexConfig, convex_attribution
+from mechunlearn.attribution.explain import explain_preferences
 from mechunlearn.attribution.gradient import GradSim, gradient_features
 from mechunlearn.attribution.selection import choose_by_stability, split_half_stability
 from mechunlearn.attribution.similarity import RandomAttributor, RepSim
@@ -42,6 +44,7 @@ __all__ = [
     "choose_by_stability",
     "contrast_features",
     "convex_attribution",
+    "explain_preferences",
     "gradient_features",
     "reference_answers",
     "simplex_lsq",

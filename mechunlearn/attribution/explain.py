@@ -1,0 +1,104 @@
+"""One call: which preference pairs taught these bad responses? (contrast attribution)
+
+:func:`explain_preferences` wires :func:`~mechunlearn.attribution.contrast.contrast_features`,
+:func:`~mechunlearn.attribution.contrast.reference_answers` and
+:class:`~mechunlearn.attribution.contrast.ContrastAttributor` together for a user's own model
+and data: preference triples in, a ranking of the training pairs out (for the whole set of
+bad responses and for each one). Method and measured accuracy: docs/attribution.md
+("Preference-contrast attribution"); source: the contrast is the feature-space analogue of the
+DPO margin (Rafailov et al., arXiv:2305.18290).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mechunlearn.attribution.base import SetAttribution
+from mechunlearn.attribution.contrast import (
+    ContrastAttributor,
+    Scorer,
+    contrast_features,
+    reference_answers,
+)
+from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError
+from mechunlearn.sites import Site
+
+
+def _triples(train: Sequence[Any]) -> list[tuple[str, str, str]]:
+    out = []
+    for i, t in enumerate(train):
+        if not (isinstance(t, (tuple, list)) and len(t) == 3 and all(isinstance(s, str) for s in t)):
+            raise ConfigError(f"Training item {i} is {t!r}; explain_preferences() needs "
+                              "(prompt, chosen, rejected) triples of str.")
+        out.append((t[0], t[1], t[2]))
+    return out
+
+
+def _pairs(bad: Sequence[Any]) -> list[tuple[str, str]]:
+    out = []
+    for i, t in enumerate(bad):
+        if not (isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(s, str) for s in t)):
+            raise ConfigError(f"Bad item {i} is {t!r}; explain_preferences() needs "
+                              "(prompt, bad_response) pairs of str.")
+        out.append((t[0], t[1]))
+    return out
+
+
+def explain_preferences(
+    model: Any,
+    site: Site,
+    train: Sequence[tuple[str, str, str]],
+    bad: Sequence[tuple[str, str]],
+    good: Sequence[str] | None = None,
+    ref_model: Any = None,
+    k: int = 32,
+    scorer: Scorer = "cosine",
+    whiten: float | None = None,
+    ids: Sequence[str] | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 32,
+) -> SetAttribution:
+    """Attribute bad responses to the preference pairs that taught them, in contrast space.
+
+    Args:
+        model: the tuned TransformerBridge (the model that gives the bad responses).
+        site: where features are read, e.g. ``resid(L, position="response_mean")``.
+        train: ``N`` ``(prompt, chosen, rejected)`` triples, formatted as the model saw them.
+        bad: ``m`` ``(prompt, bad_response)`` pairs.
+        good: ``m`` good alternative responses, one per bad pair (same format as the bad
+            responses). ``None``: the reference model's greedy answers
+            (:func:`reference_answers`), which needs ``ref_model``.
+        ref_model: the pre-preference-tuning model (e.g. the SFT model DPO started from).
+        k: selected-set size; scorer/whiten: see :class:`ContrastAttributor`.
+        ids: training ids (default ``"0".."N-1"``).
+        max_new_tokens: decoding budget of the reference answers.
+
+    Returns:
+        :class:`SetAttribution`: ``combined`` ranks all ``N`` pairs for the whole set of bad
+        responses (mean per-query score; ``combined.ids`` are the top ``k``), ``per_query``
+        has one :class:`Attribution` per bad response.
+
+    Raises:
+        ConfigError: malformed items, or neither ``good`` nor ``ref_model`` given.
+        ShapeError: ``len(good) != len(bad)``.
+        EmptyDataError: no training pairs or no bad responses.
+    """
+    tr, bd = _triples(train), _pairs(bad)
+    if not tr or not bd:
+        raise EmptyDataError(f"explain_preferences() got {len(tr)} training pairs and "
+                             f"{len(bd)} bad responses; both must be non-empty.")
+    prompts = [p for p, _ in bd]
+    if good is None:
+        if ref_model is None:
+            raise ConfigError("explain_preferences() needs good= (one good answer per bad "
+                              "response) or ref_model= (its greedy answers are used).")
+        good = reference_answers(ref_model, prompts, max_new_tokens=max_new_tokens)
+    if isinstance(good, str) or len(good) != len(bd):
+        raise ShapeError(f"good must hold one response per bad pair ({len(bd)}), got "
+                         f"{1 if isinstance(good, str) else len(good)}.")
+    c_train = contrast_features(model, [(p, c) for p, c, _ in tr], [(p, r) for p, _, r in tr],
+                                site, ids=ids, batch_size=batch_size)
+    c_query = contrast_features(model, bd, list(zip(prompts, good)), site, batch_size=batch_size)
+    att = ContrastAttributor(c_train, k=k, scorer=scorer, whiten=whiten)
+    return att.attribute_set(c_query)
