@@ -185,3 +185,51 @@ def test_bad_inputs(example, tuned, tmp_path):
                                  "--out", str(tmp_path / "rep")])
     assert r.exit_code == 2 and "not training ids" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "rep").exists()
+
+
+def test_chat_format_wraps_prompts_and_keeps_one_start_token(tuned):
+    from mechunlearn.studies.format import chat
+    from mechunlearn.tokens import model_tokenizer
+
+    tok = model_tokenizer(tuned)
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}U: {{ m['content'] }}\n"
+                         "{% endfor %}{% if add_generation_prompt %}A:{% endif %}")
+    try:
+        f = chat(tok)
+        assert f.prompt("hi") == "<bos>U: hi\nA:"  # this tokenizer adds no BOS itself
+        assert f.response(" ok") == " ok<eos>"
+        tb = f.encode_pairs(tok, ["hi"], [" ok"])
+        ids = tb.input_ids[0][tb.attention_mask[0].bool()].tolist()
+        assert ids.count(tok.bos_token_id) == 1 and ids[-1] == tok.eos_token_id
+        assert tb.response_mask[0].sum() >= 2  # " ok" and <eos>
+    finally:
+        tok.chat_template = None
+
+
+def test_resume_reuses_the_feature_cache(example, tuned, tmp_path):
+    kw = dict(judge="fool", cache=tmp_path / "feats",
+              config=DiagnoseConfig(layers=(1,), gradients=False, methods=()))
+    first = diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", **kw)
+    shards = sorted((tmp_path / "feats").rglob("shard_*.safetensors"))
+    assert len(shards) == 1
+    stamp = shards[0].stat().st_mtime_ns
+    second = diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", **kw)
+    assert shards[0].stat().st_mtime_ns == stamp  # read back, not re-extracted
+    assert torch.equal(first.attribution.train_features.values,
+                       second.attribution.train_features.values)
+    assert first.attribution.site == second.attribution.site
+
+
+@pytest.mark.slow
+def test_diagnose_on_the_toy_world(tiny_world):
+    from mechunlearn.studies.toyworld_inputs import diagnose_toyworld
+
+    res = diagnose_toyworld(tiny_world, DiagnoseConfig(
+        layers=(1,), gradients=False, methods=("project", "unlearn"), n_permutations=0,
+        unlearn=UnlearnConfig(steps=40, repair_steps=10)))
+    sw = res.attribution.sweep.set_index("method")
+    assert sw.loc["convex", "auc"] > 0.9
+    e = res.edits.set_index("variant")
+    assert e.loc["unedited", "bad_rate_heldout"] >= 0.5
+    assert e.loc["unlearn", "bad_rate_heldout"] < e.loc["unedited", "bad_rate_heldout"]
+    assert e.loc["unlearn", "good_rate_ordinary"] >= 0.9

@@ -180,9 +180,10 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
     t["directions"] = time.perf_counter() - s0
 
     s0 = time.perf_counter()
-    sel = set(forget)
+    sel = {(tr[i].prompt, tr[i].chosen) for i in forget}  # copies of a forgotten pair too
     g = torch.Generator().manual_seed(cfg.seed)
-    retain = [i for i in torch.randperm(len(tr), generator=g).tolist() if i not in sel]
+    retain = [i for i in torch.randperm(len(tr), generator=g).tolist()
+              if (tr[i].prompt, tr[i].chosen) not in sel]
     if ordinary_prompts is None:
         ok = judge_all(judge_fn, [tr[i].chosen for i in retain])
         ordinary_prompts = list(dict.fromkeys(tr[i].prompt for i, o in zip(retain, ok) if not o))
