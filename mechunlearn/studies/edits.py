@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from mechunlearn.errors import ArchitectureError
+from mechunlearn.errors import ArchitectureError, MechUnlearnError
 from mechunlearn.provenance import model_fingerprint
 from mechunlearn.sites import Site
 from mechunlearn.studies.cases import BadCases
@@ -58,7 +58,6 @@ class EditPlan:
     max_new_tokens: int = 32
     selective_k: int = 8
     n_forget: int = 16
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _stop_metric(plan: EditPlan) -> Callable[[Any], float]:
@@ -185,7 +184,11 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
                 skip(m, "the reference model's answers to the bad prompts are all judged bad "
                         "or empty: no good side for U2A's held-out pairs")
                 continue
-            u = u2a_weights(model, forget, held, objective, encode=plan.fmt.encode_pairs)
+            try:  # e.g. no candidate improves the held-out margin: a finding, not a crash
+                u = u2a_weights(model, forget, held, objective, encode=plan.fmt.encode_pairs)
+            except MechUnlearnError as e:
+                skip(m, f"U2A weighting: {e}")
+                continue
             res = unlearn(model, forget, retain, objective, cfg, weights=u.weights,
                           forget_metric=_stop_metric(plan), encode=plan.fmt.encode_pairs,
                           progress=False)
