@@ -4,15 +4,17 @@ An edit at one hook point leaves the concept for later layers to recompute. The 
 edit *every* Site from layer L on, each fitted on features that already carry the earlier
 Sites' edits (so layer L+1's direction is the one that layer L+1 recomputes), and to iterate:
 
-1. :func:`fit_sites` — one pass in forward order: at each Site, fit a difference-of-means
+1. :func:`fit_sites`: one pass in forward order: at each Site, fit a difference-of-means
    direction (``finder="mean_diff"``, removed by ``Project``) or a LEACE eraser
    (``finder="leace"``, applied by ``Erase``) on the edited features, then add it.
-2. :func:`fit_erasure` — rounds of: at each Site in forward order, train a linear and an MLP
+2. :func:`fit_erasure`: rounds of: at each Site in forward order, train a linear and an MLP
    probe on a fitting split of the *train* data and score them on a validation split (never on
    the test data). Where the linear probe is above ``linear_target``, project out the new
    difference of means; where the MLP probe is above ``mlp_target``, project out
    ``quadratic_k`` *covariance directions* (:func:`covariance_directions`). Stop when every
-   Site is below both targets or after ``max_rounds``.
+   Site is below both targets or after ``max_rounds``; then a closing forward pass adds the
+   difference of means wherever earlier Sites' new edits moved the class means apart again,
+   so a linear probe trained on the edited train data is at chance at every Site.
 
 **Quadratic erasure without labels.** ``concept_erasure.QuadraticEraser`` (optimal transport
 of each class to a barycenter) needs each sample's label at run time, which a deployed model
@@ -158,8 +160,9 @@ def fit_erasure(
 
     Args:
         model: a TransformerBridge.
-        train: ``(X+ data, X- data)``; split into fitting / validation parts for the probes
-            (stratified, ``val_frac``), directions are fitted on all of it.
+        train: ``(X+ data, X- data)``. Directions are fitted on all of it; the probes that
+            decide where more are needed train on a fitting part and are scored on a
+            validation part (``val_frac``, stratified). The test data are never seen.
         sites: Sites to edit *and* check, in forward order (e.g. mean-pooled ``resid_post``
             of every layer from L on).
         linear_target, mlp_target: stop once every Site's validation accuracy is at or below.
@@ -168,8 +171,8 @@ def fit_erasure(
         max_rounds: rounds after the first pass (each round: one pass over the Sites).
 
     Returns:
-        :class:`ErasureFit`; ``history`` has columns ``round``, ``site``, ``linear_val``,
-        ``mlp_val``, ``added``, ``rank``.
+        :class:`ErasureFit`; ``history`` has columns ``round`` (int, or ``"closure"``),
+        ``site``, ``linear_val``, ``mlp_val``, ``added``, ``rank``.
     """
     if not sites:
         raise ConfigError("fit_erasure needs at least one Site.")
@@ -209,6 +212,17 @@ def fit_erasure(
                          "added": added, "rank": 0 if bases[s] is None else len(bases[s])})
         if not changed and rnd > 0:
             break
+    # Closure: later rounds' edits at earlier Sites move the class means at later ones again;
+    # one last forward-order pass equalises them (the train data's means, exactly).
+    for s in sites:
+        X = edited_features(model, edit(), x, [s], batch_size)[s]
+        gap = float(np.linalg.norm(X[y == 1].mean(0) - X[y == 0].mean(0)))
+        before = 0 if bases[s] is None else len(bases[s])
+        if gap > 1e-6 * float(np.linalg.norm(X, axis=1).mean()):
+            bases[s] = _add(bases[s], mean_difference(X, y)[None])
+        after = 0 if bases[s] is None else len(bases[s])
+        rows.append({"round": "closure", "site": s.key, "linear_val": float("nan"),
+                     "mlp_val": float("nan"), "added": after - before, "rank": after})
     final = edit()
     if final is None:
         raise ConfigError("fit_erasure found no direction to remove at any Site.")
