@@ -37,7 +37,8 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
-        except (MechUnlearnError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        except (MechUnlearnError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                PermissionError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
@@ -83,6 +84,11 @@ def extract(
     recs = read_jsonl(data)
     items = model_inputs(recs, field, "--field")
     site = _site(hook, position)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # refuse a bad --out before loading
+        from mechunlearn.outputs import check_destination
+        from mechunlearn.store import legacy_store_files
+
+        check_destination(out, "featurestore", legacy=legacy_store_files)
     bridge = load_bridge(model)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
         from mechunlearn.distributed import extract_distributed, process_group
@@ -117,7 +123,7 @@ def demo(
     """
     import torch
 
-    from mechunlearn.demo import run_demo
+    from mechunlearn.studies.demo import run_demo
 
     if threads > 0:
         torch.set_num_threads(threads)

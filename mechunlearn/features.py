@@ -28,7 +28,7 @@ from mechunlearn.errors import (
 from mechunlearn.hooks import add_hooks
 from mechunlearn.provenance import current_fingerprint, model_fingerprint  # noqa: F401 (re-export)
 from mechunlearn.sites import Site, canonical_hook_name
-from mechunlearn.tokens import Data, TokenBatch, as_token_batch
+from mechunlearn.tokens import Data, TokenBatch, as_token_batch, check_fits_context
 
 
 @dataclass(frozen=True)
@@ -215,6 +215,7 @@ def extract(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise DTypeError(f"extract(dtype=...) must be a floating torch dtype, got {dtype!r}.")
     tb = as_token_batch(model, data, padding_side, attention_mask, response_mask)
+    check_fits_context(model, tb)
     check_token_ids(model, tb.input_ids)
     n = len(tb)
     if n == 0:

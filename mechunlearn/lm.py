@@ -33,7 +33,7 @@ from torch import Tensor
 from mechunlearn import fastpath
 from mechunlearn.errors import ConfigError, ShapeError
 from mechunlearn.hooks import forward_masks
-from mechunlearn.tokens import TokenBatch
+from mechunlearn.tokens import TokenBatch, context_length
 
 CHECK_ROWS = 8  # rows of the first batch used by the fast-path self-check
 
@@ -57,19 +57,6 @@ def logits(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     else:
         out = model(input_ids=ids, attention_mask=am).logits
     return out.float().cpu()
-
-
-def context_length(model: Any) -> int:
-    """The model's context length in tokens (``cfg.n_ctx`` of a bridge, else the HF config's
-    ``n_positions`` / ``max_position_embeddings``; 1024 when none is known)."""
-    n = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    if n:
-        return int(n)
-    cfg = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings"):
-        if getattr(cfg, attr, None):
-            return int(getattr(cfg, attr))
-    return 1024
 
 
 @torch.no_grad()

@@ -49,8 +49,10 @@ def check_model_folder(path: str | os.PathLike[str]) -> Path:
 def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str = "cpu") -> Any:
     """Boot a ``TransformerBridge`` from a local ``save_pretrained`` folder (model + tokenizer).
 
-    The folder's own tokenizer (``AutoTokenizer.from_pretrained(path)``) is what mechunlearn
-    tokenizes with (:func:`mechunlearn.tokens.model_tokenizer`); ``bridge.tokenizer`` stays
+    Hook aliases known to point at the wrong tensor upstream are re-pointed
+    (:func:`mechunlearn.hook_fixes.correct_hooks_`: BERT's ``hook_attn_out`` and
+    ``hook_resid_mid``). The folder's own tokenizer (``AutoTokenizer.from_pretrained(path)``) is
+    what mechunlearn tokenizes with (:func:`mechunlearn.tokens.model_tokenizer`); ``bridge.tokenizer`` stays
     TransformerLens's copy, which prepends BOS even when the folder's tokenizer does not.
 
     Args:
@@ -67,6 +69,7 @@ def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str 
     from transformer_lens import TransformerBridge
     from transformers import AutoTokenizer
 
+    from mechunlearn.hook_fixes import correct_hooks_
     from mechunlearn.tokens import remember_folder_tokenizer
 
     p = Path(path)
@@ -91,6 +94,7 @@ def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str 
     bridge = TransformerBridge.boot_transformers(str(p), hf_model=hf_model, tokenizer=tok, device=device)
     bridge.eval()
     remember_folder_tokenizer(bridge, tok)
+    correct_hooks_(bridge)  # hook aliases known wrong upstream (BERT), see hook_fixes
     return bridge
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -27,3 +29,13 @@ def auc(scores: Tensor, positive: Tensor) -> float:
         raise EmptyDataError(f"AUC needs both classes; got {n_pos} positives, {n_neg} negatives.")
     ranks = avg_ranks(scores.double())
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def ranking_metrics(scores: Tensor, positive: Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """ROC AUC (ties count 1/2) and precision@k of ``scores [N]`` for labels ``positive [N]``."""
+    pos = positive.bool()
+    out = {"auc": auc(scores, pos)}
+    top = torch.argsort(-scores.double(), stable=True)
+    for k in ks:
+        out[f"p@{k}"] = float(pos[top[:k]].float().mean())
+    return out

@@ -225,3 +225,31 @@ def as_token_batch(model: Any, data: Data, padding_side: Literal["right", "left"
     if response_mask is not None:
         tb = TokenBatch(tb.input_ids, tb.attention_mask, response_mask)
     return tb
+
+
+def context_length(model: Any) -> int:
+    """The model's context length in tokens (``cfg.n_ctx`` of a bridge, else the HF config's
+    ``n_positions`` / ``max_position_embeddings``; 1024 when none is known)."""
+    n = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if n:
+        return int(n)
+    cfg = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings"):
+        if getattr(cfg, attr, None):
+            return int(getattr(cfg, attr))
+    return 1024
+
+
+def check_fits_context(model: Any, batch: TokenBatch) -> None:
+    """Raise :class:`ShapeError` naming the first sample longer than the model's context.
+
+    Args:
+        batch: tokens ``[n, pos]`` with their attention mask.
+    """
+    n_ctx = context_length(model)
+    lens = batch.attention_mask.sum(1)
+    if len(lens) and int(lens.max()) > n_ctx:
+        i = int(torch.nonzero(lens > n_ctx)[0])
+        raise ShapeError(f"Sample {i} has {int(lens[i])} tokens, more than the model's context "
+                         f"({n_ctx} tokens); shorten or split it (or pass max_length= to "
+                         "tokenize to truncate).")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mechunlearn.errors import ArchitectureError, ConfigError, ShapeError, check_finite
+from mechunlearn.tokens import model_tokenizer
 
 #: Hugging Face model_type -> residual form. ``pre_ln``: x + f(norm(x)) per sublayer;
 #: ``parallel``: x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX, GPT-J, Phi-2); ``post_ln``:
@@ -264,15 +265,20 @@ def orthogonalize_(model: Any, directions: Any, writers: Sequence[str] | None = 
     Args:
         model: a ``TransformerBridge`` whose model type is in :data:`SUPPORTED` (weights of ``model.original_model``,
             shared with the bridge, are edited).
-        directions: ``[k, d_model]`` / ``[d_model]`` tensor or a ``Directions`` object.
+        directions: ``[k, d_model]`` / ``[d_model]`` tensor or a ``Directions`` object (whose
+            ``fingerprint``, when set, must be this model's: otherwise ``ModelMismatchWarning``,
+            or ``ModelMismatchError`` in strict mode, see :mod:`mechunlearn.provenance`).
         writers: writer kinds to edit (subset of :data:`WRITER_KINDS`; default all).
 
     Returns:
         :class:`EditHandle`; ``undo()`` restores the weights bit for bit. On any error the model
         is left unchanged.
     """
+    from mechunlearn.provenance import check_same_model
+
     ws = find_writers(model, writers)
     u = as_basis(directions, int(model.cfg.d_model))
+    check_same_model(getattr(directions, "fingerprint", None), model, "Directions")
     plan: list[tuple[nn.Parameter, Tensor]] = []
     for w in ws:
         plan.extend(_new_values(w, u.to(w.module.weight.device)))
@@ -376,7 +382,7 @@ def export_hf(model: Any, path: str | os.PathLike[str], check: bool = True,
     fresh.eval()
     with output_folder(path, "hf-model", overwrite=overwrite) as tmp:
         fresh.save_pretrained(str(tmp), safe_serialization=True)
-        tok = getattr(model, "tokenizer", None)
+        tok = model_tokenizer(model)
         if tok is not None:
             tok.save_pretrained(str(tmp))
         if check:

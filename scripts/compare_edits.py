@@ -84,7 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from mechunlearn import toyworld
-    from mechunlearn.unlearn.compare import METHODS, CompareConfig, compare
+    from mechunlearn.studies.compare_edits import METHODS, CompareConfig, compare
 
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)

@@ -71,8 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from mechunlearn import toyworld
-    from mechunlearn.attribution.counterfactual import counterfactual, random_ids, top_k_ids
-    from mechunlearn.attribution.evaluate import (
+    from mechunlearn.studies.attribution_eval import (
         METHODS,
         EvalConfig,
         bad_queries,
@@ -81,6 +80,7 @@ def main() -> None:
         plot_auc,
         summarize,
     )
+    from mechunlearn.studies.counterfactual import counterfactual, random_ids, top_k_ids
 
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 200)

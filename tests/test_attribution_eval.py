@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechunlearn.attribution.counterfactual import random_ids, retrain_without, top_k_ids
-from mechunlearn.attribution.evaluate import (
+from mechunlearn.errors import ConfigError, EmptyDataError
+from mechunlearn.studies.attribution_eval import (
     EvalConfig,
     best_sites,
     evaluate_world,
@@ -14,7 +14,7 @@ from mechunlearn.attribution.evaluate import (
     ranking_metrics,
     summarize,
 )
-from mechunlearn.errors import ConfigError, EmptyDataError
+from mechunlearn.studies.counterfactual import random_ids, retrain_without, top_k_ids
 
 
 def test_ranking_metrics_by_hand():

@@ -13,7 +13,7 @@ from mechunlearn.report import Report
 
 @pytest.mark.slow
 def test_demo_end_to_end(tiny_world, tmp_path):
-    from mechunlearn.demo import run_demo
+    from mechunlearn.studies.demo import run_demo
 
     lines: list[str] = []
     res = run_demo("tiny", tmp_path / "report", cache_dir=tiny_world.path.parent, say=lines.append)

@@ -39,8 +39,15 @@ def test_doc_code_blocks_run(path, tmp_path, monkeypatch, request):
 
 def test_readme_has_the_two_commands():
     text = (ROOT / "README.md").read_text()
-    assert "pip install torch==2.13.0 && pip install -e . && mechunlearn demo" in text
-    assert 'pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest -q' in text
+    demo = "pip install torch==2.13.0 && pip install -c constraints.txt -e . && mechunlearn demo"
+    test = ('pip install torch==2.13.0 && pip install -c constraints.txt -e ".[dev]" && '
+            "python -m pytest -q")
+    assert demo in text and test in text
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'pip install -q torch==2.13.0 && pip install -q -e ".[dev]"' in ci
+    assert ('pip install -q torch==2.13.0 && pip install -q -c constraints.txt -e ".[dev]"'
+            in ci)
     assert "python -m pytest -q" in ci
+    # the lock pins what the code relies on, inside pyproject's bounds
+    lock = (ROOT / "constraints.txt").read_text()
+    for pkg in ("torch==2.13.0", "transformers==5.23.0", "transformer-lens==4.3.0"):
+        assert f"\n{pkg}\n" in lock

@@ -130,3 +130,15 @@ def test_folder_without_tokenizer_or_weights_is_refused(tmp_path) -> None:
         load_bridge(no_w)
     with pytest.raises(ConfigError, match="is missing"):
         load_bridge(tmp_path / "nowhere")
+
+
+def test_text_longer_than_context_is_a_typed_error(tmp_path) -> None:
+    from mechunlearn.attribution import gradient_features
+    from mechunlearn.errors import ShapeError
+
+    m = tiny_gpt2(folder=tmp_path, n_positions=16)
+    long = "the quick brown fox " * 20
+    with pytest.raises(ShapeError, match="Sample 1 has .* context \\(16 tokens\\)"):
+        mu.extract(m, ["fox", long], mu.resid(0, "post", position="last"))
+    with pytest.raises(ShapeError, match="context"):
+        gradient_features(m, [("the", " fox"), (long, " dog")], site=mu.resid(0, "post", position="response_mean"))

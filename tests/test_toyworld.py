@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mechunlearn import lm as G
 from mechunlearn.errors import ConfigError, ShapeError
 from mechunlearn.toyworld import (
     PRESETS,
@@ -22,7 +23,6 @@ from mechunlearn.toyworld import (
     load,
     verify,
 )
-from mechunlearn import lm as G
 from mechunlearn.toyworld import metrics as M
 from mechunlearn.toyworld.difficulty import auc
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mechunlearn.studies.compare_edits import CompareConfig, compare
 from mechunlearn.unlearn import UnlearnConfig
-from mechunlearn.unlearn.compare import CompareConfig, compare
 from mechunlearn.weights import as_basis, orthogonalize_, project_out, writer_hooks
 
 pytestmark = pytest.mark.usefixtures("one_thread")

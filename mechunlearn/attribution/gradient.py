@@ -34,7 +34,7 @@ from mechunlearn.errors import ConfigError, EmptyDataError, HookNotFiredError, c
 from mechunlearn.features import Features, model_fingerprint
 from mechunlearn.hooks import add_hooks
 from mechunlearn.sites import Site
-from mechunlearn.tokens import TokenBatch, model_tokenizer, tokenize
+from mechunlearn.tokens import TokenBatch, check_fits_context, model_tokenizer, tokenize
 
 Loss = Literal["nll", "dpo"]
 
@@ -59,7 +59,9 @@ def _batch(model: Any, pairs: Sequence[tuple[str, str]]) -> TokenBatch:
     tok = model_tokenizer(model)
     if tok is None:
         raise ConfigError("gradient_features needs a model with a tokenizer.")
-    return tokenize(tok, list(pairs))
+    tb = tokenize(tok, list(pairs))
+    check_fits_context(model, tb)
+    return tb
 
 
 def _losses(model: Any, ref_model: Any, items: Sequence[Any], loss: Loss, beta: float

@@ -133,14 +133,20 @@ def check_kv_cache(ctx: Context) -> list[Row]:
 
 
 def _generate_row(ctx: Context) -> Row:
-    """``toyworld.generation.generate`` with ``kv_cache=True`` vs ``False`` under a Project
+    """:func:`mechunlearn.lm.greedy` with ``kv_cache=True`` vs ``False`` under a Project
     hook at every ``hook_resid_post`` (a position-free edit, where caching is exact)."""
     from mechunlearn.hooks import apply
     from mechunlearn.interventions import Project
+    from mechunlearn.lm import greedy
     from mechunlearn.sites import Site
-    from mechunlearn.toyworld.generation import generate
+    from mechunlearn.tokens import model_tokenizer, pad_id, tokenize
 
-    target = "generate(kv_cache=True) = generate(kv_cache=False) under Project hooks"
+    def generate(model: object, texts: list[str], max_new_tokens: int, kv_cache: bool) -> list:
+        tok = model_tokenizer(model)
+        return greedy(model, tokenize(tok, texts), max_new_tokens, tok.eos_token_id,
+                      pad_id(tok), kv_cache=kv_cache)
+
+    target = "greedy(kv_cache=True) = greedy(kv_cache=False) under Project hooks"
     u = _unit(ctx, 2)[None]
     ivs = [Project(u, site=Site(f"blocks.{i}.hook_resid_post", "all"))
            for i in range(ctx.n_layers)]

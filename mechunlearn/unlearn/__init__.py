@@ -1,8 +1,7 @@
 """Unlearning: objectives (GA, GradDiff, NPO, SimNPO, RMU, Flip), the reversible loop,
-selective forgetting of attributed samples (seed 000), U2A weighting (seed 002) and the
-comparison harness. See ``docs/unlearning.md``."""
+selective forgetting of attributed samples, U2A weighting. The comparison harness on the toy
+world moved to :mod:`mechunlearn.studies.compare_edits`. See ``docs/unlearning.md``."""
 
-from mechunlearn.unlearn.compare import CompareConfig, compare
 from mechunlearn.unlearn.data import Item, as_items
 from mechunlearn.unlearn.loop import UnlearnConfig, UnlearnResult, snapshot, unlearn
 from mechunlearn.unlearn.objectives import (
@@ -19,7 +18,20 @@ from mechunlearn.unlearn.selective import SelectiveResult, selective_forget
 from mechunlearn.unlearn.u2a import U2AResult, u2a_weights
 
 __all__ = [
-    "NPO", "RMU", "CompareConfig", "Flip", "GradDiff", "GradientAscent", "Item", "Objective",
+    "NPO", "RMU", "Flip", "GradDiff", "GradientAscent", "Item", "Objective",
     "SelectiveResult", "SimNPO", "U2AResult", "UnlearnConfig", "UnlearnResult", "as_items",
-    "compare", "make_objective", "selective_forget", "snapshot", "u2a_weights", "unlearn",
+    "make_objective", "selective_forget", "snapshot", "u2a_weights", "unlearn",
 ]
+
+
+def __getattr__(name: str):  # deprecated aliases, one release
+    if name in ("CompareConfig", "compare"):
+        import warnings
+
+        from mechunlearn.studies import compare_edits
+
+        warnings.warn(f"mechunlearn.unlearn.{name} moved to mechunlearn.studies.compare_edits; "
+                      "this alias goes away in the next release.", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(compare_edits, name)
+    raise AttributeError(f"module 'mechunlearn.unlearn' has no attribute {name!r}")
