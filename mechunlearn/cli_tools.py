@@ -12,7 +12,13 @@ from typing import Any
 
 import typer
 
+from mechunlearn.atomic import atomic_write_bytes
 from mechunlearn.errors import ConfigError
+from mechunlearn.outputs import check_destination, check_output_file
+
+OVERWRITE_HELP = ("Also replace a different kind of mechunlearn output at --out (a previous "
+                  "output of the same kind is always replaced; folders holding files "
+                  "mechunlearn did not write are never touched).")
 
 
 def _features(model: Any, path: Path, site: Any, batch_size: int) -> Any:
@@ -50,6 +56,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
                   "random": lambda f: RandomAttributor(f, k=k)}
         if method not in makers:
             raise ConfigError(f"--method must be one of {sorted(makers)}, got {method!r}.")
+        check_output_file(out)
         bridge = load_bridge(model)
         site = make_site(hook, position)
         ft, fq = _features(bridge, train, site, batch_size), _features(bridge, query, site, batch_size)
@@ -60,8 +67,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
                 rows.append({"query": qid, "rank": rank, "id": i, "weight": w,
                              "residual": a.residual})
         df = pd.DataFrame(rows)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out, index=False)
+        atomic_write_bytes(out, df.to_csv(index=False).encode())
         typer.echo(df.head(3 * k).to_string(index=False))
         typer.echo(f"-> {out}")
 
@@ -76,8 +82,10 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
         method: str = typer.Option("pca_bias", help="pca_bias | mean_diff | probe | ccs | leace."),
         k: int = typer.Option(1, min=1, help="Directions to keep (pca_bias)."),
         permutations: int = typer.Option(100, min=0, help="Permutation-test rounds."),
-        out: Path = typer.Option(Path("directions"), help="Folder to save the Directions."),
+        out: Path = typer.Option(Path("directions"), help="Folder to save the Directions "
+                                 "(a previous Directions folder there is replaced)."),
         batch_size: int = typer.Option(32, min=1),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Find the direction separating X+ from X- at a hook point, with held-out evidence."""
         from mechunlearn.directions import FINDERS
@@ -85,6 +93,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
 
         if method not in FINDERS:
             raise ConfigError(f"--method must be one of {sorted(FINDERS)}, got {method!r}.")
+        check_destination(out, "directions", overwrite)
         bridge = load_bridge(model)
         site = make_site(hook, position)
         fp, fn = _features(bridge, pos, site, batch_size), _features(bridge, neg, site, batch_size)
@@ -92,7 +101,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
         if method == "pca_bias":
             kw["k"] = k
         d = FINDERS[method](fp, fn, **kw)
-        d.save(out)
+        d.save(out, overwrite=overwrite)
         sc = d.scores
         typer.echo(f"{method} at {site.key}: held-out AUC {sc.get('heldout_auc', float('nan')):.3f}, "
                    f"permutation p {sc.get('p_value', float('nan')):.3g} -> {out}")
@@ -108,6 +117,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
         retain: Path | None = typer.Option(None, help="Pairs to keep (JSONL, unlearn)."),
         objective: str = typer.Option("npo", help="ga | graddiff | npo | simnpo | rmu | flip."),
         steps: int = typer.Option(100, min=1, help="Unlearning steps."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """Edit weights: orthogonalise against saved directions, or unlearn a forget set.
 
@@ -116,14 +126,18 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
         from mechunlearn.models import load_bridge
         from mechunlearn.weights import export_hf
 
-        bridge = load_bridge(model)
+        if how not in ("orthogonalize", "unlearn"):
+            raise ConfigError(f"edit takes 'orthogonalize' or 'unlearn', got {how!r}.")
+        check_destination(out, "hf-model", overwrite)  # before loading or training anything
         if how == "orthogonalize":
             from mechunlearn.directions import Directions
             from mechunlearn.weights import orthogonalize_
 
             if directions is None:
                 raise ConfigError("edit orthogonalize needs --directions (saved by `directions`).")
-            orthogonalize_(bridge, Directions.load(directions))
+            dirs = Directions.load(directions)  # a corrupt file fails before the model loads
+            bridge = load_bridge(model)
+            orthogonalize_(bridge, dirs)
         elif how == "unlearn":
             from mechunlearn.datasets import read_jsonl
             from mechunlearn.unlearn.loop import UnlearnConfig, unlearn
@@ -133,11 +147,12 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
             f, r = read_jsonl(forget), read_jsonl(retain)
             if not (f.is_pairs and r.is_pairs):
                 raise ConfigError("--forget and --retain need prompt/response records.")
+            bridge = load_bridge(model)
             res = unlearn(bridge, f.items, r.items, objective, UnlearnConfig(steps=steps))
             typer.echo(f"unlearned: {res.steps} steps, stopped: {res.stopped}")
         else:
             raise ConfigError(f"edit takes 'orthogonalize' or 'unlearn', got {how!r}.")
-        export_hf(bridge, out)
+        export_hf(bridge, out, overwrite=overwrite)
         typer.echo(f"edited model -> {out}")
 
     @app.command()
@@ -151,17 +166,19 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
         cache: Path | None = typer.Option(None, help="Feature cache (default ~/.cache/...)."),
         max_length: int = typer.Option(128, min=8, help="Tokens kept (from the end)."),
         boot: int = typer.Option(1000, min=10, help="Bootstrap resamples for imprint CIs."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     ) -> None:
         """SEAL diagnostics: train a reward model, then resistance, imprint and robustness."""
         from mechunlearn.seal.run import run_seal
 
+        check_destination(out, "seal-report", overwrite)
         body = None
         if model is not None:
             from mechunlearn.models import load_bridge
 
             body = load_bridge(model)
         run = run_seal(data, out, model=body, cache=cache, max_length=max_length, n_boot=boot,
-                       say=lambda m: typer.echo(m))
+                       say=lambda m: typer.echo(m), overwrite=overwrite)
         after = run.report.resistance.get("after, test")
         if after is not None:
             typer.echo(f"test agreement {after.agreement:.3f}, resistance {after.resistance:.3f}")
@@ -190,6 +207,9 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
 
         if method not in FINDERS:
             raise ConfigError(f"--method must be one of {sorted(FINDERS)}, got {method!r}.")
+        check_output_file(out)
+        if plot is not None:
+            check_output_file(plot)
         bridge = load_bridge(model)
         pos_t = int(position) if position.lstrip("-").isdigit() else position
         site_list = all_sites(bridge, tuple(k.strip() for k in kinds.split(",")), pos_t)
@@ -202,8 +222,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
                                                  "null_auc_q95")}
 
         df = run_sweep(bridge, site_list, fn, {"pos": p.items, "neg": n.items})
-        out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out, index=False)
+        atomic_write_bytes(out, df.to_csv(index=False).encode())
         if plot is not None:
             from mechunlearn.plots import plot_layers
 

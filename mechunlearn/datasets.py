@@ -52,6 +52,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> Records:
     :class:`EmptyDataError` for a file with no records.
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataFileError(f"Data file {p} is a folder, not a JSONL file; pass the .jsonl "
+                            "(or .jsonl.gz) file itself.")
     if not p.is_file():
         raise DataFileError(f"Data file {p} does not exist.")
     opener = gzip.open if p.suffix == ".gz" else open

@@ -93,10 +93,6 @@ class OutputPathError(MechUnlearnError, OSError):
     the home folder, an existing file, a symbolic link, or a path under a regular file."""
 
 
-class ModelFolderError(MechUnlearnError, OSError):
-    """A model folder that is missing, not a folder, or lacks its config or weight files."""
-
-
 def check_finite(name: str, x: object) -> None:
     """Raise :class:`NonFiniteError` naming ``name`` if tensor/array ``x`` has NaN or inf."""
     import numpy as np

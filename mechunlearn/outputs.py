@@ -138,6 +138,26 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
     return a
 
 
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Validate a single output file's path (a CSV, a PNG): it may replace an existing regular
+    file the caller names, but raises :class:`OutputPathError` for a folder, a symbolic link or
+    a path under a regular file. Returns it as an absolute path."""
+    given = Path(path).expanduser()
+    a = Path(os.path.abspath(given))
+    if a.is_symlink():
+        raise _refuse(given, "is a symbolic link", sub=False)
+    if a.is_dir():
+        raise OutputPathError(f"Output file {given} is an existing folder; pass a file name "
+                              f"such as {given / 'out.csv'}.")
+    for anc in a.parents:
+        if anc.exists():
+            if not anc.is_dir():
+                raise _refuse(given, f"is under {anc}, which is a regular file, not a folder",
+                              sub=False)
+            break
+    return a
+
+
 def _delete_ours(folder: Path, legacy: Legacy | None) -> None:
     """Delete a replaced output: only files it lists as ours, then its emptied folders."""
     _, foreign = _foreign(folder, legacy)
@@ -191,6 +211,9 @@ def output_folder(path: str | os.PathLike[str], kind: str, *, overwrite: bool = 
     try:
         chmod_default(tmp)
         yield tmp
+        for item in tmp.rglob("*"):  # writers such as safetensors/transformers leave 0600
+            if not item.is_symlink():
+                chmod_default(item)
         write_manifest(tmp, kind, patterns, meta)
         check_destination(dest, kind, overwrite, legacy)  # again: it may have changed meanwhile
         if not os.path.lexists(dest) or not any(dest.iterdir()):
