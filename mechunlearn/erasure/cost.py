@@ -111,7 +111,7 @@ def neutral_cost(
     iu = np.triu_indices(len(texts), 1)
     out = {
         "kl": _kl(model, texts, edit, batch_size) if is_causal_lm(model) else float("nan"),
-        "emb_dist": float(np.mean(1.0 - (na * nb).sum(1))),
+        "emb_dist": max(0.0, float(np.mean(1.0 - (na * nb).sum(1)))),
         "sim_spearman": _spearman((na @ na.T)[iu], (nb @ nb.T)[iu]),
     }
     return out
