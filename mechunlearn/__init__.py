@@ -8,6 +8,8 @@ from mechunlearn.errors import (
     HookNotFiredError,
     MechUnlearnError,
     NonFiniteError,
+    OutputExistsError,
+    OutputPathError,
     ShapeError,
     StoreError,
     StoreMismatchError,
@@ -17,6 +19,7 @@ from mechunlearn.features import Features, extract, model_fingerprint
 from mechunlearn.hooks import Compose, Intervention, add_hooks, apply
 from mechunlearn.sites import Site, attn_out, mlp_out, resid, sites
 from mechunlearn.tokens import TokenBatch, tokenize
+from mechunlearn.versions import versions
 
 __version__ = "0.1.0"
 
@@ -45,8 +48,9 @@ def __getattr__(name: str):  # noqa: ANN202 - module-level lazy attribute (PEP 5
 
 __all__ = [
     "ArchitectureError", "Compose", "ConfigError", "DTypeError", "EmptyDataError", "Features",
-    "HookNotFiredError", "Intervention", "MechUnlearnError", "NonFiniteError", "ShapeError",
+    "HookNotFiredError", "Intervention", "MechUnlearnError", "NonFiniteError",
+    "OutputExistsError", "OutputPathError", "ShapeError",
     "Site", "StoreError", "StoreMismatchError", "TokenBatch", "UnknownHookError", "add_hooks",
     "apply", "attn_out", "extract", "mlp_out", "model_fingerprint", "resid", "sites", "tokenize",
-    *_LAZY,
+    "versions", *_LAZY,
 ]
