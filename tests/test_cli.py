@@ -42,7 +42,7 @@ def test_extract_end_to_end_and_bad_inputs(tmp_path):
 
     r = runner.invoke(app, ["extract", "--model", str(tmp_path / "nope"), "--data", str(data),
                             "--out", str(tmp_path / "o3"), "--hook", "blocks.0.hook_resid_post"])
-    assert r.exit_code == 2 and "not a Hugging Face model folder" in r.output
+    assert r.exit_code == 2 and "nope" in r.output and "is missing" in r.output
 
     broken = tmp_path / "b.jsonl"
     broken.write_text('{"text": "ok"}\n{"text": \n')

@@ -17,12 +17,13 @@ from mechunlearn import (
     tokenize,
 )
 from mechunlearn.features import run_and_capture
+from mechunlearn.tokens import model_tokenizer
 
-TEXTS = ["the quick brown fox", "lazy dog", "the fox jumps over the lazy dog again", "a"]
+TEXTS = ["the quick brown fox", "lazy dog", "the fox jumps over the lazy dog again", "a ox"]
 
 
 def _ref(model, texts, site, padding_side="right"):
-    tb = tokenize(model.tokenizer, texts, padding_side=padding_side)
+    tb = tokenize(model_tokenizer(model), texts, padding_side=padding_side)
     _, cache = model.run_with_cache(tb.input_ids, attention_mask=tb.attention_mask,
                                     names_filter=[site.hook_name])
     return site.reduce(cache[site.hook_name], tb.attention_mask, tb.response_mask)
@@ -52,7 +53,7 @@ def test_response_mean_pairs(tiny_bridge):
     pairs = [("the quick ", "brown fox"), ("lazy ", "dog jumps")]
     site = Site("blocks.1.hook_resid_post", "response_mean")
     f = extract(tiny_bridge, pairs, site)
-    tb = tokenize(tiny_bridge.tokenizer, pairs)
+    tb = tokenize(model_tokenizer(tiny_bridge), pairs)  # what extract tokenizes with
     assert tb.response_mask is not None and bool(tb.response_mask[:, 0].eq(0).all())
     _, cache = tiny_bridge.run_with_cache(tb.input_ids, attention_mask=tb.attention_mask)
     torch.testing.assert_close(f.values, site.reduce(cache[site.hook_name], tb.attention_mask, tb.response_mask))
@@ -68,10 +69,11 @@ def test_all_positions_and_heads(tiny_bridge):
 def test_stops_early(tiny_bridge):
     """Capturing layer 0 never runs layer 1 (its hooks do not fire)."""
     fired = []
+    tb = tokenize(model_tokenizer(tiny_bridge), TEXTS)
+    run_and_capture(tiny_bridge, tb, ["blocks.0.hook_resid_post"])  # first use self-checks
     hp = tiny_bridge.hook_dict["blocks.1.hook_resid_pre"]
     handle = hp.add_hook(lambda a, hook: fired.append(1))
     try:
-        tb = tokenize(tiny_bridge.tokenizer, TEXTS)
         run_and_capture(tiny_bridge, tb, ["blocks.0.hook_resid_post"])
         assert fired == []
         run_and_capture(tiny_bridge, tb, ["blocks.1.hook_resid_post"])
