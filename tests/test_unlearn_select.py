@@ -43,10 +43,10 @@ def _same(m, s):
 
 
 def _avg_logp(model, prompt, resp):
-    from mechunlearn.tokens import tokenize
+    from mechunlearn.tokens import model_tokenizer, tokenize
     from mechunlearn.unlearn.objectives import response_logprobs
 
-    tb = tokenize(model.tokenizer, [(prompt, resp)])
+    tb = tokenize(model_tokenizer(model), [(prompt, resp)])
     with torch.no_grad():
         lp, n = response_logprobs(model(tb.input_ids, attention_mask=tb.attention_mask),
                                   tb.input_ids, tb.response_mask & tb.attention_mask.bool())
