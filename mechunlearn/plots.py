@@ -81,7 +81,10 @@ def plot_layers(
     if null is not None:
         fig.text(0.01, 0.005, "shaded: permutation null (label-shuffled refits)", fontsize=6)
     if save is not None:
-        p = Path(save)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=120)
+        from mechunlearn.atomic import atomic_write
+        from mechunlearn.outputs import check_output_file
+
+        check_output_file(save)  # not a folder, not under a regular file
+        fmt = Path(save).suffix.lstrip(".") or "png"
+        atomic_write(save, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
     return fig
