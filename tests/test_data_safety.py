@@ -230,6 +230,27 @@ def test_seal_feature_cache_replaces_only_its_own_store(tmp_path):
     assert tree(tmp_path) == before
 
 
+def test_store_written_before_manifests_is_still_ours(tmp_path):
+    """A cache store from an older mechunlearn (no .mechunlearn.json) is recognised by its
+    own manifest and replaced; an extra user file in it still blocks the replacement."""
+    from mechunlearn.features import Features
+    from mechunlearn.outputs import MANIFEST
+    from mechunlearn.seal.featurize import _save
+    from mechunlearn.store import FeatureStore
+
+    site = Site("blocks.0.hook_resid_post", "mean")
+    _save(tmp_path / "c", Features(torch.randn(2, 4), ("a", "b"), site, "fp"))
+    (tmp_path / "c" / MANIFEST).unlink()
+    _save(tmp_path / "c", Features(torch.randn(1, 4), ("z",), site, "fp"))
+    assert FeatureStore.open(tmp_path / "c").ids == ["z"]
+    (tmp_path / "c" / MANIFEST).unlink()
+    (tmp_path / "c" / "mine.txt").write_text("x")
+    before = tree(tmp_path)
+    with pytest.raises(OutputExistsError, match="mine.txt"):
+        _save(tmp_path / "c", Features(torch.randn(1, 4), ("y",), site, "fp"))
+    assert tree(tmp_path) == before
+
+
 def test_truncated_directions_file_is_a_typed_error(tmp_path):
     from mechunlearn.directions import Directions
 
