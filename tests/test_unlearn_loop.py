@@ -59,7 +59,8 @@ def test_seeded_runs_repeat(tiny_bridge):
 
 def test_stops_on_target_then_repairs(tiny_bridge):
     values = iter([0.8, 0.4, 0.0, 0.0, 0.0, 0.0])
-    cfg = UnlearnConfig(steps=50, repair_steps=4, eval_every=2, lr=1e-3, repair="retain")
+    cfg = UnlearnConfig(steps=50, repair_steps=4, eval_every=2, lr=1e-3, repair="retain",
+                        guard=None)  # the plain loop; the guard's repair is in test_unlearn_guard
     r = unlearn(tiny_bridge, FORGET, RETAIN, "npo", cfg, forget_metric=lambda m: next(values),
                 progress=False)
     r.undo()

@@ -30,9 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
-from mechunlearn.hooks import add_hooks
-from mechunlearn.tokens import model_tokenizer
-from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows, warn_overlap
+from mechunlearn.unlearn.data import Encode, rows, warn_overlap
+from mechunlearn.unlearn.guard import Guard, GuardConfig, split_keep
 from mechunlearn.unlearn.objectives import (
     RMU,
     GradDiff,
@@ -41,14 +40,22 @@ from mechunlearn.unlearn.objectives import (
     response_logprobs,
     token_kl,
 )
+from mechunlearn.unlearn.reference import _Data, forward, snapshot
 from mechunlearn.weights import EditHandle
+
+__all__ = ["UnlearnConfig", "UnlearnResult", "forward", "snapshot", "unlearn"]
 
 Metric = Callable[[Any], float]
 
 
 @dataclass(frozen=True, kw_only=True)
 class UnlearnConfig:
-    """Loop settings (defaults measured on the toy world; see docs/unlearning.md)."""
+    """Loop settings (defaults measured on the toy world; see docs/unlearning.md).
+
+    ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`;
+    on by default: held-out keep data, best-checkpoint rollback, repair until it stops
+    improving); ``None`` turns it off (the loop before issue 20).
+    """
 
     steps: int = 200
     lr: float = 3e-4
@@ -62,6 +69,7 @@ class UnlearnConfig:
     repair: Literal["both", "retain"] = "both"
     max_grad_norm: float = 1.0
     seed: int = 0
+    guard: GuardConfig | None = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         for f in ("steps", "batch_size", "retain_batch_size", "eval_every"):
@@ -71,11 +79,17 @@ class UnlearnConfig:
             raise ConfigError("repair_steps and retain_weight must be >= 0 and lr > 0.")
         if self.repair not in ("both", "retain"):
             raise ConfigError(f"repair must be 'both' or 'retain', got {self.repair!r}.")
+        if self.guard is not None and not isinstance(self.guard, GuardConfig):
+            raise ConfigError(f"guard must be a GuardConfig or None, got {self.guard!r}.")
 
 
 @dataclass(frozen=True)
 class UnlearnResult:
-    """History (DataFrame), why the forget phase stopped, steps, seconds, and the undo handle."""
+    """History (DataFrame), why the forget phase stopped, steps, seconds, and the undo handle.
+
+    With the guard: ``best_step`` (the evaluation step the weights were rolled back to) and
+    ``guard`` (``n_keep``, ``keep_kl``/``keep_logp`` at that step and at the last step).
+    """
 
     handle: EditHandle = field(repr=False)
     history: pd.DataFrame = field(repr=False)
@@ -83,6 +97,8 @@ class UnlearnResult:
     steps: int
     seconds: float
     objective: dict[str, Any]
+    best_step: int | None = None
+    guard: dict[str, Any] = field(default_factory=dict)
 
     def undo(self) -> None:
         """Restore the model's weights as they were before :func:`unlearn`."""
@@ -94,97 +110,12 @@ class UnlearnResult:
         return ev.iloc[-1].to_dict() if len(ev) else {}
 
 
-def snapshot(model: Any) -> EditHandle:
-    """Handle that restores every parameter of ``model`` (bridge + wrapped HF model)."""
-    params = {id(p): p for p in model.parameters()}
-    hf = getattr(model, "original_model", None)
-    if hf is not None:
-        params.update({id(p): p for p in hf.parameters()})
-    return EditHandle(saved=[(p, p.detach().clone()) for p in params.values()], names=["all"])
-
-
-def forward(model: Any, ids: Tensor, am: Tensor, hook: str | None = None
-            ) -> tuple[Tensor, Tensor | None]:
-    """Logits ``[b, pos, V]`` and, with ``hook``, the activation there ``[b, pos, d]``."""
-    if hook is None:
-        return model(ids, attention_mask=am), None
-    box: list[Tensor] = []
-    h = add_hooks(model, [(hook, lambda a: box.append(a))])
-    try:
-        logits = model(ids, attention_mask=am)
-    finally:
-        h.remove()
-    return logits, box[0]
-
-
-class _Data:
-    """Tokenised forget/retain sets plus reference quantities from the unedited model."""
-
-    def __init__(self, model: Any, forget: Sequence[Any], retain: Sequence[Any] | None,
-                 obj: Objective, encode: Encode | None, chunk: int = 64) -> None:
-        tok = model_tokenizer(model)
-        self.forget = as_items(forget, "forget")
-        self.retain = as_items(retain, "retain") if retain is not None else []
-        warn_overlap(self.forget, self.retain)
-        if obj.needs_good and any(x.good is None for x in self.forget):
-            raise ConfigError(f"Objective {obj.name!r} needs a good response per forget item: "
-                              "pass preference pairs or (prompt, bad, good) tuples.")
-        self.fb = encode_items(tok, self.forget, encode)
-        self.gb = encode_items(tok, self.forget, encode, "good") if obj.needs_good else None
-        self.rb = encode_items(tok, self.retain, encode) if self.retain else None
-        self.hook = obj.site.hook_name if isinstance(obj, RMU) else None
-        if self.hook is not None:
-            obj.site.resolve(model)
-        self.ref_retain: list[Tensor] = []
-        self.ref_h: list[Tensor] = []
-        with torch.no_grad():
-            self.ref_logp = self._logp(model, self.fb, chunk)
-            self.ref_good = self._logp(model, self.gb, chunk) if self.gb is not None else None
-            for s in range(0, len(self.retain), chunk):
-                idx = torch.arange(s, min(s + chunk, len(self.retain)))
-                ids, am, _ = rows(self.rb, idx)
-                lg, h = forward(model, ids, am, self.hook)
-                self.ref_retain.extend(torch.log_softmax(lg.float(), -1).unbind(0))
-                if h is not None:
-                    self.ref_h.extend(h.detach().unbind(0))
-
-    def quantities(self, model: Any, fi: Tensor) -> dict[str, Tensor]:
-        """Inputs of ``Objective.forget`` for forget rows ``fi`` (with grad)."""
-        ids, am, m = rows(self.fb, fi)
-        lg, h = forward(model, ids, am, self.hook)
-        logp, ntok = response_logprobs(lg, ids, m)
-        f = {"logp": logp, "ntok": ntok, "ref_logp": self.ref_logp[fi], "h": h, "mask": m}
-        if self.gb is not None:
-            gids, gam, gm = rows(self.gb, fi)
-            f["good_logp"], f["good_ntok"] = response_logprobs(forward(model, gids, gam)[0],
-                                                               gids, gm)
-            f["ref_good_logp"] = self.ref_good[fi]
-        return f
-
-    @staticmethod
-    def _logp(model: Any, tb: Any, chunk: int) -> Tensor:
-        out = []
-        for s in range(0, len(tb), chunk):
-            ids, am, m = rows(tb, torch.arange(s, min(s + chunk, len(tb))))
-            out.append(response_logprobs(forward(model, ids, am)[0], ids, m)[0])
-        return torch.cat(out)
-
-    def ref_rows(self, idx: Tensor, pos: int, h: bool = False) -> Tensor:
-        src = self.ref_h if h else self.ref_retain
-        first = src[int(idx[0])]
-        out = first.new_zeros((len(idx), pos, first.shape[-1]))
-        for j, i in enumerate(idx):
-            r = src[int(i)][:pos]
-            out[j, : r.shape[0]] = r
-        return out
-
-
 def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
             objective: str | Objective = "npo", config: UnlearnConfig | None = None, *,
             forget_metric: Metric | None = None, metrics: dict[str, Metric] | None = None,
             stop: Callable[[dict[str, Any]], bool] | None = None,
             weights: Tensor | Sequence[float] | None = None, encode: Encode | None = None,
-            progress: bool = True) -> UnlearnResult:
+            keep: Sequence[Any] | None = None, progress: bool = True) -> UnlearnResult:
     """Unlearn ``forget`` while keeping ``retain``; edits ``model`` in place.
 
     Args:
@@ -201,12 +132,19 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
             probability proportional to them.
         encode: ``encode(tokenizer, prompts, responses) -> TokenBatch`` (e.g.
             ``toyworld.encode_pairs``); default :func:`mechunlearn.tokenize` on the pairs.
+        keep: held-out data the guard watches (``(prompt, response)`` or pairs, never
+            trained on); default: ``config.guard.holdout`` of ``retain``, held out.
+
+    With ``config.guard`` (the default) the model ends at the guard's best checkpoint, not
+    necessarily at the last step (``result.best_step``); see :mod:`.guard`.
     """
     cfg = config or UnlearnConfig()
     obj = make_objective(objective)
     t0 = time.perf_counter()
     if retain is None or len(retain) == 0:
         raise EmptyDataError("The retain set is empty; unlearning needs data to keep.")
+    if cfg.guard is not None and keep is None:
+        retain, keep = split_keep(retain, cfg.guard, cfg.seed)
     data = _Data(model, forget, retain, obj, encode)
     n_f = len(data.forget)
     w = _weights(weights, n_f)
@@ -214,9 +152,16 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     params = [p for p, _ in handle.saved if p.requires_grad]
+    guard = (Guard(model, keep, encode, cfg.guard, params) if cfg.guard is not None and keep
+             else None)
+    if guard is not None:
+        warn_overlap(data.forget, guard.items)
+    n_repair = cfg.repair_steps if guard is None else (
+        cfg.guard.max_repair_steps if cfg.guard.max_repair_steps is not None
+        else 2 * cfg.repair_steps)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     hist: list[dict[str, Any]] = []
-    stopped, total = "steps", cfg.steps + cfg.repair_steps
+    stopped, total = "steps", cfg.steps + n_repair
     bar = tqdm(total=total, disable=not progress, desc=f"unlearn[{obj.name}]")
     step, phase = 0, "forget"
     try:
@@ -236,23 +181,44 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
             row.update(step=step, phase=phase, seconds=time.perf_counter() - t0)
             if step % cfg.eval_every == 0 or step == total or (phase == "forget" and step == cfg.steps):
                 row.update(_evaluate(model, data, forget_metric, metrics))
+                if guard is not None:
+                    row.update(guard.measure(model))
+                    guard.consider(row, phase, cfg.target, step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()
                                  if k in ("loss", "forget_metric", "retain_kl_eval")})
                 if phase == "forget":
                     why = _why_stop(row, cfg, forget_metric, stop)
+                    if why is None and guard is not None and guard.over_budget(row):
+                        why = "guard_budget"
                     if why:
                         stopped, phase = why, "repair"
-                        total = step + cfg.repair_steps
+                        total = step + n_repair
                         bar.total = total
+                elif guard is not None and guard.repair_done():
+                    total = step
             hist.append(row)
+        best = guard.restore() if guard is not None else None
     except BaseException:
         handle.undo()
         raise
     finally:
         bar.close()
         model.zero_grad(set_to_none=True)
-    return UnlearnResult(handle, pd.DataFrame(hist), stopped, step,
-                         time.perf_counter() - t0, obj.to_dict())
+    hist_df = pd.DataFrame(hist)
+    return UnlearnResult(handle, hist_df, stopped, step, time.perf_counter() - t0,
+                         obj.to_dict(), best, _guard_summary(guard, hist_df, best))
+
+
+def _guard_summary(guard: Guard | None, hist: pd.DataFrame, best: int | None) -> dict[str, Any]:
+    if guard is None or "keep_kl" not in hist:
+        return {}
+    ev = hist.dropna(subset=["keep_kl"])
+    at = ev[ev.step == best].iloc[-1] if best is not None and (ev.step == best).any() else None
+    return {"n_keep": len(guard.items), "best_step": best,
+            "keep_kl_best": None if at is None else float(at.keep_kl),
+            "keep_logp_best": None if at is None else float(at.keep_logp),
+            "keep_kl_last": float(ev.keep_kl.iloc[-1]),
+            "keep_logp_last": float(ev.keep_logp.iloc[-1])}
 
 
 def _weights(weights: Tensor | Sequence[float] | None, n: int) -> Tensor:
