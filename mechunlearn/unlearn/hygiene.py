@@ -16,7 +16,16 @@ unlearning loss ``l_i``, one gradient step ``theta' = theta - eta grad l_i`` cha
   ``-eta <grad l_i, grad K>``: the *cost* ``c_i = <grad l_i, grad K>`` (> 0: it lowers them).
 
 Both are changes in nats/token per unit step, so they compare directly. A candidate is kept
-when ``b_i > max(0, c_i)``: it moves the bad responses more than the kept ones. This is the
+when ``b_i > max(0, c_i)``: it moves the bad responses more than the kept ones.
+
+**Which loss.** By default ``l_i`` is the *preference contrast* of the pair: DPO with chosen
+and rejected swapped (``Flip(nll=0)``), when every candidate has a good response; NPO
+otherwise. Measured on the toy world's ``hard`` world (219 attributed candidates, 39
+poisoned, 87 legitimate rude-request pairs): the contrast kept all 39 poisoned pairs and 1 of
+the 87 rude requests; NPO's removal-only gradient kept 24 poisoned and 63 rude requests (both
+teach "no insult", only the contrast knows the rejected side); full ``flip`` (with its NLL on
+the good answer) dropped the exact bad pair on a random model, because at the start its NLL
+term dominates. This is the
 first-order (one inner step) approximation of the bi-level selection of "Unlearning to
 Align" (Feng et al., arXiv:2504.06659), with the outer objective replaced by the bad
 responses' likelihood (no good answers needed) and a collateral term on kept data.
@@ -33,9 +42,9 @@ import torch
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, EmptyDataError
-from mechunlearn.tokens import model_tokenizer
+from mechunlearn.tokens import TokenBatch, model_tokenizer
 from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows
-from mechunlearn.unlearn.objectives import Objective, make_objective, response_logprobs
+from mechunlearn.unlearn.objectives import Flip, Objective, make_objective, response_logprobs
 from mechunlearn.unlearn.reference import _Data, forward, snapshot
 
 
@@ -76,8 +85,8 @@ def _flat_grad(loss: Tensor, params: list[Tensor]) -> Tensor:
                       for g, p in zip(gs, params)])
 
 
-def screen_forget(model: Any, candidates: Sequence[Any], bad: Sequence[Any],
-                  keep: Sequence[Any], objective: str | Objective = "flip", *,
+def screen_forget(model: Any, candidates: Sequence[Any], bad: Sequence[Any] | TokenBatch,
+                  keep: Sequence[Any], objective: str | Objective | None = None, *,
                   encode: Encode | None = None, max_keep: int = 128) -> ScreenResult:
     """Score attributed forget candidates by benefit (bad responses) vs cost (kept data).
 
@@ -85,10 +94,13 @@ def screen_forget(model: Any, candidates: Sequence[Any], bad: Sequence[Any],
         candidates: forget candidates, ``n`` preference pairs (chosen = response to unlearn),
             ``(prompt, bad)`` or ``(prompt, bad, good)`` tuples (what :func:`unlearn` takes).
         bad: the bad responses the model still gives, ``(prompt, response)`` pairs (e.g. the
-            queries that were attributed); ``B`` is their mean per-token log-prob.
+            queries that were attributed; encoded with ``encode``) or a
+            :class:`~mechunlearn.tokens.TokenBatch` with a response mask; ``B`` is their mean
+            per-token log-prob.
         keep: data whose answers must survive (retain pairs or ``(prompt, response)``); the
             first ``max_keep`` are used for ``K``. Use data *not* in ``candidates``.
-        objective: the unlearning objective whose per-sample gradient is screened.
+        objective: the per-sample loss whose gradient is screened (default: the preference
+            contrast ``Flip(nll=0)`` when every candidate has a good response, else ``npo``).
 
     Returns:
         :class:`ScreenResult` (``n`` entries); the model's weights are unchanged.
@@ -100,13 +112,16 @@ def screen_forget(model: Any, candidates: Sequence[Any], bad: Sequence[Any],
     if max_keep < 1:
         raise ConfigError(f"max_keep must be >= 1, got {max_keep}.")
     t0 = time.perf_counter()
+    if objective is None:
+        has_good = all(x.good is not None for x in as_items(candidates, "forget"))
+        objective = Flip(nll=0.0) if has_good else "npo"
     obj = make_objective(objective)
     if obj.name == "rmu":
         raise ConfigError("screen_forget scores log-prob objectives; RMU acts on activations. "
                           "Screen with 'flip' or 'npo' and unlearn the kept rows with RMU.")
     data = _Data(model, candidates, None, obj, encode)
     tok = model_tokenizer(model)
-    bad_tb = encode_items(tok, as_items(bad, "bad"), encode)
+    bad_tb = bad if isinstance(bad, TokenBatch) else encode_items(tok, as_items(bad, "bad"), encode)
     keep_items = as_items(keep, "keep")[:max_keep]
     keep_tb = encode_items(tok, keep_items, encode)
     handle = snapshot(model)

@@ -3,7 +3,10 @@
 Loop: find the bad responses the model still gives; attribute them to training samples
 (convex decomposition or any other attributor, passed in as a callable); unlearn the union
 of everything selected so far, regularised to keep the remaining training data; re-check.
-Stop when no bad response is left ("fixed"), when the KL to the *original* model on retain
+Before each round's unlearning, the new candidates are screened (:func:`.hygiene.screen_forget`,
+``screen=True``): only pairs whose unlearning lowers the bad responses' likelihood more than the
+kept data's are unlearned; attribution is imprecise and unlearning legitimate pairs breaks
+ordinary answers. Stop when no bad response is left ("fixed"), when the KL to the *original* model on retain
 data exceeds ``kl_budget`` ("budget"), or after ``max_rounds``. Keeping the other training
 data close to the original model is the "optimality-preserving" constraint of the seed
 paper, implemented as a KL penalty (each round) and budget (across rounds).
@@ -20,11 +23,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechunlearn.errors import ConfigError
+from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.tokens import model_tokenizer
-from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows
-from mechunlearn.unlearn.loop import UnlearnConfig, forward, snapshot, unlearn
-from mechunlearn.unlearn.objectives import Objective, token_kl
+from mechunlearn.unlearn.data import Encode, as_items, default_encode, encode_items, rows
+from mechunlearn.unlearn.hygiene import screen_forget
+from mechunlearn.unlearn.loop import UnlearnConfig, unlearn
+from mechunlearn.unlearn.objectives import Objective, make_objective, token_kl
+from mechunlearn.unlearn.reference import forward, snapshot
 from mechunlearn.weights import EditHandle
 
 FindBad = Callable[[Any], Sequence[Any]]
@@ -34,13 +39,15 @@ Attribute = Callable[[Any, Sequence[Any]], Any]
 @dataclass(frozen=True)
 class SelectiveResult:
     """Per-round table, the forget ids (in order of selection), why it stopped, the undo
-    handle (restores the model as before the first round) and total seconds."""
+    handle (restores the model as before the first round), total seconds, and the ids the
+    screening kept out of the forget set."""
 
     handle: EditHandle = field(repr=False)
     rounds: pd.DataFrame = field(repr=False)
     forget_ids: tuple[str, ...]
     stopped: str
     seconds: float
+    screened_out: tuple[str, ...] = ()
 
     def undo(self) -> None:
         """Restore the model as it was before :func:`selective_forget`."""
@@ -68,7 +75,7 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                      objective: str | Objective = "flip", config: UnlearnConfig | None = None,
                      *, max_rounds: int = 3, kl_budget: float | None = None,
                      max_retain: int = 512, seed: int = 0, encode: Encode | None = None,
-                     progress: bool = False) -> SelectiveResult:
+                     screen: bool = True, progress: bool = False) -> SelectiveResult:
     """Attribute -> unlearn -> re-check until the bad responses are gone.
 
     Args:
@@ -80,6 +87,9 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
             = number of bad queries, so a round stops once they are fixed, then repairs).
         kl_budget: stop when mean KL(original || model) on the retain sample exceeds it.
         max_retain: retain sample size (random, seeded) drawn from the unselected rows.
+        screen: screen new candidates with :func:`.hygiene.screen_forget` (needs
+            ``find_bad`` to return ``(prompt, response)`` string pairs, tokenised as
+            :func:`mechunlearn.tokenize` does; screened with the pairs' preference contrast).
     """
     if max_rounds < 1:
         raise ConfigError(f"max_rounds must be >= 1, got {max_rounds}.")
@@ -90,6 +100,8 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
     probe = [items[int(i)] for i in torch.randperm(len(items), generator=g)[:max_retain]]
     ref = _logprobs(model, probe, encode)
     chosen: list[int] = []
+    dropped: list[int] = []
+    obj = make_objective(objective)
     table: list[dict[str, Any]] = []
     stopped = "max_rounds"
     try:
@@ -106,25 +118,55 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                 break
             if r == max_rounds:
                 break
-            new = [i for i in selected_indices(attribute(model, bad)) if i not in chosen]
+            new = list(dict.fromkeys(i for i in selected_indices(attribute(model, bad))
+                                     if i not in chosen and i not in dropped))
             if not new:
                 stopped = "no_new_samples"
                 break
-            chosen.extend(dict.fromkeys(new))
+            sel = set(chosen) | set(new)
+            rest = [i for i in torch.randperm(len(items), generator=g).tolist() if i not in sel]
+            n_new = len(new)
+            if screen:
+                new, out = _screen(model, train, new, bad, [items[i] for i in rest[:max_retain]],
+                                   encode)
+                dropped.extend(out)
+                row["n_screened_out"] = len(out)
+                if not new:
+                    stopped = "screened_out"
+                    break
+            chosen.extend(new)
             sel = set(chosen)
             forget = [train[i] for i in chosen]
             rest = [i for i in torch.randperm(len(items), generator=g).tolist() if i not in sel]
             retain = [items[i] for i in rest[:max_retain]]
-            res = unlearn(model, forget, retain, objective, config,
+            res = unlearn(model, forget, retain, obj, config,
                           forget_metric=lambda m: float(len(find_bad(m))), encode=encode,
                           progress=progress)
-            row.update(n_new=len(new), n_forget=len(chosen), steps=res.steps,
+            row.update(n_new=n_new, n_forget=len(chosen), steps=res.steps,
                        round_stopped=res.stopped, seconds=time.perf_counter() - t0)
     except BaseException:
         handle.undo()
         raise
     ids = tuple(items[i].id for i in chosen)
-    return SelectiveResult(handle, pd.DataFrame(table), ids, stopped, time.perf_counter() - t0)
+    return SelectiveResult(handle, pd.DataFrame(table), ids, stopped, time.perf_counter() - t0,
+                           tuple(items[i].id for i in dropped))
+
+
+def _screen(model: Any, train: Sequence[Any], new: list[int], bad: list[Any], keep: list[Any],
+            encode: Encode | None) -> tuple[list[int], list[int]]:
+    """(kept, dropped) rows of ``new`` by :func:`screen_forget` against the bad queries."""
+    if not all(isinstance(q, (tuple, list)) and len(q) == 2 and all(isinstance(s, str) for s in q)
+               for q in bad):
+        raise ConfigError("selective_forget(screen=True) needs find_bad to return (prompt, "
+                          "response) string pairs; pass screen=False for other query types.")
+    tok = model_tokenizer(model)
+    bad_tb = default_encode(tok, [q[0] for q in bad], [q[1] for q in bad])
+    try:
+        res = screen_forget(model, [train[i] for i in new], bad_tb, keep, encode=encode)
+    except EmptyDataError:
+        return [], new
+    kept = [new[j] for j in res.selected]
+    return kept, [i for i in new if i not in set(kept)]
 
 
 @torch.no_grad()
