@@ -15,7 +15,9 @@ Methods. Plain features phi(x, chosen) for training pairs and phi(q, bad) for qu
 (ConvexAttributor defaults). Activation gradients at the Site (response-mean only):
 ``gradsim`` (training: DPO loss with the SFT model as reference; query: NLL of the bad
 answer), ``gradsim_dpo`` (query: DPO loss of "bad preferred over the reference answer", so
-both sides are preference gradients). Contrast features (``attribution.contrast``): training
+both sides are preference gradients), ``gradsim_dpo_centered`` (the same, centred cosine),
+``contrast+dpo`` (mean of the per-query z-scored ``contrast`` and ``gradsim_dpo_centered``
+scores at the Site). Contrast features (``attribution.contrast``): training
 c = phi(x, chosen) - phi(x, rejected), query c = phi(q, bad) - phi(q, good) with good = the
 SFT (reference) model's greedy answer: ``contrast`` (centred cosine, the default),
 ``contrast_raw`` (uncentred), ``contrast_whitened``, ``contrast_convex``.
@@ -38,7 +40,7 @@ import torch
 
 ACT = ("repsim", "repsim_centered", "repsim_whitened", "convex")
 CON = ("contrast", "contrast_raw", "contrast_whitened", "contrast_convex")
-GRAD = ("gradsim", "gradsim_dpo")
+GRAD = ("gradsim", "gradsim_dpo", "gradsim_dpo_centered", "contrast+dpo")
 
 
 def _atomic_csv(df: pd.DataFrame, path: str) -> None:
@@ -65,6 +67,7 @@ def evaluate_one(preset: str, seed: int, max_queries: int | None, threads: int) 
     """All methods at all Sites on one world; one row per (method, Site)."""
     from mechunlearn import toyworld
     from mechunlearn.attribution import (
+        Attribution,
         ContrastAttributor,
         ContrastFeatures,
         ConvexAttributor,
@@ -105,10 +108,13 @@ def evaluate_one(preset: str, seed: int, max_queries: int | None, threads: int) 
     f_qb, f_qg = feats(qp, q_bad), feats(qp, q_good)
     rows: list[dict[str, Any]] = []
 
-    def run(name: str, att: Any, queries: Any, site: Site) -> None:
+    keep: dict[tuple[str, Site], torch.Tensor] = {}
+
+    def run(name: str, att: Any, queries: Any, site: Site, per: Any = None) -> None:
         t = time.perf_counter()
-        per = att.attribute_many(queries)
+        per = att.attribute_many(queries) if per is None else per
         S = torch.stack([a.scores for a in per])
+        keep[(name, site)] = S
         ms = (time.perf_counter() - t) / len(per) * 1e3
         res = [a.residual for a in per]
         rows.append({"world": f"{preset}:{seed}", "method": name, "site": site.key,
@@ -143,6 +149,14 @@ def evaluate_one(preset: str, seed: int, max_queries: int | None, threads: int) 
     for s in gsites:
         run("gradsim", GradSim(g_tr[s]), g_nll[s], s)
         run("gradsim_dpo", GradSim(g_tr[s]), g_dpo[s], s)
+        run("gradsim_dpo_centered", GradSim(g_tr[s], center=True), g_dpo[s], s)
+        # equal-weight ensemble of two views of the same lesson: per-query z-scores of the
+        # centred contrast cosine and the centred DPO-gradient cosine at this Site
+        z = [(S - S.mean(1, keepdim=True)) / S.std(1, keepdim=True)
+             for S in (keep[("contrast", s)], keep[("gradsim_dpo_centered", s)])]
+        ens = [Attribution((), (), torch.zeros(0), float("nan"), (z[0][i] + z[1][i]) / 2,
+                           "ensemble") for i in range(len(qp))]
+        run("contrast+dpo", None, None, s, per=ens)
     print(f"[{preset}:{seed}] all done {time.perf_counter() - t0:.0f}s", flush=True)
     df = pd.DataFrame(rows)
     df["n_queries"], df["n_ref_bad"] = len(q_prompts), n_ref_bad

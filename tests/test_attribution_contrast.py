@@ -196,15 +196,30 @@ def test_explain_preferences_one_call(tiny_bridge):
     train = [("the quick", " brown fox", " cat"), ("the lazy", " dog", " fox jumps"),
              ("over the", " lazy dog", " moon")]
     res = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
-                              good=[" fox jumps"], k=2, ids=["a", "b", "c"])
+                              good=[" fox jumps"], k=2, ids=["a", "b", "c"], space="activations")
     assert res.combined.ids[0] == "b"          # the same lesson as the bad answer
     assert len(res.per_query) == 1 and res.combined.method == "contrast_cosine_set"
-    ref = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
-                              ref_model=tiny_bridge, k=2, max_new_tokens=3)
-    assert len(ref.combined.scores) == 3
+    both = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
+                               ref_model=tiny_bridge, k=2, max_new_tokens=3)
+    assert both.combined.method == "contrast+dpo_set" and len(both.combined.scores) == 3
+    # "both" is the mean of the two views' z-scores
+    grads = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
+                                good=[" fox jumps"], ref_model=tiny_bridge, k=2,
+                                space="gradients")
+    both = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
+                               good=[" fox jumps"], ref_model=tiny_bridge, k=2)
+    z = [(s - s.mean()) / s.std() for s in (res.combined.scores, grads.combined.scores)]
+    torch.testing.assert_close(both.combined.scores, (z[0] + z[1]) / 2)
+    assert grads.per_query[0].method == "dpo_gradient"
     with pytest.raises(ConfigError, match="ref_model"):
         explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")])
+    with pytest.raises(ConfigError, match="ref_model"):
+        explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")], good=[" x"])
+    with pytest.raises(ConfigError, match="space"):
+        explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")], good=[" x"],
+                            space="params")
     with pytest.raises(ShapeError):
-        explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")], good=["a", "b"])
+        explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")], good=["a", "b"],
+                            space="activations")
     with pytest.raises(ConfigError, match="triples"):
         explain_preferences(tiny_bridge, site, [("a", "b")], [("the lazy", " dog")], good=["x"])

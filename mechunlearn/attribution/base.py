@@ -254,21 +254,35 @@ class Attributor:
         """
         t0 = time.perf_counter()
         per = self.attribute_many(queries)
-        if not per:
-            raise EmptyDataError("attribute_set() got no queries.")
-        scores = torch.stack([a.scores.double() for a in per]).mean(0)
-        k = int(getattr(self, "k", len(per[0].indices))) if k is None else k
-        check_k(k, len(scores))
-        ids = getattr(self, "ids", None) or tuple(str(i) for i in range(len(scores)))
-        top = torch.topk(scores, k).indices
-        res = [a.residual for a in per]
-        combined = Attribution(
-            indices=tuple(int(i) for i in top), ids=tuple(ids[int(i)] for i in top),
-            weights=torch.full((k,), 1.0 / k, dtype=torch.float64),
-            residual=float(np.mean(res)) if not all(math.isnan(r) for r in res) else float("nan"),
-            scores=scores, method=f"{per[0].method}_set", site=per[0].site,
-            seconds=time.perf_counter() - t0, info={"n_queries": len(per)})
-        return SetAttribution(combined, tuple(per))
+        k = int(getattr(self, "k", len(per[0].indices) if per else 1)) if k is None else k
+        return combine_set(per, k, getattr(self, "ids", None), t0)
+
+
+def combine_set(per: Sequence[Attribution], k: int, ids: Sequence[str] | None = None,
+                t0: float | None = None) -> SetAttribution:
+    """A :class:`SetAttribution` from per-query results: mean of their ``scores [N]``, top ``k``.
+
+    ``ids``: training ids (default ``"0".."N-1"``); ``t0``: ``perf_counter`` start for
+    ``seconds``. Raises :class:`EmptyDataError` for no results, :class:`ConfigError` for a bad
+    ``k``, :class:`ShapeError` when the score lengths differ.
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    if not per:
+        raise EmptyDataError("attribute_set() got no queries.")
+    if len({len(a.scores) for a in per}) != 1:
+        raise ShapeError("Per-query results score training sets of different sizes.")
+    scores = torch.stack([a.scores.double() for a in per]).mean(0)
+    check_k(k, len(scores))
+    ids = tuple(ids) if ids else tuple(str(i) for i in range(len(scores)))
+    top = torch.topk(scores, k).indices
+    res = [a.residual for a in per]
+    combined = Attribution(
+        indices=tuple(int(i) for i in top), ids=tuple(ids[int(i)] for i in top),
+        weights=torch.full((k,), 1.0 / k, dtype=torch.float64),
+        residual=float(np.mean(res)) if not all(math.isnan(r) for r in res) else float("nan"),
+        scores=scores, method=f"{per[0].method}_set", site=per[0].site,
+        seconds=time.perf_counter() - t0, info={"n_queries": len(per)})
+    return SetAttribution(combined, tuple(per))
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,26 @@ DPO margin (Rafailov et al., arXiv:2305.18290).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
-from mechunlearn.attribution.base import SetAttribution
+from torch import Tensor
+
+from mechunlearn.attribution.base import Attribution, SetAttribution, combine_set
 from mechunlearn.attribution.contrast import (
     ContrastAttributor,
     Scorer,
     contrast_features,
     reference_answers,
 )
+from mechunlearn.attribution.gradient import GradSim, gradient_features
+from mechunlearn.attribution.similarity import ranked_attribution
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError
 from mechunlearn.sites import Site
+
+Space = Literal["both", "activations", "gradients"]
 
 
 def _triples(train: Sequence[Any]) -> list[tuple[str, str, str]]:
@@ -53,41 +61,65 @@ def explain_preferences(
     good: Sequence[str] | None = None,
     ref_model: Any = None,
     k: int = 32,
+    space: Space = "both",
     scorer: Scorer = "cosine",
     whiten: float | None = None,
+    beta: float = 0.1,
     ids: Sequence[str] | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 32,
 ) -> SetAttribution:
-    """Attribute bad responses to the preference pairs that taught them, in contrast space.
+    """Attribute bad responses to the preference pairs that taught them.
+
+    Two views of "what a pair taught", both centred cosines at ``site``:
+
+    * ``"activations"``: contrast features ``phi(x, chosen) - phi(x, rejected)`` against
+      ``phi(q, bad) - phi(q, good)`` (:class:`ContrastAttributor`);
+    * ``"gradients"``: the gradient of each pair's DPO loss w.r.t. the Site's activation
+      (:func:`gradient_features` with ``loss="dpo"``) against the gradient of the DPO loss of
+      the triple ``(q, bad, good)`` -- "bad preferred over good" -- (:class:`GradSim`,
+      centred);
+    * ``"both"`` (default): the mean of the two per-query scores after z-scoring each over the
+      training set (equal weights, no tuning). Measured on three hard toy worlds in
+      docs/attribution.md.
 
     Args:
         model: the tuned TransformerBridge (the model that gives the bad responses).
-        site: where features are read, e.g. ``resid(L, position="response_mean")``.
+        site: where features are read, e.g. ``resid(L, position="response_mean")``
+            (``"gradients"``/``"both"`` need a response-mean, mean or int position).
         train: ``N`` ``(prompt, chosen, rejected)`` triples, formatted as the model saw them.
         bad: ``m`` ``(prompt, bad_response)`` pairs.
         good: ``m`` good alternative responses, one per bad pair (same format as the bad
             responses). ``None``: the reference model's greedy answers
             (:func:`reference_answers`), which needs ``ref_model``.
-        ref_model: the pre-preference-tuning model (e.g. the SFT model DPO started from).
-        k: selected-set size; scorer/whiten: see :class:`ContrastAttributor`.
+        ref_model: the pre-preference-tuning model (e.g. the SFT model DPO started from);
+            required for ``"gradients"``/``"both"`` (the DPO loss is relative to it).
+        k: selected-set size; scorer/whiten: see :class:`ContrastAttributor` (activations).
+        beta: DPO temperature of the gradients' loss (cosines barely depend on it).
         ids: training ids (default ``"0".."N-1"``).
         max_new_tokens: decoding budget of the reference answers.
 
     Returns:
         :class:`SetAttribution`: ``combined`` ranks all ``N`` pairs for the whole set of bad
         responses (mean per-query score; ``combined.ids`` are the top ``k``), ``per_query``
-        has one :class:`Attribution` per bad response.
+        has one :class:`Attribution` per bad response (``method`` ``"contrast_cosine"``,
+        ``"dpo_gradient"`` or ``"contrast+dpo"``).
 
     Raises:
-        ConfigError: malformed items, or neither ``good`` nor ``ref_model`` given.
+        ConfigError: malformed items, unknown ``space``, neither ``good`` nor ``ref_model``
+            given, or no ``ref_model`` for gradients.
         ShapeError: ``len(good) != len(bad)``.
         EmptyDataError: no training pairs or no bad responses.
     """
+    if space not in ("both", "activations", "gradients"):
+        raise ConfigError(f"space must be 'both', 'activations' or 'gradients', got {space!r}.")
     tr, bd = _triples(train), _pairs(bad)
     if not tr or not bd:
         raise EmptyDataError(f"explain_preferences() got {len(tr)} training pairs and "
                              f"{len(bd)} bad responses; both must be non-empty.")
+    if space != "activations" and ref_model is None:
+        raise ConfigError(f"space={space!r} needs ref_model= (the DPO loss of the gradients is "
+                          "relative to the reference model); or use space='activations'.")
     prompts = [p for p, _ in bd]
     if good is None:
         if ref_model is None:
@@ -97,8 +129,38 @@ def explain_preferences(
     if isinstance(good, str) or len(good) != len(bd):
         raise ShapeError(f"good must hold one response per bad pair ({len(bd)}), got "
                          f"{1 if isinstance(good, str) else len(good)}.")
-    c_train = contrast_features(model, [(p, c) for p, c, _ in tr], [(p, r) for p, _, r in tr],
-                                site, ids=ids, batch_size=batch_size)
-    c_query = contrast_features(model, bd, list(zip(prompts, good)), site, batch_size=batch_size)
-    att = ContrastAttributor(c_train, k=k, scorer=scorer, whiten=whiten)
-    return att.attribute_set(c_query)
+    views: list[list[Attribution]] = []
+    if space != "gradients":
+        c_train = contrast_features(model, [(p, c) for p, c, _ in tr],
+                                    [(p, r) for p, _, r in tr], site, ids=ids,
+                                    batch_size=batch_size)
+        c_query = contrast_features(model, bd, list(zip(prompts, good)), site,
+                                    batch_size=batch_size)
+        att = ContrastAttributor(c_train, k=k, scorer=scorer, whiten=whiten)
+        if space == "activations":
+            return att.attribute_set(c_query)
+        views.append(att.attribute_many(c_query))
+    g_train = gradient_features(model, tr, site, loss="dpo", ref_model=ref_model, beta=beta,
+                                ids=ids, batch_size=batch_size)
+    g_query = gradient_features(model, [(p, b, g) for (p, b), g in zip(bd, good)], site,
+                                loss="dpo", ref_model=ref_model, beta=beta,
+                                batch_size=batch_size)
+    gs = GradSim(g_train, k=k, center=True)
+    gs.method = "dpo_gradient"
+    if space == "gradients":
+        return gs.attribute_set(g_query)
+    views.append(gs.attribute_many(g_query))
+    t0 = time.perf_counter()
+    return combine_set([_mean_z(a, b, k, gs.ids, site) for a, b in zip(*views)], k, gs.ids, t0)
+
+
+def _z(s: Tensor) -> Tensor:
+    s = s.double()
+    return (s - s.mean()) / s.std().clamp_min(1e-30)
+
+
+def _mean_z(a: Attribution, b: Attribution, k: int, ids: tuple[str, ...], site: Site
+            ) -> Attribution:
+    out = ranked_attribution((_z(a.scores) + _z(b.scores)) / 2, k, ids, "contrast+dpo", site,
+                             time.perf_counter(), {})
+    return replace(out, seconds=a.seconds + b.seconds)
