@@ -1,0 +1,145 @@
+"""The collateral-damage guard, forget-set screening and the relearning attack (tiny GPT-2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechunlearn.errors import ConfigError
+from mechunlearn.unlearn import UnlearnConfig, unlearn
+from mechunlearn.unlearn.attack import relearn_attack
+from mechunlearn.unlearn.guard import Guard, GuardConfig, split_keep
+from mechunlearn.unlearn.hygiene import screen_forget
+from mechunlearn.unlearn.selective import selective_forget
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORDS = "the quick brown fox jumps over the lazy dog".split()
+FORGET = [("the quick", " brown fox", " lazy dog"), ("over the", " jumps over", " lazy dog")]
+RETAIN = [(" ".join(WORDS[i:i + 2]), " " + " ".join(WORDS[i + 2:i + 4])) for i in range(0, 6)]
+KEEP = [("lazy dog", " the quick"), ("brown fox", " jumps over")]
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _same(m, s):
+    return all(torch.equal(s[k], v) for k, v in m.state_dict().items())
+
+
+def _avg_logp(model, prompt, resp):
+    from mechunlearn.tokens import model_tokenizer, tokenize
+    from mechunlearn.unlearn.objectives import response_logprobs
+
+    tb = tokenize(model_tokenizer(model), [(prompt, resp)])
+    with torch.no_grad():
+        lp, n = response_logprobs(model(tb.input_ids, attention_mask=tb.attention_mask),
+                                  tb.input_ids, tb.response_mask & tb.attention_mask.bool())
+    return float(lp / n)
+
+
+def test_guard_rolls_back_to_the_least_damaging_step(tiny_bridge):
+    # target met from the first evaluation; gradient ascent at a high lr keeps damaging the
+    # model, so the guard must end at the first evaluation step, not at the last step
+    cfg = UnlearnConfig(steps=40, repair_steps=6, lr=2e-2, eval_every=2,
+                        guard=GuardConfig(patience=2, max_repair_steps=20))
+    probe = Guard(tiny_bridge, KEEP, None, cfg.guard, [])
+    res = unlearn(tiny_bridge, FORGET, RETAIN, "ga", cfg, forget_metric=lambda m: 0.0,
+                  keep=KEEP, progress=False)
+    h = res.history.dropna(subset=["keep_kl"])
+    try:
+        assert res.stopped == "target"
+        assert res.best_step == int(h.step[h.keep_kl.idxmin()])
+        assert res.steps == 2 + 2 * 2  # repair stopped after 2 evaluations without a better one
+        assert h.keep_kl.iloc[-1] > h.keep_kl.min()
+        now = probe.measure(tiny_bridge)["keep_kl"]  # the weights really were rolled back
+        assert now == pytest.approx(res.guard["keep_kl_best"], rel=1e-4, abs=1e-7)
+        assert now < res.guard["keep_kl_last"]
+    finally:
+        res.undo()
+    plain = unlearn(tiny_bridge, FORGET, RETAIN, "ga", UnlearnConfig(
+        steps=40, repair_steps=4, lr=2e-2, eval_every=2, guard=None),
+        forget_metric=lambda m: 0.0, progress=False)
+    try:
+        assert probe.measure(tiny_bridge)["keep_kl"] > now  # unguarded: more damage
+        assert plain.best_step is None and plain.guard == {}
+    finally:
+        plain.undo()
+
+
+def test_guard_prefers_meeting_the_target_and_holds_out_retain(tiny_bridge):
+    before = _state(tiny_bridge)
+    vals = iter([0.5, 0.0] + [0.5] * 100)  # only the second evaluation meets the target
+    cfg = UnlearnConfig(steps=40, repair_steps=4, lr=1e-2, eval_every=2,
+                        guard=GuardConfig(patience=2))
+    res = unlearn(tiny_bridge, FORGET, RETAIN, "npo", cfg, forget_metric=lambda m: next(vals),
+                  progress=False)
+    res.undo()
+    assert _same(tiny_bridge, before)
+    assert res.best_step == 4  # the only step at the target, whatever its keep_kl
+    train, held = split_keep(RETAIN, GuardConfig(), 0)
+    assert res.guard["n_keep"] == len(held) == 2 and not set(held) & set(train)
+    budget = UnlearnConfig(steps=20, repair_steps=0, lr=1e-2, eval_every=2,
+                           guard=GuardConfig(kl_budget=1e-9))
+    r2 = unlearn(tiny_bridge, FORGET, RETAIN, "ga", budget, progress=False)
+    r2.undo()
+    assert r2.stopped == "guard_budget" and r2.history.step.iloc[-1] <= 4
+
+
+def test_screening_keeps_the_cause_and_drops_collateral(tiny_bridge):
+    cands = [("the quick", " brown fox", " lazy dog"),  # the bad answer itself
+             ("the lazy", " dog jumps", " fox over"),
+             ("jumps over", " the lazy", " quick the"),
+             ("brown fox", " jumps over", " dog dog")]
+    keep = [("over the", " lazy dog"), ("brown fox", " jumps over")]
+    before = _state(tiny_bridge)
+    r = screen_forget(tiny_bridge, cands, [("the quick", " brown fox")], keep)
+    assert _same(tiny_bridge, before)
+    assert r.selected[0] == 0 and r.benefit[0] > 0 and bool(r.keep[0])
+    assert not bool(r.keep.all())  # something was dropped: not a pass-through
+    assert bool((r.keep == (r.benefit > r.cost.clamp_min(0))).all())
+    assert "kept" in r.summary()
+    with pytest.raises(ConfigError, match="max_keep"):
+        screen_forget(tiny_bridge, cands, [("the quick", " brown fox")], keep, max_keep=0)
+
+
+def test_selective_forget_screens_out_a_collateral_candidate(tiny_bridge):
+    train = [type("P", (), dict(id=f"p{i}", prompt=p, chosen=c, rejected=r))()
+             for i, (p, c, r) in enumerate([("the quick", " brown fox", " lazy dog"),
+                                            ("the lazy", " dog jumps", " fox over"),
+                                            ("jumps over", " the lazy", " quick the"),
+                                            ("brown fox", " jumps over", " dog dog"),
+                                            ("over the", " lazy dog", " brown brown")])]
+    thresh = _avg_logp(tiny_bridge, "the quick", " brown fox") - 2.0
+
+    def find_bad(m):
+        return [("the quick", " brown fox")] if _avg_logp(m, "the quick", " brown fox") > thresh else []
+
+    cfg = UnlearnConfig(steps=40, repair_steps=3, lr=1e-2, eval_every=2)
+    res = selective_forget(tiny_bridge, train, find_bad, lambda m, q: [0, 1, 2, 3], "flip", cfg)
+    res.undo()
+    assert "p0" in res.forget_ids and res.screened_out  # the cause stays, collateral goes
+    assert not set(res.forget_ids) & set(res.screened_out)
+    assert res.rounds["n_screened_out"].iloc[0] == len(res.screened_out)
+
+
+def test_relearn_attack_raises_the_metric_and_restores(tiny_bridge):
+    before = _state(tiny_bridge)
+    metric = lambda m: _avg_logp(m, "the quick", " brown fox")  # noqa: E731
+    r = relearn_attack(tiny_bridge, [("the quick", " brown fox")], metric, steps=5, lr=1e-2,
+                       eval_every=2)
+    assert r.after > r.before + 0.5
+    assert list(r.curve.step) == [0, 2, 4, 5]
+    assert _same(tiny_bridge, before)
+    with pytest.raises(ConfigError, match="steps"):
+        relearn_attack(tiny_bridge, [("a", " b")], metric, steps=0)
+
+
+def test_bad_guard_config():
+    with pytest.raises(ConfigError, match="holdout"):
+        GuardConfig(holdout=1.5)
+    with pytest.raises(ConfigError, match="guard"):
+        UnlearnConfig(guard="yes")
+    with pytest.raises(ConfigError, match="kl_budget"):
+        GuardConfig(kl_budget=0.0)
