@@ -1,8 +1,12 @@
-"""Unlearning: objectives (GA, GradDiff, NPO, SimNPO, RMU, Flip), the reversible loop,
-selective forgetting of attributed samples, U2A weighting. The comparison harness on the toy
+"""Unlearning: objectives (GA, GradDiff, NPO, SimNPO, RMU, Flip), the reversible loop with its
+collateral-damage guard, forget-set screening, selective forgetting of attributed samples, U2A
+weighting, the relearning attack. The comparison harness on the toy
 world moved to :mod:`mechunlearn.studies.compare_edits`. See ``docs/unlearning.md``."""
 
+from mechunlearn.unlearn.attack import RelearnResult, relearn_attack
 from mechunlearn.unlearn.data import Item, as_items
+from mechunlearn.unlearn.guard import GuardConfig
+from mechunlearn.unlearn.hygiene import ScreenResult, screen_forget
 from mechunlearn.unlearn.loop import UnlearnConfig, UnlearnResult, snapshot, unlearn
 from mechunlearn.unlearn.objectives import (
     NPO,
@@ -18,9 +22,10 @@ from mechunlearn.unlearn.selective import SelectiveResult, selective_forget
 from mechunlearn.unlearn.u2a import U2AResult, u2a_weights
 
 __all__ = [
-    "NPO", "RMU", "Flip", "GradDiff", "GradientAscent", "Item", "Objective",
-    "SelectiveResult", "SimNPO", "U2AResult", "UnlearnConfig", "UnlearnResult", "as_items",
-    "make_objective", "selective_forget", "snapshot", "u2a_weights", "unlearn",
+    "NPO", "RMU", "Flip", "GradDiff", "GradientAscent", "GuardConfig", "Item", "Objective",
+    "RelearnResult", "ScreenResult", "SelectiveResult", "SimNPO", "U2AResult", "UnlearnConfig",
+    "UnlearnResult", "as_items", "make_objective", "relearn_attack", "screen_forget",
+    "selective_forget", "snapshot", "u2a_weights", "unlearn",
 ]
 
 
