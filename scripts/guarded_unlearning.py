@@ -2,7 +2,8 @@
 
     python scripts/guarded_unlearning.py --world hard --seed 0 [--variants "flip (before),..."] [--out docs]
 
-Writes ``<out>/unlearning_guarded_<world>_s<seed>.csv`` and prints a Markdown table
+Writes ``<out>/unlearning_guarded_<world>_s<seed>.csv``, a plot of KL to gold on ordinary
+prompts (x tuned's) against the bad-response gap closed (``.png``) and prints a Markdown table
 (protocol: :mod:`mechunlearn.studies.guarded`).
 """
 
@@ -41,6 +42,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"unlearning_guarded_{args.world}_s{args.seed}.csv")
     atomic_write(path, lambda p: df.drop(columns=["examples"]).to_csv(p, index=False))
+    plot(df, path[:-4] + ".png", f"toy world {args.world}, seed {args.seed}")
     cols = ["method", "trigger_bad", "gap_closed", "trigger_good", "ordinary_good",
             "kl_gold_ordinary", "kl_ratio", "seconds", "time_ratio", "n_forget",
             "n_forget_poisoned", "steps", "best_step", "stopped", "relearn_rude",
@@ -51,6 +53,32 @@ def main() -> None:
     for _, r in show.iterrows():
         print("| " + " | ".join(_fmt(v) for v in r) + " |")
     print(f"total {time.perf_counter() - t0:.0f}s; wrote {path}")
+
+
+def plot(df, path: str, title: str) -> None:
+    """Scatter: KL to gold on ordinary prompts (x tuned's) vs gap closed, one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mechunlearn.atomic import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for _, r in df.iterrows():
+        after = "after" in r.method or "+" in r.method
+        ax.scatter(r.gap_closed, r.kl_ratio, marker="o" if after else "x",
+                   color="0.4" if r.method in ("tuned", "gold") else ("C2" if after else "C3"))
+        ax.annotate(r.method, (r.gap_closed, r.kl_ratio), fontsize=7)
+    ax.axhline(1.2, ls=":", color="0.5")
+    ax.axvline(0.95, ls=":", color="0.5")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("bad-response gap closed (test trigger prompts)")
+    ax.set_ylabel("KL(gold || model), ordinary prompts, x tuned's")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
 
 
 def _fmt(v) -> str:
