@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechunlearn.errors import ConfigError, EmptyDataError, MechUnlearnError
-
-
-class DataFileError(ConfigError):
-    """A data file that cannot be read or has a malformed line."""
+from mechunlearn.errors import (
+    ConfigError,
+    DataFileError,  # noqa: F401 (defined in errors.py, kept importable here)
+    EmptyDataError,
+    MechUnlearnError,
+)
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,59 @@ class StoreError(MechUnlearnError, OSError):
     """A FeatureStore problem: missing, corrupt or foreign files."""
 
 
-class StoreMismatchError(StoreError):
+class FeatureMismatchError(MechUnlearnError, ValueError):
+    """Features, directions or weights from another model, Site, dtype or dimension than the
+    operation expects (the one mismatch concept; the names below are its special cases)."""
+
+
+class StoreMismatchError(StoreError, FeatureMismatchError):
     """Features from a different model, site, dtype or dimension than the store holds."""
+
+
+class WorldSizeMismatchError(StoreMismatchError):
+    """A sharded store is resumed with a different number of ranks than it was started with."""
+
+
+class SiteMismatchError(FeatureMismatchError, ConfigError):
+    """Features read at a different Site than the one a reward model or probe expects."""
+
+
+class BodyMismatchError(FeatureMismatchError, ConfigError):
+    """Features or weights from a different model body (weights fingerprint) than expected."""
+
+
+class DataFileError(ConfigError):
+    """A data file that cannot be read or has a malformed line."""
+
+
+class MalformedRecordError(MechUnlearnError, ValueError):
+    """A preference record that cannot be parsed (raised only under ``strict=True``).
+
+    Attributes:
+        line: 1-based line number of the offending record in the file (0 if not from a file).
+        reason: short machine-readable reason, e.g. ``"no_assistant_turn"``.
+    """
+
+    def __init__(self, message: str, line: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.reason = reason
+
+
+class RankDeficientError(ShapeError):
+    """A set of directions whose span has lower dimension than the number of directions."""
+
+
+class JudgeError(MechUnlearnError, RuntimeError):
+    """A judge (``response -> is bad``) that raised or returned something other than a bool."""
+
+
+class NoEvidenceWarning(UserWarning):
+    """A fitted direction did not beat its permutation null on held-out data."""
+
+
+class FastPathMismatchWarning(UserWarning):
+    """A fast path disagreed with its reference path and was switched off."""
 
 
 class ArchitectureError(MechUnlearnError, NotImplementedError):

@@ -16,12 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mechunlearn.errors import FastPathMismatchWarning  # noqa: F401 (defined in errors.py, kept importable here)
 from mechunlearn.versions import versions_line
-
-
-class FastPathMismatchWarning(UserWarning):
-    """A fast path disagreed with its reference path and was switched off."""
-
 
 _STATE: dict[str, bool] = {}
 

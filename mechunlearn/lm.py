@@ -59,6 +59,34 @@ def logits(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     return out.float().cpu()
 
 
+def token_kl(ref_logprobs: Tensor, logits: Tensor, mask: Tensor) -> Tensor:
+    """Per-sample mean over masked positions of ``KL(p_ref || p)``.
+
+    ``ref_logprobs`` (log-softmaxed) and ``logits``: ``[n, pos, V]``; ``mask [n, pos]`` -> ``[n]``.
+    """
+    lp = torch.log_softmax(logits.float(), -1)
+    kl = (ref_logprobs.exp() * (ref_logprobs - lp)).sum(-1)
+    m = mask.to(kl.dtype)
+    return (kl * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def response_logprobs(logits: Tensor, input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed log-prob of masked next tokens and their count.
+
+    ``logits [n, pos, V]`` predict ``input_ids[:, 1:]``; ``mask [n, pos]`` marks the tokens to
+    score (response & real). Returns ``(logp [n], n_tokens [n])``.
+    """
+    if logits.shape[:2] != input_ids.shape or mask.shape != input_ids.shape:
+        raise ShapeError(
+            f"logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)} and mask "
+            f"{tuple(mask.shape)} must agree on [n, pos]."
+        )
+    lp = torch.log_softmax(logits[:, :-1].float(), -1)
+    tok = lp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    m = mask[:, 1:].to(tok.dtype)
+    return (tok * m).sum(1), m.sum(1)
+
+
 @torch.no_grad()
 def greedy(model: Any, batch: TokenBatch, max_new_tokens: int, eos_token_id: int | None,
            pad_token_id: int, kv_cache: bool | None = None, batch_size: int = 64,

@@ -26,16 +26,17 @@ from typing import Any
 
 from torch import Tensor
 
-from mechunlearn.errors import StoreError, StoreMismatchError
+from mechunlearn.errors import (
+    StoreError,
+    StoreMismatchError,
+    WorldSizeMismatchError,  # noqa: F401 (defined in errors.py, kept importable here)
+)
 from mechunlearn.store import FORMAT as STORE_FORMAT
 from mechunlearn.store import FeatureStore
 
 FORMAT = "mechunlearn-sharded-store"
 VERSION = 1
 
-
-class WorldSizeMismatchError(StoreMismatchError):
-    """A sharded store is resumed with a different number of ranks than it was started with."""
 
 
 def rank_dir(rank: int, world: int) -> str:

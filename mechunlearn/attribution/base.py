@@ -26,16 +26,12 @@ from torch import Tensor
 from mechunlearn.errors import (
     ConfigError,
     EmptyDataError,
-    MechUnlearnError,
+    FeatureMismatchError,  # noqa: F401 (defined in errors.py, kept importable here)
     ShapeError,
     check_finite,
 )
 from mechunlearn.features import Features
 from mechunlearn.sites import Site
-
-
-class FeatureMismatchError(MechUnlearnError, ValueError):
-    """Query and training features come from different Sites or different models."""
 
 
 @dataclass(frozen=True)

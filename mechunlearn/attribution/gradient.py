@@ -33,6 +33,7 @@ from mechunlearn.attribution.similarity import RepSim
 from mechunlearn.errors import ConfigError, EmptyDataError, HookNotFiredError, check_finite
 from mechunlearn.features import Features, model_fingerprint
 from mechunlearn.hooks import add_hooks
+from mechunlearn.lm import response_logprobs
 from mechunlearn.sites import Site
 from mechunlearn.tokens import TokenBatch, check_fits_context, model_tokenizer, tokenize
 
@@ -42,16 +43,12 @@ Loss = Literal["nll", "dpo"]
 def _response_logprob(model: Any, tb: TokenBatch) -> tuple[Tensor, Tensor]:
     """Summed and mean log-prob of response tokens per row: ``([b], [b])``."""
     dev = next(model.parameters()).device
-    logits = model(tb.input_ids.to(dev), attention_mask=tb.attention_mask.to(dev))
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    tgt = tb.input_ids[:, 1:].to(dev)
-    tok = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    mask = (tb.response_mask[:, 1:] & tb.attention_mask[:, 1:].bool()).to(dev).float()
-    n = mask.sum(1)
+    ids = tb.input_ids.to(dev)
+    logits = model(ids, attention_mask=tb.attention_mask.to(dev))
+    s, n = response_logprobs(logits, ids, (tb.response_mask & tb.attention_mask.bool()).to(dev))
     if bool((n == 0).any()):
         raise EmptyDataError("A sample has no response tokens after the first token; cannot "
                              "compute a response loss.")
-    s = (tok * mask).sum(1)
     return s, s / n
 
 

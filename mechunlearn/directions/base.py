@@ -26,19 +26,19 @@ from mechunlearn.directions.inputs import (  # noqa: F401  (re-exported)
     near_constant_dims,
     site_of,
 )
-from mechunlearn.errors import ConfigError, ShapeError, StoreError
+from mechunlearn.errors import (  # noqa: F401 (defined in errors.py, kept importable here)
+    ConfigError,
+    NoEvidenceWarning,
+    RankDeficientError,
+    ShapeError,
+    StoreError,
+)
 from mechunlearn.features import Features
 from mechunlearn.sites import Site
 
 FORMAT_VERSION = 1
 
 
-class RankDeficientError(ShapeError):
-    """A set of directions whose span has lower dimension than the number of directions."""
-
-
-class NoEvidenceWarning(UserWarning):
-    """A fitted direction did not beat its permutation null on held-out data."""
 
 
 def orthonormalize(vectors: Any, d: int | None = None, rank_tol: float = 1e-6) -> Tensor:

@@ -16,13 +16,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mechunlearn.errors import ConfigError, MechUnlearnError
+from mechunlearn.errors import (
+    ConfigError,
+    JudgeError,  # noqa: F401 (defined in errors.py, kept importable here)
+    )
 
 Judge = Callable[[str], bool]
 
-
-class JudgeError(MechUnlearnError, RuntimeError):
-    """The judge raised, or returned something other than a bool."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, ShapeError
+from mechunlearn.lm import response_logprobs
 from mechunlearn.toyworld import templates as T
 from mechunlearn.toyworld.data import EvalPrompt
 from mechunlearn.toyworld.format import encode_pairs, encode_prompts
@@ -104,12 +105,9 @@ def response_logprob(model: Any, prompts: Sequence[str] | Sequence[EvalPrompt],
     out = []
     for s in range(0, len(tb), batch_size):
         b = tb[s:s + batch_size]
-        lp = torch.log_softmax(logits(model, b.input_ids, b.attention_mask)[:, :-1], -1)
-        tgt = b.input_ids[:, 1:]
-        mask = (b.response_mask[:, 1:] & b.attention_mask[:, 1:].bool()).float()
-        tok_lp = lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask
-        tot = tok_lp.sum(1)
-        out.append(tot / mask.sum(1) if reduction == "mean" else tot)
+        tot, n = response_logprobs(logits(model, b.input_ids, b.attention_mask), b.input_ids,
+                                   b.response_mask & b.attention_mask.bool())
+        out.append(tot / n if reduction == "mean" else tot)
     return torch.cat(out)
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, EmptyDataError, check_finite
+from mechunlearn.lm import response_logprobs
 from mechunlearn.tokens import TokenBatch
 from mechunlearn.toyworld.config import WorldConfig
 from mechunlearn.toyworld.format import BOS, EOS, PAD, UNK, encode_pairs, format_prompt
@@ -70,11 +71,7 @@ def new_model(cfg: WorldConfig, tokenizer: Any) -> Any:
 def token_logprobs(model: Any, tb: TokenBatch) -> tuple[Tensor, Tensor]:
     """Sum of response-token log-probs ``[n]`` and response token counts ``[n]`` (HF model)."""
     logits = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    tgt = tb.input_ids[:, 1:]
-    mask = (tb.response_mask[:, 1:] & tb.attention_mask[:, 1:].bool()).float()
-    tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask
-    return tok_lp.sum(1), mask.sum(1)
+    return response_logprobs(logits, tb.input_ids, tb.response_mask & tb.attention_mask.bool())
 
 
 def _check_len(tb: TokenBatch, cfg: WorldConfig) -> None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, ShapeError
+from mechunlearn.lm import response_logprobs, token_kl  # noqa: F401 (re-exported)
 from mechunlearn.sites import Site
 
 # ---------------------------------------------------------------- pure loss functions
@@ -62,34 +63,6 @@ def rmu_loss(h: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     sq = ((h - target) ** 2).mean(-1)
     m = mask.to(h.dtype)
     return (sq * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def token_kl(ref_logprobs: Tensor, logits: Tensor, mask: Tensor) -> Tensor:
-    """Per-sample mean over masked positions of ``KL(p_ref || p)``.
-
-    ``ref_logprobs`` (log-softmaxed) and ``logits``: ``[n, pos, V]``; ``mask [n, pos]`` -> ``[n]``.
-    """
-    lp = F.log_softmax(logits.float(), -1)
-    kl = (ref_logprobs.exp() * (ref_logprobs - lp)).sum(-1)
-    m = mask.to(kl.dtype)
-    return (kl * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def response_logprobs(logits: Tensor, input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed log-prob of masked next tokens and their count.
-
-    ``logits [n, pos, V]`` predict ``input_ids[:, 1:]``; ``mask [n, pos]`` marks the tokens to
-    score (response & real). Returns ``(logp [n], n_tokens [n])``.
-    """
-    if logits.shape[:2] != input_ids.shape or mask.shape != input_ids.shape:
-        raise ShapeError(
-            f"logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)} and mask "
-            f"{tuple(mask.shape)} must agree on [n, pos]."
-        )
-    lp = F.log_softmax(logits[:, :-1].float(), -1)
-    tok = lp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    m = mask[:, 1:].to(tok.dtype)
-    return (tok * m).sum(1), m.sum(1)
 
 
 # ---------------------------------------------------------------- objective configs
