@@ -153,9 +153,17 @@ def tiny_gpt2(n_layer: int = 2, d_model: int = 32, n_head: int = 2, seed: int = 
                      pad_token_id=ftok.pad_token_id, eos_token_id=ftok.eos_token_id,
                      bos_token_id=ftok.eos_token_id)
     model = GPT2LMHeadModel(cfg).eval()
-    d = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mechunlearn-tiny-"))
-    model.save_pretrained(str(d))
-    ftok.save_pretrained(str(d))
+    if folder is None:
+        d = Path(tempfile.mkdtemp(prefix="mechunlearn-tiny-"))
+        model.save_pretrained(str(d))
+        ftok.save_pretrained(str(d))
+    else:  # never overwrite a user's folder (see mechunlearn.outputs)
+        from mechunlearn.outputs import output_folder
+
+        d = Path(folder)
+        with output_folder(d, "hf-model", meta={"tiny_family": "gpt2-bpe"}) as tmp:
+            model.save_pretrained(str(tmp))
+            ftok.save_pretrained(str(tmp))
     return load_bridge(d, hf_model=model)
 
 

@@ -147,7 +147,9 @@ def build_tiny(family: str, folder: str | os.PathLike[str] | None = None, seed: 
 
     Args:
         family: a key of :data:`FAMILIES` (e.g. ``"llama"``, ``"gemma2"``, ``"bert"``).
-        folder: destination (a new temporary folder when omitted).
+        folder: destination (a new temporary folder when omitted); written through
+            :func:`mechunlearn.outputs.output_folder`, so a folder holding other files is
+            refused (:class:`~mechunlearn.errors.OutputExistsError`), never overwritten.
         seed: torch seed of the random weights.
 
     Returns:
@@ -163,11 +165,17 @@ def build_tiny(family: str, folder: str | os.PathLike[str] | None = None, seed: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls.from_config(cfg).eval()
-    d = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=f"mu-{family}-"))
-    d.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(d))
-    tok.save_pretrained(str(d))
-    return d
+    if folder is None:
+        d = Path(tempfile.mkdtemp(prefix=f"mu-{family}-"))
+        model.save_pretrained(str(d))
+        tok.save_pretrained(str(d))
+        return d
+    from mechunlearn.outputs import output_folder
+
+    with output_folder(folder, "hf-model", meta={"tiny_family": family}) as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+    return Path(folder)
 
 
 def tiny_model(family: str, folder: str | os.PathLike[str] | None = None, seed: int = 0) -> Any:

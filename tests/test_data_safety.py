@@ -370,3 +370,21 @@ def test_cli_data_directory_and_extract_into_user_folder(tmp_path, cli_model):
     r = runner.invoke(app, ["sweep", "--model", str(cli_model / "model"), "--pos", str(jl),
                             "--neg", str(jl), "--out", str(tmp_path / "ok")])
     assert "existing folder" in one_line_error(r)
+
+
+def test_tiny_model_builders_never_write_into_a_user_folder(tmp_path) -> None:
+    from mechunlearn.errors import OutputExistsError
+    from mechunlearn.models import tiny_gpt2
+    from mechunlearn.tiny_models import build_tiny
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "keep.txt").write_text("notes")
+    for build in (lambda: build_tiny("llama", user), lambda: tiny_gpt2(folder=user)):
+        with pytest.raises(OutputExistsError, match="keep.txt"):
+            build()
+    assert sorted(p.name for p in user.iterdir()) == ["keep.txt"]
+    assert (user / "keep.txt").read_text() == "notes"
+    build_tiny("llama", tmp_path / "m")
+    build_tiny("llama", tmp_path / "m", seed=1)  # our own previous output is replaced
+    assert (tmp_path / "m" / "config.json").is_file()
