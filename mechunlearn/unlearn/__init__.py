@@ -21,11 +21,14 @@ from mechunlearn.unlearn.objectives import (
 from mechunlearn.unlearn.selective import SelectiveResult, selective_forget
 from mechunlearn.unlearn.u2a import U2AResult, u2a_weights
 
+#: The in-place spelling (mutators end with ``_``, like ``orthogonalize_``); same function.
+unlearn_ = unlearn
+
 __all__ = [
     "NPO", "RMU", "Flip", "GradDiff", "GradientAscent", "GuardConfig", "Item", "Objective",
     "RelearnResult", "ScreenResult", "SelectiveResult", "SimNPO", "U2AResult", "UnlearnConfig",
     "UnlearnResult", "as_items", "make_objective", "relearn_attack", "screen_forget",
-    "selective_forget", "snapshot", "u2a_weights", "unlearn",
+    "selective_forget", "snapshot", "u2a_weights", "unlearn", "unlearn_",
 ]
 
 
