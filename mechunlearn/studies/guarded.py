@@ -11,7 +11,9 @@ for the edit). Then two relearning attacks (:func:`~mechunlearn.unlearn.attack.r
 on the edited model, the tuned model and the gold model: ``relearn_rude`` fine-tunes on 8
 legitimate rude-request pairs outside the forget set (benign, forget-adjacent data),
 ``relearn_poison`` on 8 poisoned pairs outside the forget set (ground truth used only to
-build the attack). The metric is the trigger bad-response rate on the test half.
+build the attack; off by default: the gold model itself relearned the poison to 0.92-0.98
+from 8 pairs in 20 steps, so it tells nothing apart). The metric is the trigger bad-response
+rate on the test half.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class GuardedConfig:
     attack_n: int = 8
     attack_steps: int = 20
     attack_lr: float = 3e-4
+    attacks: tuple[str, ...] = ("relearn_rude",)
     seed: int = 0
 
 
@@ -97,7 +100,7 @@ def guarded_table(world: Any, config: GuardedConfig | None = None,
     def attacks(m: Any) -> dict[str, float]:
         out = {}
         for name, data in (("relearn_rude", rude), ("relearn_poison", poison)):
-            if data:
+            if data and name in cfg.attacks:
                 out[name] = relearn_attack(m, data, metric, steps=cfg.attack_steps,
                                            lr=cfg.attack_lr, encode=encode_pairs).after
         return out
@@ -147,7 +150,8 @@ def guarded_table(world: Any, config: GuardedConfig | None = None,
             seconds = time.perf_counter() - t1 + t_att
             extra = {"n_forget": len(f), "n_forget_poisoned": sum(p.poisoned for p in f),
                      "steps": res.steps, "best_step": res.best_step, "stopped": res.stopped,
-                     "keep_kl": res.guard.get("keep_kl_best")}
+                     "keep_agree": res.guard.get("keep_agree_best"),
+                     "damage": res.guard.get("damage")}
         record(name, model, seconds, extra)
         res.undo()
     df = pd.DataFrame(rows)

@@ -20,6 +20,7 @@ whose ``undo()`` restores every parameter bit for bit.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -53,8 +54,8 @@ class UnlearnConfig:
     """Loop settings (defaults measured on the toy world; see docs/unlearning.md).
 
     ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`;
-    on by default: held-out keep data, best-checkpoint rollback, repair until it stops
-    improving); ``None`` turns it off (the loop before issue 20).
+    on by default: held-out keep data, stop and roll back when kept answers change);
+    ``None`` turns it off (the loop before issue 20).
     """
 
     steps: int = 200
@@ -88,7 +89,8 @@ class UnlearnResult:
     """History (DataFrame), why the forget phase stopped, steps, seconds, and the undo handle.
 
     With the guard: ``best_step`` (the evaluation step the weights were rolled back to) and
-    ``guard`` (``n_keep``, ``keep_kl``/``keep_logp`` at that step and at the last step).
+    ``guard`` (``n_keep``; ``keep_agree``/``keep_kl``/``keep_logp`` at that step and at the
+    last step; ``damage``: even that step changed more than ``max_change`` of kept tokens).
     """
 
     handle: EditHandle = field(repr=False)
@@ -158,7 +160,7 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
         warn_overlap(data.forget, guard.items)
     n_repair = cfg.repair_steps if guard is None else (
         cfg.guard.max_repair_steps if cfg.guard.max_repair_steps is not None
-        else 2 * cfg.repair_steps)
+        else cfg.repair_steps)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     hist: list[dict[str, Any]] = []
     stopped, total = "steps", cfg.steps + n_repair
@@ -189,7 +191,7 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
                 if phase == "forget":
                     why = _why_stop(row, cfg, forget_metric, stop)
                     if why is None and guard is not None and guard.over_budget(row):
-                        why = "guard_budget"
+                        why = "guard"
                     if why:
                         stopped, phase = why, "repair"
                         total = step + n_repair
@@ -205,8 +207,15 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
         bar.close()
         model.zero_grad(set_to_none=True)
     hist_df = pd.DataFrame(hist)
+    summary = _guard_summary(guard, hist_df, best)
+    if summary.get("damage"):
+        warnings.warn(
+            f"unlearn: every checkpoint changed more than {cfg.guard.max_change:.0%} of the "
+            f"held-out kept tokens (best: {summary['keep_agree_best']:.1%} unchanged at step "
+            f"{best}); the model was rolled back to the least damaging one. Screen the forget "
+            "set (screen_forget), lower lr or raise retain_weight.", stacklevel=2)
     return UnlearnResult(handle, hist_df, stopped, step, time.perf_counter() - t0,
-                         obj.to_dict(), best, _guard_summary(guard, hist_df, best))
+                         obj.to_dict(), best, summary)
 
 
 def _guard_summary(guard: Guard | None, hist: pd.DataFrame, best: int | None) -> dict[str, Any]:
@@ -214,11 +223,12 @@ def _guard_summary(guard: Guard | None, hist: pd.DataFrame, best: int | None) ->
         return {}
     ev = hist.dropna(subset=["keep_kl"])
     at = ev[ev.step == best].iloc[-1] if best is not None and (ev.step == best).any() else None
-    return {"n_keep": len(guard.items), "best_step": best,
-            "keep_kl_best": None if at is None else float(at.keep_kl),
-            "keep_logp_best": None if at is None else float(at.keep_logp),
-            "keep_kl_last": float(ev.keep_kl.iloc[-1]),
-            "keep_logp_last": float(ev.keep_logp.iloc[-1])}
+    out: dict[str, Any] = {"n_keep": len(guard.items), "best_step": best,
+                           "damage": at is None or not guard.acceptable(at.to_dict())}
+    for k in ("keep_agree", "keep_kl", "keep_logp"):
+        out[f"{k}_best"] = None if at is None else float(at[k])
+        out[f"{k}_last"] = float(ev[k].iloc[-1])
+    return out
 
 
 def _weights(weights: Tensor | Sequence[float] | None, n: int) -> Tensor:
