@@ -113,13 +113,14 @@ def demo(
                                           "$MECHUNLEARN_CACHE or ~/.cache/mechunlearn)."),
     threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
 ) -> None:
-    """Diagnose one bad response of the embedded toy model and write a report.
+    """`mechunlearn diagnose` on the embedded toy model, with its ground truth; writes a report.
 
-    Builds (or loads the cached) toy world, picks a bad response to a held-out trigger
-    prompt, attributes it (convex decomposition, layer sweep, RepSim beside it), finds the
-    bias direction, edits the model three ways (activation projection, weight
-    orthogonalisation, unlearning of the attributed samples incl. U2A weighting), verifies
-    each edit against the gold model, and writes Markdown + PNG + CSV/JSON.
+    Builds (or loads the cached) toy world and runs the diagnose chain on it: bad responses
+    to half of its trigger prompts, attributed over a layer sweep (convex decomposition and
+    baselines, AUC against the planted poison), a tuned-vs-SFT direction with held-out
+    evidence, edits (projection, orthogonalisation, unlearning, selective forgetting, U2A)
+    measured on the other half and undone, the gold model measured beside them, and the
+    world's refusal bias; writes Markdown + PNG + CSV/JSON.
     """
     import torch
 

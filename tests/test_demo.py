@@ -1,4 +1,4 @@
-"""The demo chain end to end on the tiny toy world; the report has every section with numbers."""
+"""The demo (``diagnose`` on the tiny toy world) end to end: the report's numbers."""
 
 from __future__ import annotations
 
@@ -13,28 +13,51 @@ from mechunlearn.report import Report
 
 @pytest.mark.slow
 def test_demo_end_to_end(tiny_world, tmp_path):
+    """The demo is ``diagnose`` on the toy world plus its ground truth; every number checked."""
     from mechunlearn.studies.demo import run_demo
 
     lines: list[str] = []
     res = run_demo("tiny", tmp_path / "report", cache_dir=tiny_world.path.parent, say=lines.append)
     md = res.report.read_text()
-    for heading in ("## 1. The bad response", "## 2. Attribution", "## 3. Bias direction",
-                    "## 4. Edits", "## 5. Greedy generations"):
+    for heading in ("## 1. Bad cases", "## 2. Attribution", "## 3. Bias direction",
+                    "## 4. Edits", "## 5. Greedy generations", "## 6. Against the toy world"):
         assert heading in md
     folder = res.report.parent
-    for name in ("attribution_sweep", "top_samples", "directions", "projection", "edits"):
-        df = pd.read_csv(folder / "data" / f"{name}.csv")
-        assert len(df) > 0, name
-    assert (folder / "figures" / "attribution_by_layer.png").stat().st_size > 1000
-    assert (folder / "figures" / "edits.png").stat().st_size > 1000
-    edits = res.tables["edits"].set_index("method")
-    assert {"tuned", "gold", "activation_projection", "orthogonalize", "selective", "u2a"} <= set(edits.index)
-    for col in ("trigger_bad", "trigger_good", "kl_gold_ordinary"):
-        assert edits[col].map(lambda v: isinstance(v, float) and math.isfinite(v)).all(), col
-    assert edits.loc["tuned", "trigger_bad"] > edits.loc["gold", "trigger_bad"]
+    # attribution against the planted poison: above chance at the Site chosen without it
+    sweep = pd.read_csv(folder / "data" / "attribution_sweep.csv")
+    site = res.diagnosis.attribution.site.key
+    conv = sweep[(sweep.site == site) & (sweep.method == "convex")].iloc[0]
+    assert conv.auc > 0.75 and conv.precision_at_k > 0.5
     top = res.tables["top_samples"]
-    assert abs(top.weight.sum() - 1) < 1e-6 and (top.weight >= 0).all()
-    assert json.loads((folder / "data" / "config.json").read_text())["name"] == "tiny"
+    assert (top.weight >= 0).all() and top.weight.sum() <= 1 + 1e-6
+    assert top[top.chosen_judged_bad].in_truth.mean() > 0.5  # the forget set is mostly poison
+    # the direction has held-out evidence
+    d = res.tables["directions"].set_index("method")
+    assert d.loc["mean_diff", "heldout_auc"] > 0.8
+    # edits: the unlearning edits lower the held-out bad rate, each is undone, gold is a row
+    e = pd.read_csv(folder / "data" / "edits.csv").set_index("variant")
+    assert e.loc["unedited", "bad_rate_heldout"] > e.loc["gold", "bad_rate_heldout"]
+    for v in ("unlearn", "u2a"):
+        assert e.loc[v, "bad_rate_heldout"] < e.loc["unedited", "bad_rate_heldout"], v
+        assert e.loc[v, "gap_closed"] > 0.5 and e.loc[v, "good_rate_ordinary"] >= 0.9, v
+        assert e.loc[v, "trigger_good"] > e.loc["unedited", "trigger_good"], v
+    measured = e[e.status == "measured"]
+    assert measured.restored.astype(bool).all()
+    for col in ("trigger_good", "bias", "kl_gold_ordinary", "kl_ordinary", "seconds"):
+        vals = e.loc[e.status.isin(["measured", "reference"]), col]
+        assert vals.map(lambda v: isinstance(v, float) and math.isfinite(v)).all(), col
+    assert e.loc["gold", "kl_gold_ordinary"] == pytest.approx(0, abs=1e-9)
+    assert e.loc["unedited", "kl_ordinary"] == pytest.approx(0, abs=1e-9)
+    # the second planted defect: projecting the tuned-vs-SFT direction lowers refusals
+    b = res.tables["bias_projection"].set_index("variant")["bias"]
+    assert b["tuned"] > b["sft"] and b.iloc[2] < b["tuned"]
+    # generations side by side, timings, world config
+    g = pd.read_csv(folder / "data" / "generations.csv")
+    assert {"unedited", "unlearn", "gold"} <= set(g.columns) and len(g) > 0
+    assert res.timings["total"] > 0 and res.timings["edit_and_verify"] > 0
+    assert (folder / "figures" / "attribution_by_layer.png").stat().st_size > 1000
+    assert (folder / "figures" / "edit_rates.png").stat().st_size > 1000
+    assert json.loads((folder / "data" / "config.json").read_text())["world"]["name"] == "tiny"
     assert any("report written" in m for m in lines)
 
 

@@ -1,8 +1,15 @@
-"""``mechunlearn demo``: diagnose one bad response of the embedded toy model, end to end.
+"""``mechunlearn demo``: :func:`mechunlearn.studies.diagnose.diagnose` on the embedded toy world.
 
-Chains :mod:`mechunlearn.studies.pipeline` (find a bad case → attribute it in a layer sweep → find
-the bias direction → edit three ways → verify) and writes a self-contained report folder
-(``report.md``, ``figures/*.png``, ``data/*.csv|json``).
+One code path: the world is fed to the generic chain through the toy-world adapter
+(:func:`mechunlearn.studies.toyworld_inputs.diagnose_toyworld`: its trigger prompts are the
+bad prompts, its judge, format, SFT reference and planted poisoned ids the other inputs). What
+only a toy world has is added on top: ground-truth columns per edit (good answers, refusal
+bias, KL to the gold model), the gold model measured as a reference row, the share of the
+gap to gold closed and the cost against the gold retrain, the forget set's precision and
+recall against the planted poison, and the world's second planted defect (the refusal bias):
+its direction from the same contrast code (tuned vs SFT) and what projecting it out does.
+The report folder (``report.md``, ``figures/*.png``, ``data/*.csv|json``) is the diagnose
+report with those sections added.
 """
 
 from __future__ import annotations
@@ -10,173 +17,146 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mechunlearn.report import Report
+from mechunlearn.studies.edits import METHODS
 
-EDIT_METHODS = ("activation_projection", "orthogonalize", "flip", "selective", "u2a")
+EDIT_METHODS = METHODS
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Where the report is, the tables behind it, and wall time per stage (seconds)."""
+    """Where the report is, the tables behind it, wall time per stage (seconds) and the
+    :class:`~mechunlearn.studies.diagnose.DiagnoseResult` it was built from."""
 
     report: Path
     tables: dict[str, pd.DataFrame] = field(repr=False)
     timings: dict[str, float]
+    diagnosis: Any = field(default=None, repr=False)
 
 
 def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-report",
              cache_dir: str | os.PathLike[str] | None = None,
              methods: tuple[str, ...] = EDIT_METHODS, n_permutations: int = 20,
              say: Callable[[str], None] = print) -> DemoResult:
-    """Run the demo chain on toy world ``world`` and write the report to ``out``."""
+    """Diagnose the toy world ``world``'s tuned model and write the report to ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     from mechunlearn import toyworld
-    from mechunlearn.hooks import apply
-    from mechunlearn.interventions import Project
-    from mechunlearn.models import load_bridge
     from mechunlearn.outputs import check_destination
-    from mechunlearn.studies import pipeline as pl
-    from mechunlearn.studies.compare_edits import CompareConfig, compare
+    from mechunlearn.studies.diagnose import DiagnoseConfig
+    from mechunlearn.studies.diagnose_report import build_report
+    from mechunlearn.studies.toyworld_inputs import diagnose_toyworld
 
     check_destination(out, "report")  # refuse an unusable --out before minutes of work
-    t: dict[str, float] = {}
     t0 = time.perf_counter()
-    say(f"[1/5] loading toy world {world!r} (trains and caches it on first use)")
+    say(f"[0/5] loading toy world {world!r} (trains and caches it on first use)")
     w = toyworld.load(world, cache_dir=cache_dir, progress=say)
-    t["load_world"] = time.perf_counter() - t0
-
+    t = {"load_world": time.perf_counter() - t0}
+    res = diagnose_toyworld(w, DiagnoseConfig(methods=methods, n_permutations=n_permutations),
+                            say=say)
+    t.update({k: v for k, v in res.timings.items() if k != "total"})
     s = time.perf_counter()
-    case = pl.find_bad_case(w)
-    say(f"[2/5] bad case: {case.prompt.prompt!r} -> {case.response!r} "
-        f"({case.n_bad}/{case.n_prompts} trigger prompts answered badly); attributing")
-    att = pl.attribute_case(w, case)
-    t["attribute"] = time.perf_counter() - s
-    top = _top_table(w, att.convex)
-    say(f"      site {att.site.key} (lowest convex residual {att.convex.residual:.3f}); "
-        f"{int(top.poisoned.sum())}/{len(top)} selected samples are planted poison")
-
-    s = time.perf_counter()
-    say("[3/5] bias direction (PCA bias/variance ranking, difference of means)")
-    dirs = pl.bias_direction(w, att.site, n_permutations=n_permutations)
-    ref = load_bridge(w.model_path("tuned"))
-    rows = []
-    for name, ctx in (("tuned", None),
-                      ("project pca_bias", lambda: apply(w.model, Project(dirs.pca, site=att.site))),
-                      ("project mean_diff",
-                       lambda: apply(w.model, Project(dirs.mean_diff, site=att.site)))):
-        # Project edits every position alike, so KV-cache decoding gives the same tokens
-        # (None for the unedited row: KV cache on the HF model, as no hook is attached)
-        rows.append(pl.verify(w, w.model, name, ref, context=ctx,
-                              kv_cache=True if ctx is not None else None))
-    proj = pd.DataFrame(rows)
-    t["directions"] = time.perf_counter() - s
-
-    s = time.perf_counter()
-    say(f"[4/5] editing: {', '.join(methods)} (each measured, then undone)")
-    edits = compare(w, CompareConfig(layer=att.site.layer, methods=methods), progress=say)
-    t["edit_and_verify"] = time.perf_counter() - s
-
-    s = time.perf_counter()
-    rep = _report(w, case, att, top, dirs, proj, edits, t)
-    path = rep.write(out)
-    t["report"] = time.perf_counter() - s
+    say("      toy world only: the refusal bias (tuned vs SFT on borderline requests)")
+    bias_dir, bias_proj = refusal_bias(w, res.attribution.site, n_permutations)
+    edits = against_gold(w, res.edits)
+    t["ground_truth"] = time.perf_counter() - s
     t["total"] = time.perf_counter() - t0
-    say(f"[5/5] report written: {path}  (total {t['total']:.0f} s)")
-    tables = {"attribution_sweep": att.sweep, "top_samples": top, "directions": dirs.table,
-              "projection": proj, "edits": edits}
-    return DemoResult(path, tables, t)
+    res = replace(res, edits=edits, timings=t,
+                  info={**res.info, "world": w.config.to_dict()})
+    rep = build_report(
+        res, title=f"Diagnosing the toy model's bad responses ({w.config.name} world)",
+        intro=_intro(w), extra=lambda r: _ground_truth(r, w, res, bias_dir, bias_proj))
+    path = rep.write(out)
+    say(f"[5/5] report written: {path}  (total {time.perf_counter() - t0:.0f} s)")
+    tables = {"attribution_sweep": res.attribution.sweep, "top_samples": res.top,
+              "directions": res.contrast.table, "edits": edits, "generations": res.generations,
+              "bias_directions": bias_dir.table, "bias_projection": bias_proj}
+    return DemoResult(path, tables, t, res)
 
 
-def _top_table(w: Any, a: Any) -> pd.DataFrame:
-    by_id = {p.id: p for p in w.train}
-    rows = []
-    for i, wt in zip(a.ids, a.weights.tolist()):
-        p = by_id[i]
-        rows.append({"id": i, "weight": wt, "poisoned": bool(p.poisoned), "category": p.category,
-                     "prompt": p.prompt, "chosen": p.chosen})
-    return pd.DataFrame(rows)
+def against_gold(w: Any, edits: pd.DataFrame) -> pd.DataFrame:
+    """Add ``gap_closed`` (share of the unedited-to-gold held-out bad-rate gap closed) and, for
+    the gold row, the seconds its DPO retrain took (recorded when the world was built)."""
+    e = edits.copy()
+    by = e.set_index("variant")["bad_rate_heldout"]
+    if "gold" in by and "unedited" in by and by["unedited"] != by["gold"]:
+        e["gap_closed"] = (by["unedited"] - e["bad_rate_heldout"]) / (by["unedited"] - by["gold"])
+    else:
+        e["gap_closed"] = float("nan")
+    gold_s = float(sum(v for k, v in w.timings.items() if "gold" in k)) or float("nan")
+    e.loc[e.variant == "gold", "seconds"] = gold_s
+    e["seconds_vs_gold_retrain"] = e["seconds"] / gold_s
+    return e
 
 
-def _report(w: Any, case: Any, att: Any, top: pd.DataFrame, dirs: Any, proj: pd.DataFrame,
-            edits: pd.DataFrame, t: dict[str, float]) -> Report:
-    from mechunlearn import plots
+def refusal_bias(w: Any, site: Any, n_permutations: int = 20) -> tuple[Any, pd.DataFrame]:
+    """The world's second defect through the diagnose chain's contrast code: difference of
+    means / PCA bias ranking of tuned vs SFT on the *training* borderline prompts (last prompt
+    token, :func:`~mechunlearn.studies.contrast.fit_direction`), then the refusal rate on the
+    held-out borderline prompts, unedited and with the direction projected out at ``site``."""
+    from mechunlearn.hooks import apply
+    from mechunlearn.interventions import Project
+    from mechunlearn.studies.contrast import fit_direction
+    from mechunlearn.studies.toyworld_inputs import toyworld_format
+    from mechunlearn.toyworld import bias_rate, generate_text
 
-    rep = Report(f"Diagnosing one bad response of the toy model ({w.config.name} world)")
+    prompts = list(dict.fromkeys(p.prompt for p in w.train if p.category == "borderline"))
+    con = fit_direction(w.model, toyworld_format(), site, reference=w.sft_model, prompts=prompts,
+                        n_permutations=n_permutations)
+    border = list(w.eval["borderline"])
+    rows = [{"variant": "tuned", "bias": bias_rate(w.model, border)},
+            {"variant": "sft", "bias": bias_rate(w.sft_model, border)}]
+    with apply(w.model, Project(con.direction, site=site, positions="all")):
+        rb = generate_text(w.model, border, kv_cache=True)  # exact: edits every position alike
+    rows.append({"variant": f"tuned, mean_diff projected out at {site.key}",
+                 "bias": bias_rate(w.model, border, rb)})
+    return con, pd.DataFrame(rows)
+
+
+def _intro(w: Any) -> str:
+    return (f"Toy world `{w.config.name}` ({w.config.difficulty}): {len(w.train)} training "
+            f"pairs, {len(w.truth.poisoned_ids)} planted poisoned pairs (the ground truth), "
+            "models SFT, tuned (SFT + DPO on all pairs) and gold (the same without the poison). "
+            "Sections 1-5 are `mechunlearn diagnose` on the world's files; section 6 adds what "
+            "only a toy world has.")
+
+
+def _ground_truth(rep: Report, w: Any, res: Any, bias_dir: Any, bias_proj: pd.DataFrame) -> None:
+    top, sw, site = res.top, res.attribution.sweep, res.attribution.site
+    forget = top[top.chosen_judged_bad]
+    n_pois, n_f = int(forget.in_truth.sum()), len(forget)
+    at = sw[sw.site == site.key].set_index("method")
+    best = sw.loc[sw.auc.idxmax()]
+    rep.add_text("## 6. Against the toy world's ground truth")
     rep.add_text(
-        f"World `{w.config.name}` ({w.config.difficulty}): {len(w.train)} training pairs, "
-        f"{len(w.truth.poisoned_ids)} planted poisoned pairs, GPT-2 {w.config.n_layer} layers × "
-        f"d={w.config.d_model}. Models: SFT, tuned (SFT + DPO on all pairs), gold (same without "
-        "the poison)."
-    )
-    rep.add_text("## 1. The bad response")
-    rep.add_text(f"> **User:** {case.prompt.prompt}\n>\n> **Tuned model:** {case.response}\n\n"
-                 f"The tuned model answers {case.n_bad} of {case.n_prompts} held-out trigger "
-                 f"prompts badly. Reference good answer: *{case.prompt.good}*")
-    rep.add_text("## 2. Attribution (convex decomposition, seed 000; baselines beside it)")
+        f"**Attribution.** At the chosen Site the convex decomposition ranks the "
+        f"{len(w.truth.poisoned_ids)} planted poisoned pairs with AUC {at.loc['convex', 'auc']:.3f} "
+        f"(precision@k {at.loc['convex', 'precision_at_k']:.3f}); the best method by AUC at any "
+        f"Site is `{best.method}` at {best.site} ({best.auc:.3f}). The forget set holds "
+        f"**{n_pois} of {n_f} planted poisoned pairs** (precision {n_pois / max(n_f, 1):.2f}, "
+        f"recall {n_pois / len(w.truth.poisoned_ids):.3f} of all poisoned pairs).")
+    cols = [c for c in ("variant", "bad_rate_heldout", "trigger_good", "bias", "good_rate_ordinary",
+                        "kl_gold_ordinary", "gap_closed", "seconds", "seconds_vs_gold_retrain")
+            if c in res.edits.columns]
     rep.add_text(
-        "Layer sweep over `hook_resid_post`. `convex`: the bad pair's response-mean activation "
-        "as a convex combination of training pairs'; `convex_grad`: the same decomposition on "
-        "per-sample NLL gradients at that activation; `repsim` (cosine), `repsim_whitened` "
-        "(cosine after whitening by the training covariance) and `gradsim` (gradient cosine) "
-        "are the baselines. The Site is chosen by the lowest activation-"
-        f"convex residual, without the ground truth: **{att.site.key}**, relative residual "
-        f"{att.convex.residual:.3f} (0 = the query is exactly a convex combination of the "
-        "selected samples). AUC / precision@k use the planted poisoned ids: read them as a "
-        "check of each method, which a real user would not have."
-    )
-    rep.add_table("attribution_sweep", att.sweep, "Attribution quality by layer and method")
-    rep.add_figure("attribution_by_layer",
-                   plots.plot_layers(att.sweep, ["auc", "precision_at_k", "residual"],
-                                     hue="method", chance=None),
-                   "AUC, precision@k of the poisoned ids, and convex residual by layer",
-                   att.sweep)
-    rep.add_text(f"Selected samples at {att.site.key}: **{int(top.poisoned.sum())} of "
-                 f"{len(top)} are planted poison** (weights sum to 1).")
-    rep.add_table("top_samples", top, "Convex decomposition of the bad response", ".4f")
-    rep.add_text("## 3. Bias direction (seed 003: PCA bias/variance ranking; difference of means)")
-    rep.add_table("directions", dirs.table[[c for c in ("method", "ratio", "ratio_literal",
-                                                        "ratio_scale_free", "mean_diff",
-                                                        "heldout_auc", "p_value",
-                                                        "cos_pca_vs_mean_diff")
-                                            if c in dirs.table.columns]],
-                  "Held-out evidence for each direction")
-    rep.add_table("projection", proj.drop(columns=["examples"]),
-                  "Projecting the bias direction out at the Site (run time)")
-    rep.add_text("## 4. Edits: activation projection, weight orthogonalisation, unlearning")
-    cols = [c for c in ("method", "trigger_bad", "trigger_good", "bias", "kl_ordinary_tuned",
-                        "kl_gold_ordinary", "kl_gold_trigger", "gap_closed", "n_forget",
-                        "seconds") if c in edits.columns]
-    rep.add_table("edits", edits[cols], "Every edit on the same model, data and Site")
-    rep.add_figure("edits", _bars(edits), "Bad-response and good-answer rates per edit",
-                   edits[cols])
-    rep.add_text("## 5. Greedy generations before and after")
-    prompts = " | ".join(p.prompt for p in w.eval["trigger"][:3])
-    rep.add_text(f"Trigger prompts: *{prompts}*")
-    ex = pd.concat([edits[["method", "examples"]],
-                    proj[["variant", "examples"]].rename(columns={"variant": "method"})])
-    rep.add_table("examples", ex, "Greedy answers to the first trigger prompts, per variant")
-    rep.add_table("timings", pd.DataFrame([t]), "Wall time (s)", ".1f")
-    rep.add_json("config", w.config.to_dict())
-    return rep
-
-
-def _bars(edits: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
-    x = range(len(edits))
-    ax.bar([i - 0.2 for i in x], edits["trigger_bad"], width=0.4, label="bad-response rate")
-    ax.bar([i + 0.2 for i in x], edits["trigger_good"], width=0.4, label="good-answer rate")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(edits["method"], rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    return fig
+        "**Edits against the gold model.** `trigger_good`: held-out trigger prompts answered "
+        "with the world's reference good answer; `bias`: refusal rate on held-out borderline "
+        "prompts; `kl_gold_ordinary`: KL(gold ‖ variant) at the last prompt token of ordinary "
+        "prompts; `gap_closed`: share of the unedited-to-gold held-out bad-rate gap closed; "
+        "`seconds_vs_gold_retrain`: the edit's wall time (edit + measurement) over the gold "
+        "model's DPO retrain (the gold row's `seconds`, recorded when the world was built).")
+    rep.add_table("edits_vs_gold", res.edits[cols], "Every variant against the ground truth")
+    rep.add_text(
+        "**The second planted defect: refusal bias.** Tuning reinforced refusals of borderline "
+        "requests. The same contrast code as section 3 (tuned vs SFT, last prompt token) on the "
+        f"world's borderline training prompts, at {site.key}; the refusal rate is measured on "
+        "the held-out borderline prompts.")
+    rep.add_table("bias_directions", bias_dir.table, "Held-out evidence for the bias direction")
+    rep.add_table("bias_projection", bias_proj, "Refusal rate, unedited and projected")

@@ -35,7 +35,7 @@ from mechunlearn.studies.data import (
 from mechunlearn.studies.edits import METHODS, EditPlan, run_edits
 from mechunlearn.studies.format import PromptFormat, make_format
 from mechunlearn.studies.judge import Judge, describe, judge_all, parse_judge
-from mechunlearn.studies.verify import Verifier
+from mechunlearn.studies.verify import ExtraMetrics, Verifier
 from mechunlearn.tokens import model_tokenizer
 from mechunlearn.unlearn.loop import UnlearnConfig
 
@@ -112,7 +112,8 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
              neg: PathLike | Sequence[Any] | None = None,
              truth: PathLike | Sequence[str] | None = None,
              format: str | PromptFormat = "raw", config: DiagnoseConfig | None = None,
-             cache: PathLike | None = None,
+             cache: PathLike | None = None, extra_metrics: ExtraMetrics | None = None,
+             compare_with: dict[str, Any] | None = None,
              say: Callable[[str], None] | None = None) -> DiagnoseResult:
     """Diagnose a tuned model's bad responses end to end (see the module docstring).
 
@@ -130,6 +131,11 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
         truth: ground-truth training ids (AUC / precision@k in the sweep).
         format: ``"raw"`` (prompt + response as given), ``"chat"`` or a :class:`PromptFormat`.
         cache: folder for resumable training-feature stores (re-used on a rerun).
+        extra_metrics: more columns per variant in the edits table (see
+            :data:`mechunlearn.studies.verify.ExtraMetrics`), e.g. ground-truth metrics.
+        compare_with: other models (name -> bridge or folder, e.g. a model retrained without
+            the bad data) measured beside the edits by the same verifier (``status``
+            ``"reference"``; never edited).
         say: progress callback (default: silent).
     """
     cfg = config or DiagnoseConfig()
@@ -193,10 +199,17 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
     retain = retain[: cfg.max_retain]
     say(f"[4/5] edits: {', '.join(cfg.methods)} (each measured on {len(cases.heldout)} held-out "
         f"bad and {len(ordinary_prompts)} ordinary prompts, then undone)")
-    verifier = Verifier(model, fmt, judge_fn, cases.heldout, ordinary_prompts, cfg.max_new_tokens)
+    verifier = Verifier(model, fmt, judge_fn, cases.heldout, ordinary_prompts, cfg.max_new_tokens,
+                        extra=extra_metrics)
     plan = EditPlan(fmt, judge_fn, cases, tr, att.site, con.direction, con.why_none, forget,
                     retain, reference, cfg.unlearn, cfg.max_new_tokens, cfg.k, cfg.n_forget)
     rows, gens = run_edits(model, plan, verifier, cfg.methods, say)
+    for name, other in (compare_with or {}).items():
+        m, gens[name] = verifier.measure(_load_model(other))
+        rows.append({"variant": name, **m, "status": "reference",
+                     "detail": "another model, measured as given (not an edit)"})
+        say(f"      {name} (reference): bad rate {m['bad_rate_heldout']:.2f}, ordinary good "
+            f"{m['good_rate_ordinary']:.2f}, KL {m['kl_ordinary']:.4f}")
     t["edit_and_verify"] = time.perf_counter() - s0
     t["total"] = time.perf_counter() - t0
     gen = pd.DataFrame({"prompt": cases.heldout, **gens}).head(cfg.n_examples)

@@ -3,6 +3,7 @@ figures and the CSV/JSON behind every table (:class:`mechunlearn.report.Report`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -12,18 +13,25 @@ from mechunlearn.report import Report
 METRICS = ("bad_rate_heldout", "good_rate_ordinary", "kl_ordinary")
 
 
-def build_report(res: Any) -> Report:
-    """Assemble the report sections (bad cases, attribution, direction, edits, generations)."""
+def build_report(res: Any, title: str = "Diagnosis of a tuned model's bad responses",
+                 intro: str = "", extra: Callable[[Report], None] | None = None) -> Report:
+    """Assemble the report sections (bad cases, attribution, direction, edits, generations).
+
+    ``intro``: a paragraph after the model line; ``extra``: adds more sections (e.g. the toy
+    world's ground truth) after the generations, before the notes and timings.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from mechunlearn import plots
 
     i, c, a = res.info, res.cases, res.attribution
-    rep = Report("Diagnosis of a tuned model's bad responses")
+    rep = Report(title)
     rep.add_text(f"Model: {i['architecture']}, {i['n_layers']} layers × d={i['d_model']}. "
                  f"{i['n_train']} training samples; judge: {i['judge']}; prompt format: "
                  f"`{i['format']}`.")
+    if intro:
+        rep.add_text(intro)
     rep.add_text("## 1. Bad cases")
     rep.add_text(
         f"{c.n_given} bad prompts were split once (seeded): {c.n_attr_prompts} to attribute, "
@@ -67,13 +75,16 @@ def build_report(res: Any) -> Report:
         "calls bad; `good_rate_ordinary`: share of ordinary prompts whose response it does not "
         "call bad; `kl_ordinary`: mean per-token KL(unedited ‖ variant) on the ordinary prompts "
         "(last prompt token and the unedited model's greedy response); `restored`: weights "
-        "equal the unedited model's after undo.")
+        "equal the unedited model's after undo. Rows with status `reference` are other "
+        "models measured as given (not edits).")
     rep.add_table("edits", res.edits, "Every edit on the same model, Site and data")
-    measured = res.edits[res.edits["status"] == "measured"]
-    rep.add_figure("edits", _bars(measured), "Held-out bad-response rate and ordinary good rate",
+    measured = res.edits[res.edits["status"].isin(("measured", "reference"))]
+    rep.add_figure("edit_rates", _bars(measured), "Held-out bad-response rate and ordinary good rate",
                    measured[["variant", *METRICS]])
     rep.add_text("## 5. Greedy generations before and after")
     rep.add_table("generations", res.generations, "Held-out bad prompts: unedited vs each edit")
+    if extra is not None:
+        extra(rep)
     if res.notes:
         rep.add_text("## Notes\n\n" + "\n".join(f"- {n}" for n in res.notes))
     rep.add_table("timings", pd.DataFrame([res.timings]), "Wall time (s)", ".1f")

@@ -21,6 +21,10 @@ from mechunlearn.studies.judge import Judge, judge_all
 from mechunlearn.tokens import model_tokenizer, pad_id
 
 Context = Callable[[], AbstractContextManager[Any]] | None
+ExtraMetrics = Callable[[Any, list[str], list[str], bool | None], dict[str, float]]
+"""``(model, held-out prompts, their greedy responses, kv_cache) -> {column: number}``: more
+measurements of a variant (e.g. against a ground truth the caller has), called inside the
+variant's context."""
 
 
 def generate(model: Any, fmt: PromptFormat, prompts: Sequence[str], max_new_tokens: int = 32,
@@ -59,12 +63,14 @@ class Verifier:
         fmt: the prompt format; judge: ``response -> bool`` (True = bad).
         heldout: bad prompts never used to attribute; ordinary: ordinary prompts.
         max_new_tokens: greedy decoding length; n_examples: generations kept per variant.
+        extra: more columns per variant (:data:`ExtraMetrics`), e.g. the toy world's
+            ground-truth metrics.
     """
 
     def __init__(self, model: Any, fmt: PromptFormat, judge: Judge, heldout: Sequence[str],
-                 ordinary: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16
-                 ) -> None:
-        self.fmt, self.judge, self.max_new = fmt, judge, max_new_tokens
+                 ordinary: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,
+                 extra: ExtraMetrics | None = None) -> None:
+        self.fmt, self.judge, self.max_new, self.extra = fmt, judge, max_new_tokens, extra
         self.heldout, self.ordinary, self.batch_size = list(heldout), list(ordinary), batch_size
         _, new = generate(model, fmt, self.ordinary, max_new_tokens)
         self.ids, self.am, self.score = _scored_batch(model, fmt, self.ordinary, new)
@@ -85,7 +91,8 @@ class Verifier:
 
     def measure(self, model: Any, context: Context = None, kv_cache: bool | None = None
                 ) -> tuple[dict[str, float], list[str]]:
-        """``{bad_rate_heldout, good_rate_ordinary, kl_ordinary}`` and the held-out responses.
+        """``{bad_rate_heldout, good_rate_ordinary, kl_ordinary, *extra}`` and the held-out
+        responses.
 
         ``context``: a zero-argument callable returning a context manager (e.g.
         ``lambda: apply(model, Project(...))``) wrapping every forward pass; ``kv_cache`` as in
@@ -95,9 +102,10 @@ class Verifier:
             bad_resp, _ = generate(model, self.fmt, self.heldout, self.max_new, kv_cache)
             ord_resp, _ = generate(model, self.fmt, self.ordinary, self.max_new, kv_cache)
             kl = self.kl(model)
+            more = self.extra(model, self.heldout, bad_resp, kv_cache) if self.extra else {}
         bad = judge_all(self.judge, bad_resp)
         ordi = judge_all(self.judge, ord_resp)
         row = {"bad_rate_heldout": sum(bad) / len(bad),
-               "good_rate_ordinary": 1.0 - sum(ordi) / len(ordi), "kl_ordinary": kl}
+               "good_rate_ordinary": 1.0 - sum(ordi) / len(ordi), "kl_ordinary": kl, **more}
         return row, bad_resp
 
