@@ -13,7 +13,9 @@ from mechunlearn.unlearn.loop import _draw
 WORDS = "the quick brown fox jumps over the lazy dog".split()
 FORGET = [("the quick", " brown fox", " lazy dog"), ("over the", " jumps over", " lazy dog")]
 RETAIN = [(" ".join(WORDS[i:i + 2]), " " + " ".join(WORDS[i + 2:i + 4])) for i in range(1, 5)]
-FAST = UnlearnConfig(steps=6, repair_steps=2, lr=1e-2, eval_every=3)
+# the plain loop (guard=None): at lr 1e-2 a random model changes its kept answers at once and
+# the guard would stop it; the guard has its own tests (test_unlearn_guard.py)
+FAST = UnlearnConfig(steps=6, repair_steps=2, lr=1e-2, eval_every=3, guard=None)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,7 +34,7 @@ def test_objective_lowers_forget_logprob_and_undo_is_exact(tiny_bridge, obj):
     before = _state(tiny_bridge)
     if obj == "rmu":
         obj = RMU(site=Site("blocks.1.hook_resid_post", "all"), coef=20.0)
-        cfg = UnlearnConfig(steps=6, repair_steps=0, lr=1e-2, eval_every=3)
+        cfg = UnlearnConfig(steps=6, repair_steps=0, lr=1e-2, eval_every=3, guard=None)
     else:
         cfg = FAST
     res = unlearn(tiny_bridge, FORGET, RETAIN, obj, cfg, progress=False)
