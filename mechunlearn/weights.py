@@ -318,14 +318,26 @@ def hf_state_dict(model: Any) -> dict[str, Tensor]:
     return out
 
 
+#: model types whose fused qkv projection is laid out per head, ``[head, (q|k|v), d_head]``.
+PER_HEAD_QKV = frozenset({"gpt_neox"})
+
+
+def _interleave(parts: list[Tensor], heads: int) -> Tensor:
+    """``[q; k; v]`` (each ``[heads * d_head, ...]``) -> rows ordered head by head."""
+    return torch.stack([p.reshape(heads, -1, *p.shape[1:]) for p in parts], 1).reshape(
+        -1, *parts[0].shape[1:])
+
+
 def sync_fused_qkv_(model: Any) -> int:
     """Copy the bridge's split ``q``/``k``/``v`` weights back into the fused HF projection.
 
     ``boot_transformers`` runs GPT-2 attention through *copies* of ``c_attn`` split into
     ``q``/``k``/``v`` ``nn.Linear``s, so training moves those and leaves ``c_attn`` stale.
-    Returns the number of blocks synced (0 for models without a fused projection).
+    GPT-NeoX's ``query_key_value`` is laid out head by head (:data:`PER_HEAD_QKV`), the others
+    as ``[q; k; v]``. Returns the number of blocks synced (0 for models without a fused projection).
     """
     n = 0
+    per_head = getattr(model.original_model.config, "model_type", "") in PER_HEAD_QKV
     with torch.no_grad():
         for block in model.blocks:
             attn = block.attn
@@ -333,8 +345,11 @@ def sync_fused_qkv_(model: Any) -> int:
             parts = [getattr(getattr(attn, x, None), "_original_component", None) for x in "qkv"]
             if qkv is None or any(not isinstance(m, nn.Linear) for m in parts):
                 continue
+            heads = int(model.cfg.n_heads) if per_head else 0
             if type(qkv).__name__ == "Conv1D":  # [in, 3d]
                 w = torch.cat([m.weight.T for m in parts], dim=1)
+            elif per_head:  # GPT-NeoX: rows [head, (q|k|v), d_head]
+                w = _interleave([m.weight for m in parts], heads)
             else:
                 w = torch.cat([m.weight for m in parts], dim=0)
             if w.shape != qkv.weight.shape:
@@ -343,7 +358,8 @@ def sync_fused_qkv_(model: Any) -> int:
                 )
             qkv.weight.copy_(w)
             if getattr(qkv, "bias", None) is not None:
-                qkv.bias.copy_(torch.cat([m.bias for m in parts]))
+                bs = [m.bias for m in parts]
+                qkv.bias.copy_(_interleave(bs, heads) if per_head else torch.cat(bs))
             n += 1
     return n
 
