@@ -47,7 +47,28 @@ def contexts(tmp_path_factory):
 @pytest.mark.parametrize("check", ORDER)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_conformance(family, check, contexts):
-    rows: list[Row] = CHECKS[check].fn(contexts(family))
+    assert_conforms(family, check, contexts(family))
+
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="no CUDA device: the GPU variant runs where one exists")
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_conformance_cuda(family, tmp_path):
+    """Every check on the model booted on ``cuda`` (plain copies stay on the CPU)."""
+    from mechunlearn.models import load_bridge
+
+    folder = build_tiny(family, tmp_path / family)
+    ctx = Context(load_bridge(folder, device="cuda"), folder)
+    assert ctx.device.type == "cuda"
+    for check in ORDER:
+        assert_conforms(family, check, ctx)
+
+
+def assert_conforms(family: str, check: str, ctx: Context) -> None:
+    rows: list[Row] = CHECKS[check].fn(ctx)
     assert rows
     fails = [r for r in rows if r.status == FAIL]
     assert not fails, "\n".join(f"{r.target}: {r.value} > {r.tol} {r.detail}" for r in fails)
@@ -142,3 +163,35 @@ def test_doctor_library_and_cli(tmp_path, monkeypatch):
     assert res.exit_code == 2 and res.output.strip().count("\n") == 0
     res = runner.invoke(app, ["doctor", "--model", str(folder), "--checks", "nonsense"])
     assert res.exit_code == 2 and "Unknown check" in res.output
+
+
+def test_new_checks_fail_when_the_property_is_broken(tmp_path, monkeypatch):
+    """gradients, bf16, unlearn and export_hf are not vacuous: a plain copy with other weights
+    fails the gradient and bf16 comparisons, an undo() that does nothing fails unlearn."""
+    from mechunlearn.conformance.dtypes import BF16_RTOL
+    from mechunlearn.weights import EditHandle
+
+    other = build_tiny("llama", tmp_path / "other", seed=1)
+    ctx = Context(tiny_model("llama", tmp_path / "llama"), other)  # folder: different weights
+    grads = CHECKS["gradients"].fn(ctx)
+    assert any(r.status == FAIL and "autograd" in r.target for r in grads)
+    assert all(r.status == OK for r in grads if "non-empty" in r.target)
+    bf16 = CHECKS["bf16"].fn(ctx)  # the bf16 copy is loaded from the other folder
+    bad = [r for r in bf16 if r.status == FAIL]
+    assert bad and all(r.value > BF16_RTOL for r in bad if "fp32" in r.target)
+    monkeypatch.setattr(EditHandle, "undo", lambda self: None)
+    rows = CHECKS["unlearn"].fn(Context(ctx.model, tmp_path / "llama"))
+    assert {r.target for r in rows if r.status == FAIL} == {
+        "undo() restores every weight bit for bit", "logits after undo() = before"}
+
+
+def test_gpt_neox_fused_qkv_round_trips(contexts):
+    """GPT-NeoX's query_key_value is laid out head by head: hf_state_dict (which syncs the
+    bridge's split q/k/v back) must give back the folder's tensor exactly (it wrote [q; k; v]
+    before, and export_hf reloaded with logits 0.45 off)."""
+    from mechunlearn.weights import hf_state_dict
+
+    ctx = contexts("gpt_neox")
+    state, plain = hf_state_dict(ctx.model), ctx.plain.state_dict()
+    keys = [k for k in plain if "query_key_value" in k]
+    assert len(keys) == 4 and all(torch.equal(state[k], plain[k]) for k in keys)

@@ -176,7 +176,7 @@ def _act_grads(model: Any, ref_model: Any, items: Sequence[Any], sites: list[Sit
         if not gs:
             raise HookNotFiredError(f"Backward hook at {s.hook_name} never fired.")
         g = sum(gs[1:], gs[0]) if len(gs) > 1 else gs[0]
-        red = s.reduce(g.float().cpu(), tb.attention_mask, tb.response_mask)
+        red = s.reduce(g.float(), tb.attention_mask, tb.response_mask).cpu()  # pool on device
         out.append(red[:b] + red[b:] if loss == "dpo" else red)
     return out
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mechunlearn.conformance import edits, stream  # noqa: F401 (registers the checks)
+from mechunlearn.conformance import dtypes, edits, stream, training  # noqa: F401 (registers)
 from mechunlearn.conformance.registry import CHECKS, FAIL, NA, OK, Context, Row, register
 from mechunlearn.errors import ConfigError
 
@@ -21,7 +21,7 @@ __all__ = ["COLUMNS", "ORDER", "doctor", "format_report", "passed", "register"]
 COLUMNS = ("check", "target", "status", "value", "tol", "detail", "required")
 #: built-in checks in report order; checks registered later run after these.
 ORDER = ("hooks", "residual_identity", "matches_hf", "extract", "interventions", "kv_cache",
-         "orthogonalize")
+         "orthogonalize", "gradients", "unlearn", "export_hf", "bf16")
 
 
 def doctor(model: Any, folder: str | os.PathLike[str] | None = None,
