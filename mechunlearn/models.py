@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mechunlearn.errors import ConfigError
+from mechunlearn.errors import ArchitectureError, ConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
@@ -46,6 +46,39 @@ def check_model_folder(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+#: Hugging Face heads TransformerBridge cannot use as its unembedding.
+NON_LM_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+
+
+def check_bootable(path: str | os.PathLike[str], hf_model: Any = None) -> None:
+    """Refuse models whose head is not a language-model head (e.g. a sequence-classification
+    reward model): TransformerBridge (transformer-lens 4.3) boots only with the LM head
+    (``lm_head`` / BERT's ``cls``) as its unembedding, and loading such a folder as a causal LM
+    would drop the classification head and initialise a random LM head instead.
+
+    Raises:
+        ArchitectureError: naming the head and what is missing.
+    """
+    if hf_model is not None:
+        names = [type(hf_model).__name__]
+    else:
+        import json
+
+        try:
+            cfg = json.loads((Path(path) / "config.json").read_text())
+        except (OSError, ValueError):
+            return  # check_model_folder reports unreadable folders
+        names = [str(a) for a in cfg.get("architectures") or []]
+    bad = [n for n in names if n.endswith(NON_LM_HEADS)]
+    if bad:
+        raise ArchitectureError(
+            f"{bad[0]} cannot be booted as a TransformerBridge: the bridge needs a language-model "
+            "head (lm_head, or cls for BERT) as its unembedding and a classification head is not "
+            "one (loading the folder as a causal LM would drop the head and add a random LM "
+            "head). For a reward model, train a mechunlearn.seal.RewardModel (a linear head on "
+            "a Site) on the body's LM checkpoint instead; see docs/models.md.")
+
+
 def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str = "cpu") -> Any:
     """Boot a ``TransformerBridge`` from a local ``save_pretrained`` folder (model + tokenizer).
 
@@ -77,6 +110,7 @@ def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str 
         check_model_folder(p)
     elif not (p / "config.json").is_file():
         check_model_folder(p)  # raises the same messages
+    check_bootable(p, hf_model)
     tok = AutoTokenizer.from_pretrained(str(p))
     if hf_model is None:
         import torch

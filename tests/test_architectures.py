@@ -195,3 +195,27 @@ def test_gpt_neox_fused_qkv_round_trips(contexts):
     state, plain = hf_state_dict(ctx.model), ctx.plain.state_dict()
     keys = [k for k in plain if "query_key_value" in k]
     assert len(keys) == 4 and all(torch.equal(state[k], plain[k]) for k in keys)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_sequence_classification_reward_model_is_refused_by_name(family, tmp_path):
+    """A tiny random AutoModelForSequenceClassification (Llama- and BERT-style reward model)
+    cannot be booted as a TransformerBridge (no LM head to unembed with): load_bridge raises a
+    typed error naming the head, from the folder and from an in-memory model, instead of
+    loading it as a causal LM with the reward head dropped."""
+    import transformers as T
+
+    from mechunlearn.models import load_bridge
+    from mechunlearn.tiny_models import FAMILIES, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = FAMILIES[family](T, len(tok))
+    cfg.num_labels = 1
+    model = T.AutoModelForSequenceClassification.from_config(cfg).eval()
+    model.save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    name = type(model).__name__
+    assert name.endswith("ForSequenceClassification")
+    for kw in ({}, {"hf_model": model}):
+        with pytest.raises(ArchitectureError, match=f"{name} cannot be booted.*language-model"):
+            load_bridge(tmp_path, **kw)
