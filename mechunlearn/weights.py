@@ -282,6 +282,17 @@ def orthogonalize_(model: Any, directions: Any, writers: Sequence[str] | None = 
     plan: list[tuple[nn.Parameter, Tensor]] = []
     for w in ws:
         plan.extend(_new_values(w, u.to(w.module.weight.device)))
+    return replace_params_(model, ws, plan)
+
+
+def replace_params_(model: Any, ws: Sequence[Writer], plan: Sequence[tuple[nn.Parameter, Tensor]]
+                    ) -> EditHandle:
+    """Copy each ``(parameter, new value)`` of ``plan`` (parameters of the writers ``ws``) into
+    the model, untying holders shared with non-writers first (see module docstring).
+
+    Returns the :class:`EditHandle` that restores everything bit for bit; on any error the
+    model is left unchanged. Used by :func:`orthogonalize_` and :mod:`mechunlearn.ablation`.
+    """
     handle = EditHandle(names=[w.name for w in ws])
     owners = {id(p): w.module for w in ws for p in w.module.parameters(recurse=False)}
     try:
