@@ -44,8 +44,7 @@ def plain_grads(ctx: Context, tb: Any, keys: list[str]) -> dict[str, Tensor]:
     from mechunlearn.conformance.stream import writer_modules
     from mechunlearn.lm import response_logprobs
 
-    got: dict[str, Tensor] = {}
-    handles = []
+    plain, got, handles = _pinned_plain(ctx), {}, []
 
     def keep(key: str, x: Tensor) -> None:
         got[key] = x
@@ -63,16 +62,16 @@ def plain_grads(ctx: Context, tb: Any, keys: list[str]) -> dict[str, Tensor]:
     try:
         for key in keys:
             kind, i = key.split(".")
-            block = ctx.plain_module(ctx.model.blocks[int(i)]._original_component)
+            block = _same(plain, ctx, ctx.model.blocks[int(i)]._original_component)
             if kind == "in":
                 handles.append(block.register_forward_pre_hook(pre(key), with_kwargs=True))
             elif kind == "out":
                 handles.append(block.register_forward_hook(post(key)))
             else:
-                mod = ctx.plain_module(writer_modules(ctx, int(i))[kind])
+                mod = _same(plain, ctx, writer_modules(ctx, int(i))[kind])
                 handles.append(mod.register_forward_hook(post(key)))
         with torch.enable_grad():
-            logits = ctx.plain(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits
+            logits = plain(input_ids=tb.input_ids, attention_mask=tb.attention_mask).logits
             m = tb.response_mask.bool() & tb.attention_mask.bool()
             s, n = response_logprobs(logits, tb.input_ids, m)
             loss = (-(s / n)).sum()
@@ -83,6 +82,45 @@ def plain_grads(ctx: Context, tb: Any, keys: list[str]) -> dict[str, Tensor]:
     # OPT's MLP runs on [batch*pos, d]: its gradient is reshaped to [batch, pos, d]
     return {k: g.reshape(*tb.input_ids.shape, -1) if g.ndim == 2 else g
             for k, g in zip(keys, grads)}
+
+
+def _pinned_plain(ctx: Context) -> Any:
+    """The plain copy, or, when the folder does not pin some tensors (e.g. all-MiniLM-L6-v2's
+    masked-LM head, initialised randomly on each load), a copy of it holding the wrapped
+    model's values for those tensors only (the loss depends on the head)."""
+    from mechunlearn.conformance.stream import _differing_weights
+
+    saved = _checkpoint_keys(ctx.folder)
+    differ = [k for k in _differing_weights(ctx) if k not in saved]
+    if not differ:
+        return ctx.plain
+    import copy
+
+    wrapped = {k.replace("._original_component", ""): v for k, v in ctx.hf.state_dict().items()}
+    plain = copy.deepcopy(ctx.plain)
+    with torch.no_grad():
+        state = plain.state_dict()
+        for k in differ:
+            state[k].copy_(wrapped[k].to(state[k].device))
+    ctx.extra["unpinned"] = differ
+    return plain
+
+
+def _checkpoint_keys(folder: Path | None) -> set[str]:
+    """Tensor names stored in the folder's safetensors files (empty if none)."""
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for f in sorted(Path(folder).glob("*.safetensors")) if folder is not None else []:
+        with safe_open(str(f), "pt") as h:
+            keys.update(h.keys())
+    return keys
+
+
+def _same(plain: Any, ctx: Context, module: Any) -> Any:
+    """``plain``'s module at the place of ``module`` (see :meth:`Context.plain_module`)."""
+    name = next(n for n, m in ctx.plain.named_modules() if m is ctx.plain_module(module))
+    return plain.get_submodule(name)
 
 
 @register("gradients", "activation gradients at hook points (backward hooks) = plain autograd")
@@ -99,6 +137,10 @@ def check_gradients(ctx: Context) -> list[Row]:
     ref = plain_grads(ctx, tb, [k for _, k in sites])
     m = (tb.response_mask.bool() & tb.attention_mask.bool()).double()[..., None]
     rows = []
+    if ctx.extra.get("unpinned"):
+        rows.append(Row(name, "plain copy: tensors the folder does not pin", NA, required=False,
+                        detail=f"{ctx.extra['unpinned'][:3]} are random on each load: the "
+                        "reference uses the model's values for those only"))
     for s, key in sites:
         got = feats[s].values
         want = (ref[key].double() * m).sum(1) / m.sum(1)
