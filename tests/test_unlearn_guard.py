@@ -100,7 +100,7 @@ def test_screening_keeps_the_cause_and_drops_collateral(tiny_bridge):
     assert r.selected[0] == 0 and r.benefit[0] > 0 and bool(r.keep[0])
     assert not bool(r.keep.all())  # something was dropped: not a pass-through
     assert bool((r.keep == (r.benefit > r.cost.clamp_min(0))).all())
-    assert "kept" in r.summary()
+    assert "kept" in r.summary() and -1.0 <= r.consistency <= 1.0
     with pytest.raises(ConfigError, match="max_keep"):
         screen_forget(tiny_bridge, cands, [("the quick", " brown fox")], keep, max_keep=0)
 
@@ -118,7 +118,8 @@ def test_selective_forget_screens_out_a_collateral_candidate(tiny_bridge):
         return [("the quick", " brown fox")] if _avg_logp(m, "the quick", " brown fox") > thresh else []
 
     cfg = UnlearnConfig(steps=40, repair_steps=3, lr=1e-2, eval_every=2)
-    res = selective_forget(tiny_bridge, train, find_bad, lambda m, q: [0, 1, 2, 3], "flip", cfg)
+    res = selective_forget(tiny_bridge, train, find_bad, lambda m, q: [0, 1, 2, 3], "flip", cfg,
+                           screen=True)
     res.undo()
     assert "p0" in res.forget_ids and res.screened_out  # the cause stays, collateral goes
     assert not set(res.forget_ids) & set(res.screened_out)
@@ -135,6 +136,15 @@ def test_relearn_attack_raises_the_metric_and_restores(tiny_bridge):
     assert _same(tiny_bridge, before)
     with pytest.raises(ConfigError, match="steps"):
         relearn_attack(tiny_bridge, [("a", " b")], metric, steps=0)
+
+
+def test_screen_warns_when_it_disagrees_with_the_attribution_order(tiny_bridge):
+    cands = [("jumps over", " the lazy", " quick the"), ("the lazy", " dog jumps", " fox over"),
+             ("brown fox", " jumps over", " dog dog"), ("the quick", " brown fox", " lazy dog")]
+    with pytest.warns(UserWarning, match="disagree"):  # the cause listed last
+        r = screen_forget(tiny_bridge, cands, [("the quick", " brown fox")],
+                          [("over the", " lazy dog")])
+    assert r.consistency < 0
 
 
 def test_bad_guard_config():

@@ -25,7 +25,17 @@ poisoned, 87 legitimate rude-request pairs): the contrast kept all 39 poisoned p
 the 87 rude requests; NPO's removal-only gradient kept 24 poisoned and 63 rude requests (both
 teach "no insult", only the contrast knows the rejected side); full ``flip`` (with its NLL on
 the good answer) dropped the exact bad pair on a random model, because at the start its NLL
-term dominates. This is the
+term dominates.
+
+**It is not reliable yet.** On a second ``hard`` world (seed 1) the same screen inverted:
+benefit < 0 for all 41 poisoned candidates and > 0 for 4 clean pairs whose *rejected* answer
+is an insult, so unlearning the kept set raised the bad-response rate (0.78 -> 0.96). A
+ground-truth-free check is returned with every screen: ``consistency``, the Spearman
+correlation between the benefit and the candidates' attribution rank (candidates are
+expected best first); attribution and screen are independent signals, and a negative value
+means they disagree (seed 0: positive; seed 1: negative), in which case a warning says so.
+:func:`~mechunlearn.unlearn.selective_forget` therefore screens only when asked
+(``screen=True``). This is the
 first-order (one inner step) approximation of the bi-level selection of "Unlearning to
 Align" (Feng et al., arXiv:2504.06659), with the outer objective replaced by the bad
 responses' likelihood (no good answers needed) and a collateral term on kept data.
@@ -34,6 +44,7 @@ responses' likelihood (no good answers needed) and a collateral term on kept dat
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +62,8 @@ from mechunlearn.unlearn.reference import _Data, forward, snapshot
 @dataclass(frozen=True)
 class ScreenResult:
     """``benefit``/``cost`` ``[n]`` (nats/token per unit step, see the module docstring),
-    ``keep`` ``[n]`` bool, the kept rows and ids (largest margin ``b - c`` first), seconds."""
+    ``keep`` ``[n]`` bool, the kept rows and ids (largest margin ``b - c`` first), seconds,
+    and ``consistency`` (Spearman correlation of benefit with the candidates' order)."""
 
     benefit: Tensor
     cost: Tensor
@@ -59,6 +71,7 @@ class ScreenResult:
     selected: tuple[int, ...]
     ids: tuple[str, ...]
     seconds: float
+    consistency: float = float("nan")
 
     def summary(self) -> str:
         """One line: how many candidates were kept and why the others were dropped."""
@@ -66,7 +79,8 @@ class ScreenResult:
         no_gain = int((self.benefit <= 0).sum())
         return (f"kept {k} of {n} forget candidates; dropped {no_gain} whose unlearning does "
                 f"not lower the bad responses and {n - k - no_gain} whose unlearning lowers the "
-                "kept responses more than the bad ones")
+                f"kept responses more than the bad ones; consistency with the attribution order "
+                f"{self.consistency:+.2f}")
 
 
 def mean_logprob(model: Any, tb: Any, chunk: int = 64) -> Tensor:
@@ -92,7 +106,8 @@ def screen_forget(model: Any, candidates: Sequence[Any], bad: Sequence[Any] | To
 
     Args:
         candidates: forget candidates, ``n`` preference pairs (chosen = response to unlearn),
-            ``(prompt, bad)`` or ``(prompt, bad, good)`` tuples (what :func:`unlearn` takes).
+            ``(prompt, bad)`` or ``(prompt, bad, good)`` tuples (what :func:`unlearn` takes),
+            in attribution order (best first; used only for ``consistency``).
         bad: the bad responses the model still gives, ``(prompt, response)`` pairs (e.g. the
             queries that were attributed; encoded with ``encode``) or a
             :class:`~mechunlearn.tokens.TokenBatch` with a response mask; ``B`` is their mean
@@ -140,6 +155,12 @@ def screen_forget(model: Any, candidates: Sequence[Any], bad: Sequence[Any] | To
         handle.undo()
         model.zero_grad(set_to_none=True)
     keep_mask = benefit > cost.clamp_min(0)
+    consistency = _spearman(benefit, -torch.arange(n, dtype=torch.float64))
+    if consistency < 0:
+        warnings.warn(
+            f"screen_forget: the benefit scores disagree with the candidates' attribution order "
+            f"(Spearman {consistency:+.2f}); the first-order screen is unreliable on this "
+            "model: check the kept set or unlearn without screening.", stacklevel=2)
     order = [int(i) for i in torch.argsort(benefit - cost, descending=True) if keep_mask[i]]
     if not order:
         raise EmptyDataError(
@@ -147,4 +168,16 @@ def screen_forget(model: Any, candidates: Sequence[Any], bad: Sequence[Any] | To
             "data (screen_forget): the attribution probably missed the cause. Attribute more "
             "bad responses or at another Site.")
     return ScreenResult(benefit.float(), cost.float(), keep_mask, tuple(order),
-                        tuple(data.forget[i].id for i in order), time.perf_counter() - t0)
+                        tuple(data.forget[i].id for i in order), time.perf_counter() - t0,
+                        consistency)
+
+
+def _spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two ``[n]`` vectors (nan for n < 3 or constant input)."""
+    if len(a) < 3:
+        return float("nan")
+    ra = torch.argsort(torch.argsort(a)).double()
+    rb = torch.argsort(torch.argsort(b)).double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else float("nan")

@@ -3,8 +3,9 @@
 Loop: find the bad responses the model still gives; attribute them to training samples
 (convex decomposition or any other attributor, passed in as a callable); unlearn the union
 of everything selected so far, regularised to keep the remaining training data; re-check.
-Before each round's unlearning, the new candidates are screened (:func:`.hygiene.screen_forget`,
-``screen=True``): only pairs whose unlearning lowers the bad responses' likelihood more than the
+With ``screen=True``, the new candidates are screened before each round's unlearning
+(:func:`.hygiene.screen_forget`; off by default: it inverted on one of two measured worlds):
+only pairs whose unlearning lowers the bad responses' likelihood more than the
 kept data's are unlearned; attribution is imprecise and unlearning legitimate pairs breaks
 ordinary answers. Stop when no bad response is left ("fixed"), when the KL to the *original* model on retain
 data exceeds ``kl_budget`` ("budget"), or after ``max_rounds``. Keeping the other training
@@ -75,7 +76,7 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                      objective: str | Objective = "flip", config: UnlearnConfig | None = None,
                      *, max_rounds: int = 3, kl_budget: float | None = None,
                      max_retain: int = 512, seed: int = 0, encode: Encode | None = None,
-                     screen: bool = True, progress: bool = False) -> SelectiveResult:
+                     screen: bool = False, progress: bool = False) -> SelectiveResult:
     """Attribute -> unlearn -> re-check until the bad responses are gone.
 
     Args:
