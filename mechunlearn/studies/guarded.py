@@ -4,8 +4,8 @@ Protocol (the issue-20 measurement): the tuned model's bad greedy answers on the
 half of the trigger prompts are attributed by convex decomposition (``k`` per query, last
 block's residual stream, response mean) with **no judge filter**, so the forget set mixes
 the poison with legitimate pairs; the union ranked by summed weight, capped at ``n_forget``.
-Each variant unlearns from the tuned model with the default :class:`UnlearnConfig` (guard on
-or off) and with or without :func:`~mechunlearn.unlearn.hygiene.screen_forget`; quality is
+Each variant unlearns from the tuned model with the default :class:`UnlearnConfig`, with or
+without ``guard=GuardConfig()`` and :func:`~mechunlearn.unlearn.hygiene.screen_forget`; quality is
 measured on the *test* half of the trigger prompts and on the ordinary prompts (never used
 for the edit). Then two relearning attacks (:func:`~mechunlearn.unlearn.attack.relearn_attack`)
 on the edited model, the tuned model and the gold model: ``relearn_rude`` fine-tunes on 8
@@ -28,6 +28,7 @@ import torch
 
 from mechunlearn.sites import Site
 from mechunlearn.unlearn.attack import relearn_attack
+from mechunlearn.unlearn.guard import GuardConfig
 from mechunlearn.unlearn.hygiene import screen_forget
 from mechunlearn.unlearn.loop import UnlearnConfig, unlearn
 from mechunlearn.unlearn.selective import selective_forget
@@ -123,7 +124,7 @@ def guarded_table(world: Any, config: GuardedConfig | None = None,
     screened: list[Any] | None = None
     for name in cfg.variants:
         method, guard, screen = VARIANTS[name]
-        ucfg = UnlearnConfig() if guard else UnlearnConfig(guard=None)
+        ucfg = UnlearnConfig(guard=GuardConfig() if guard else None)
         t1 = time.perf_counter()
         if method == "selective":
             res = selective_forget(model, train, _find_bad(world),

@@ -53,9 +53,10 @@ Metric = Callable[[Any], float]
 class UnlearnConfig:
     """Loop settings (defaults measured on the toy world; see docs/unlearning.md).
 
-    ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`;
-    on by default: held-out keep data, stop and roll back when kept answers change);
-    ``None`` turns it off (the loop before issue 20).
+    ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`:
+    held-out keep data, stop and roll back when kept answers change); ``None`` (default) is
+    the plain loop. Opt-in because on the measured worlds it kept ordinary answers but then
+    removed little of the bad behaviour (docs/unlearning.md, "guarded unlearning").
     """
 
     steps: int = 200
@@ -70,7 +71,7 @@ class UnlearnConfig:
     repair: Literal["both", "retain"] = "both"
     max_grad_norm: float = 1.0
     seed: int = 0
-    guard: GuardConfig | None = field(default_factory=GuardConfig)
+    guard: GuardConfig | None = None
 
     def __post_init__(self) -> None:
         for f in ("steps", "batch_size", "retain_batch_size", "eval_every"):
@@ -137,7 +138,7 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
         keep: held-out data the guard watches (``(prompt, response)`` or pairs, never
             trained on); default: ``config.guard.holdout`` of ``retain``, held out.
 
-    With ``config.guard`` (the default) the model ends at the guard's best checkpoint, not
+    With ``config.guard`` the model ends at the guard's best checkpoint, not
     necessarily at the last step (``result.best_step``); see :mod:`.guard`.
     """
     cfg = config or UnlearnConfig()
