@@ -27,7 +27,7 @@ from mechunlearn.errors import (
 )
 from mechunlearn.hooks import add_hooks
 from mechunlearn.provenance import current_fingerprint, model_fingerprint  # noqa: F401 (re-export)
-from mechunlearn.sites import Site, canonical_hook_name
+from mechunlearn.sites import Site, canonical_hook_name, check_sites
 from mechunlearn.tokens import Data, TokenBatch, as_token_batch, check_fits_context
 
 
@@ -195,13 +195,8 @@ def extract(
         ``Features`` with ``values [n, d]`` (``[n, pos, d]`` for ``position="all"``).
     """
     single = isinstance(sites, Site)
-    site_list = [sites] if single else list(sites)
-    if not site_list:
-        raise ConfigError("extract() needs at least one Site.")
+    site_list = check_sites(model, sites, "extract")
     for s in site_list:
-        if not isinstance(s, Site):
-            raise ConfigError(f"extract() sites must be Site objects, got {type(s).__name__}.")
-        s.resolve(model)
         if s.layout == "head_q_k":
             raise LayoutError(
                 f"extract() at {s.key}: attention patterns are [batch, head, query, key]; a "

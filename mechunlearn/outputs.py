@@ -111,12 +111,7 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
         raise _refuse(given, "is the working directory or one of its parents")
     if a.is_symlink():
         raise _refuse(given, "is a symbolic link", sub=False)
-    for anc in a.parents:
-        if anc.exists():
-            if not anc.is_dir():
-                raise _refuse(given, f"is under {anc}, which is a regular file, not a folder",
-                              sub=False)
-            break
+    _refuse_under_file(given, a)
     if a.exists() and not a.is_dir():
         raise _refuse(given, "is an existing file, not a folder", sub=False)
     if a.is_dir() and any(a.iterdir()):
@@ -138,6 +133,16 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
     return a
 
 
+def _refuse_under_file(given: Path, a: Path) -> None:
+    """Raise :class:`OutputPathError` when the nearest existing ancestor of ``a`` is a file."""
+    for anc in a.parents:
+        if anc.exists():
+            if not anc.is_dir():
+                raise _refuse(given, f"is under {anc}, which is a regular file, not a folder",
+                              sub=False)
+            return
+
+
 def check_output_file(path: str | os.PathLike[str]) -> Path:
     """Validate a single output file's path (a CSV, a PNG): it may replace an existing regular
     file the caller names, but raises :class:`OutputPathError` for a folder, a symbolic link or
@@ -149,12 +154,7 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
     if a.is_dir():
         raise OutputPathError(f"Output file {given} is an existing folder; pass a file name "
                               f"such as {given / 'out.csv'}.")
-    for anc in a.parents:
-        if anc.exists():
-            if not anc.is_dir():
-                raise _refuse(given, f"is under {anc}, which is a regular file, not a folder",
-                              sub=False)
-            break
+    _refuse_under_file(given, a)
     return a
 
 

@@ -328,3 +328,20 @@ def canonical_hook_name(model: Any, name: str) -> str:
     """The name of the HookPoint object ``name`` refers to (aliases share one HookPoint)."""
     hp = model.hook_dict.get(name)
     return getattr(hp, "name", name) if hp is not None else name
+
+
+def check_sites(model: Any, sites: Any, what: str) -> list[Site]:
+    """``sites`` (one Site or several) as a non-empty list, each resolved against ``model``.
+
+    Raises:
+        ConfigError: no Site, or an item that is not a Site (``what`` names the caller).
+        UnknownHookError: a hook name the model does not have.
+    """
+    site_list = [sites] if isinstance(sites, Site) else list(sites)
+    if not site_list:
+        raise ConfigError(f"{what}() needs at least one Site.")
+    for s in site_list:
+        if not isinstance(s, Site):
+            raise ConfigError(f"{what}() sites must be Site objects, got {type(s).__name__}.")
+        s.resolve(model)
+    return site_list

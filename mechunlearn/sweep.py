@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mechunlearn.errors import ConfigError
 from mechunlearn.features import Features, extract
-from mechunlearn.sites import Site
+from mechunlearn.sites import Site, check_sites
 
 
 def site_columns(site: Site) -> dict[str, Any]:
@@ -78,13 +78,7 @@ def sweep(
     Returns:
         DataFrame with Site columns, ``fn``'s columns and ``seconds`` (time in ``fn``).
     """
-    site_list = list(sites)
-    if not site_list:
-        raise ConfigError("sweep() needs at least one Site.")
-    for s in site_list:
-        if not isinstance(s, Site):
-            raise ConfigError(f"sweep() sites must be Site objects, got {type(s).__name__}.")
-        s.resolve(model)
+    site_list = check_sites(model, sites, "sweep")
     kw = dict(extract_kwargs or {})
     named = isinstance(data, Mapping)
     datasets: dict[str, Any] = dict(data) if named else ({} if data is None else {"_": data})
