@@ -45,6 +45,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
         k: int = typer.Option(16, min=1, help="Samples to select."),
         out: Path = typer.Option(Path("attribution.csv"), help="CSV: query, rank, id, weight."),
         batch_size: int = typer.Option(32, min=1),
+        overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
     ) -> None:
         """Attribute each query to the training samples behind it (convex decomposition)."""
         import pandas as pd
@@ -56,7 +57,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
                   "random": lambda f: RandomAttributor(f, k=k)}
         if method not in makers:
             raise ConfigError(f"--method must be one of {sorted(makers)}, got {method!r}.")
-        check_output_file(out)
+        check_output_file(out, overwrite, (".csv",))
         bridge = load_bridge(model)
         site = make_site(hook, position)
         ft, fq = _features(bridge, train, site, batch_size), _features(bridge, query, site, batch_size)
@@ -197,6 +198,7 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
         permutations: int = typer.Option(20, min=0),
         out: Path = typer.Option(Path("sweep.csv"), help="CSV, one row per site."),
         plot: Path | None = typer.Option(None, help="Also save a PNG of held-out AUC by layer."),
+        overwrite: bool = typer.Option(False, help="Replace existing --out / --plot files."),
     ) -> None:
         """Held-out separation of X+ vs X- at every layer and hook kind (one forward pass)."""
         from mechunlearn.datasets import read_jsonl
@@ -207,9 +209,9 @@ def register(app: typer.Typer, friendly: Any, make_site: Any) -> None:
 
         if method not in FINDERS:
             raise ConfigError(f"--method must be one of {sorted(FINDERS)}, got {method!r}.")
-        check_output_file(out)
+        check_output_file(out, overwrite, (".csv",))
         if plot is not None:
-            check_output_file(plot)
+            check_output_file(plot, overwrite, (".png", ".pdf", ".svg"))
         bridge = load_bridge(model)
         pos_t = int(position) if position.lstrip("-").isdigit() else position
         site_list = all_sites(bridge, tuple(k.strip() for k in kinds.split(",")), pos_t)

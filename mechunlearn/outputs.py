@@ -143,10 +143,15 @@ def _refuse_under_file(given: Path, a: Path) -> None:
             return
 
 
-def check_output_file(path: str | os.PathLike[str]) -> Path:
-    """Validate a single output file's path (a CSV, a PNG): it may replace an existing regular
-    file the caller names, but raises :class:`OutputPathError` for a folder, a symbolic link or
-    a path under a regular file. Returns it as an absolute path."""
+def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
+                      suffixes: Iterable[str] | None = None) -> Path:
+    """Validate a single output file's path (a CSV, a PNG) before any work is done.
+
+    Raises :class:`OutputExistsError` for an existing file unless ``overwrite`` (a user's file
+    is never replaced silently; CLI: ``--overwrite``), and :class:`OutputPathError` for a
+    folder, a symbolic link, a path under a regular file, or a suffix not in ``suffixes``.
+    Returns it as an absolute path.
+    """
     given = Path(path).expanduser()
     a = Path(os.path.abspath(given))
     if a.is_symlink():
@@ -155,6 +160,13 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
         raise OutputPathError(f"Output file {given} is an existing folder; pass a file name "
                               f"such as {given / 'out.csv'}.")
     _refuse_under_file(given, a)
+    allowed = [x.lower() for x in suffixes] if suffixes is not None else None
+    if allowed is not None and a.suffix.lower() not in allowed:
+        raise OutputPathError(f"Output file {given} must end in one of {allowed}.")
+    if a.exists() and not overwrite:
+        raise OutputExistsError(f"Output file {given} already exists; mechunlearn does not "
+                                "replace files silently: pick a new name, or pass "
+                                "overwrite=True (CLI: --overwrite) to replace it.")
     return a
 
 

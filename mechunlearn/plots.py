@@ -84,7 +84,7 @@ def plot_layers(
         from mechunlearn.atomic import atomic_write
         from mechunlearn.outputs import check_output_file
 
-        check_output_file(save)  # not a folder, not under a regular file
+        check_output_file(save, overwrite=True)  # an explicit save path: not a folder, not under a file
         fmt = Path(save).suffix.lstrip(".") or "png"
         atomic_write(save, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
     return fig

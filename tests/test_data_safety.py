@@ -388,3 +388,18 @@ def test_tiny_model_builders_never_write_into_a_user_folder(tmp_path) -> None:
     build_tiny("llama", tmp_path / "m")
     build_tiny("llama", tmp_path / "m", seed=1)  # our own previous output is replaced
     assert (tmp_path / "m" / "config.json").is_file()
+
+
+def test_single_file_outputs_never_replace_a_user_file_silently(tmp_path) -> None:
+    from mechunlearn.errors import OutputExistsError, OutputPathError
+    from mechunlearn.outputs import check_output_file
+
+    keep = tmp_path / "keep.txt"
+    keep.write_text("mine")
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        check_output_file(keep)
+    with pytest.raises(OutputPathError, match="must end in"):
+        check_output_file(tmp_path / "new.txt", suffixes=(".csv",))
+    assert check_output_file(keep, overwrite=True) == keep.resolve()  # explicit opt-in
+    assert check_output_file(tmp_path / "new.csv", suffixes=(".csv",)).name == "new.csv"
+    assert keep.read_text() == "mine"

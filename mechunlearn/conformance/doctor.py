@@ -119,10 +119,15 @@ def register_cli(app: Any, friendly: Any) -> None:
         csv: Path = typer.Option(None, help="Also write the table to this CSV."),  # noqa: B008
     ) -> None:
         """Check that hooks, identities, edits and caching hold on your model; exit 1 if not."""
+        from mechunlearn.atomic import atomic_write_bytes
+        from mechunlearn.outputs import check_output_file
+
         chosen = [c.strip() for c in checks.split(",") if c.strip()] or None
+        if csv is not None:
+            check_output_file(csv, False, (".csv",))  # never replace a user's file
         df = doctor(model, checks=chosen)
         typer.echo(format_report(df))
         if csv is not None:
-            df.to_csv(csv, index=False)
+            atomic_write_bytes(csv, df.to_csv(index=False).encode())
         if not passed(df):
             raise typer.Exit(1)
