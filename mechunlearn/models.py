@@ -110,20 +110,31 @@ def load_bridge(path: str | os.PathLike[str], hf_model: Any = None, device: str 
         check_model_folder(p)
     elif not (p / "config.json").is_file():
         check_model_folder(p)  # raises the same messages
-    check_bootable(p, hf_model)
-    tok = AutoTokenizer.from_pretrained(str(p))
-    if hf_model is None:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from safetensors import SafetensorError
 
-        cfg = AutoConfig.from_pretrained(str(p))
-        cls = AutoModelForMaskedLM if getattr(cfg, "model_type", "") == "bert" else AutoModelForCausalLM
-        # weights missing from the checkpoint (e.g. all-MiniLM-L6-v2's masked-LM head) are
-        # initialised randomly: seed that init (without touching the caller's RNG) so the
-        # model, and its fingerprint, are a function of the folder in every process
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            hf_model = cls.from_pretrained(str(p))
+    from mechunlearn.errors import MechUnlearnError
+
+    try:
+        check_bootable(p, hf_model)
+        tok = AutoTokenizer.from_pretrained(str(p))
+        if hf_model is None:
+            import torch
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+            cfg = AutoConfig.from_pretrained(str(p))
+            cls = AutoModelForMaskedLM if getattr(cfg, "model_type", "") == "bert" else AutoModelForCausalLM
+            # weights missing from the checkpoint (e.g. all-MiniLM-L6-v2's masked-LM head) are
+            # initialised randomly: seed that init (without touching the caller's RNG) so the
+            # model, and its fingerprint, are a function of the folder in every process
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                hf_model = cls.from_pretrained(str(p))
+    except MechUnlearnError:
+        raise
+    except (OSError, ValueError, SafetensorError) as e:  # corrupt config, truncated weights
+        raise ConfigError(f"Model folder {str(p)!r} could not be loaded ({type(e).__name__}: "
+                          f"{str(e)[:200]}); its config.json, tokenizer or weights look corrupt "
+                          "or truncated: save the model again with save_pretrained.") from e
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(str(p), hf_model=hf_model, tokenizer=tok, device=device)
     bridge.eval()

@@ -142,3 +142,22 @@ def test_text_longer_than_context_is_a_typed_error(tmp_path) -> None:
         mu.extract(m, ["fox", long], mu.resid(0, "post", position="last"))
     with pytest.raises(ShapeError, match="context"):
         gradient_features(m, [("the", " fox"), (long, " dog")], site=mu.resid(0, "post", position="response_mean"))
+
+
+def test_corrupt_folder_and_bad_unlearn_numbers_are_typed_errors(tmp_path) -> None:
+    from mechunlearn.tiny_models import build_tiny
+    from mechunlearn.unlearn import UnlearnConfig
+
+    d = build_tiny("llama", tmp_path / "trunc")
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="corrupt or truncated"):
+        load_bridge(d)
+    d2 = build_tiny("llama", tmp_path / "badcfg")
+    (d2 / "config.json").write_text("{oops")
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        load_bridge(d2)
+    for kw in ({"lr": float("nan")}, {"retain_weight": float("inf")}, {"max_grad_norm": 0},
+               {"kl_budget": -1.0}, {"target": float("nan")}):
+        with pytest.raises(ConfigError):
+            UnlearnConfig(**kw)

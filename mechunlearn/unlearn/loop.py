@@ -79,6 +79,18 @@ class UnlearnConfig:
                 raise ConfigError(f"{f} must be an int >= 1, got {getattr(self, f)!r}.")
         if self.repair_steps < 0 or self.lr <= 0 or self.retain_weight < 0:
             raise ConfigError("repair_steps and retain_weight must be >= 0 and lr > 0.")
+        import math
+
+        for f in ("lr", "retain_weight", "target", "max_grad_norm"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"UnlearnConfig.{f} must be a finite number, got {v!r}.")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}.")
+        if self.kl_budget is not None and not (math.isfinite(self.kl_budget)
+                                               and self.kl_budget > 0):
+            raise ConfigError(f"kl_budget must be a finite number > 0 or None, got "
+                              f"{self.kl_budget!r}.")
         if self.repair not in ("both", "retain"):
             raise ConfigError(f"repair must be 'both' or 'retain', got {self.repair!r}.")
         if self.guard is not None and not isinstance(self.guard, GuardConfig):
