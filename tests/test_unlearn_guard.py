@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from _unlearn_helpers import avg_logp as _avg_logp
+from _unlearn_helpers import same as _same
+from _unlearn_helpers import state as _state
 
 from mechunlearn.errors import ConfigError
 from mechunlearn.unlearn import UnlearnConfig, unlearn
@@ -19,24 +21,6 @@ FORGET = [("the quick", " brown fox", " lazy dog"), ("over the", " jumps over", 
 RETAIN = [(" ".join(WORDS[i:i + 2]), " " + " ".join(WORDS[i + 2:i + 4])) for i in range(0, 6)]
 KEEP = [("lazy dog", " the quick"), ("brown fox", " jumps over")]
 
-
-def _state(m):
-    return {k: v.clone() for k, v in m.state_dict().items()}
-
-
-def _same(m, s):
-    return all(torch.equal(s[k], v) for k, v in m.state_dict().items())
-
-
-def _avg_logp(model, prompt, resp):
-    from mechunlearn.tokens import model_tokenizer, tokenize
-    from mechunlearn.unlearn.objectives import response_logprobs
-
-    tb = tokenize(model_tokenizer(model), [(prompt, resp)])
-    with torch.no_grad():
-        lp, n = response_logprobs(model(tb.input_ids, attention_mask=tb.attention_mask),
-                                  tb.input_ids, tb.response_mask & tb.attention_mask.bool())
-    return float(lp / n)
 
 
 def test_guard_stops_and_rolls_back_when_kept_answers_change(tiny_bridge):

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from _unlearn_helpers import avg_logp as _avg_logp
+from _unlearn_helpers import same as _same
+from _unlearn_helpers import state as _state
 
 from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.unlearn import UnlearnConfig
@@ -33,24 +36,6 @@ TRAIN = [
     Pair("c4", "over the", " lazy dog", " brown brown"),
 ]
 
-
-def _state(m):
-    return {k: v.clone() for k, v in m.state_dict().items()}
-
-
-def _same(m, s):
-    return all(torch.equal(s[k], v) for k, v in m.state_dict().items())
-
-
-def _avg_logp(model, prompt, resp):
-    from mechunlearn.tokens import model_tokenizer, tokenize
-    from mechunlearn.unlearn.objectives import response_logprobs
-
-    tb = tokenize(model_tokenizer(model), [(prompt, resp)])
-    with torch.no_grad():
-        lp, n = response_logprobs(model(tb.input_ids, attention_mask=tb.attention_mask),
-                                  tb.input_ids, tb.response_mask & tb.attention_mask.bool())
-    return float(lp / n)
 
 
 def test_selective_forget_fixes_and_undoes(tiny_bridge):
