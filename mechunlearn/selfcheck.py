@@ -50,7 +50,7 @@ def check_fast_paths(model: Any, texts: Sequence[str] | TokenBatch,
         warnings.simplefilter("ignore", fastpath.FastPathMismatchWarning)
         hook = next(n for n in model.hook_dict if n.endswith("hook_resid_post"))
         run_and_capture(model, tb, [hook])
-        if getattr(model.cfg, "is_causal", True) is not False and _is_causal(model):
+        if _is_causal(model):
             full = greedy(model, tb, max_new_tokens, None, pad, kv_cache=False)
             if plain_lm(model) is not None:
                 fast = greedy(model, tb, max_new_tokens, None, pad, kv_cache=None)
@@ -69,6 +69,5 @@ def _entry(prefix: str, equal: bool) -> dict[str, dict[str, Any]]:
 
 
 def _is_causal(model: Any) -> bool:
-    lm = getattr(model, "original_model", None)
-    return lm is not None and hasattr(lm, "get_output_embeddings") and \
-        type(lm).__name__.endswith("ForCausalLM") or type(lm).__name__.endswith("LMHeadModel")
+    name = type(getattr(model, "original_model", None)).__name__
+    return name.endswith(("ForCausalLM", "LMHeadModel"))
