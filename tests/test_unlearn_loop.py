@@ -115,3 +115,28 @@ def test_draw_respects_zero_weights():
     for _ in range(20):
         assert set(_draw(w, 2, g).tolist()) <= {1, 3, 4}
     assert _draw(w, 8, g).tolist() == [1, 3, 4]
+
+
+def test_objective_supplies_its_own_retain_term(tiny_bridge):
+    """The loop adds whatever ``Objective.retain`` returns (no special-casing by type):
+    a subclass whose retain term is a constant shifts the recorded loss by exactly it, and
+    GradDiff's retain NLL changes the first step's loss against plain GA."""
+    from dataclasses import dataclass
+
+    from mechunlearn.unlearn.objectives import GradDiff, GradientAscent
+
+    @dataclass(frozen=True)
+    class Shifted(GradientAscent):
+        def retain(self, r):
+            return r["logits"].new_tensor(5.0)
+
+    cfg = UnlearnConfig(steps=1, repair_steps=0, lr=1e-2, eval_every=1, guard=None)
+    rows = {}
+    for name, obj in (("ga", GradientAscent()), ("shift", Shifted()),
+                      ("gd", GradDiff(retain_nll=1.0))):
+        r = unlearn(tiny_bridge, FORGET, RETAIN, obj, cfg, progress=False)
+        rows[name] = r.history.iloc[0]
+        r.undo()
+    assert rows["shift"].loss == pytest.approx(rows["ga"].loss + 5.0, abs=1e-4)
+    # GradDiff adds the retain NLL (> 0 on a random model: several nats per token)
+    assert rows["gd"].loss > rows["ga"].loss + 1.0

@@ -33,14 +33,7 @@ from tqdm.auto import tqdm
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
 from mechunlearn.unlearn.data import Encode, rows, warn_overlap
 from mechunlearn.unlearn.guard import Guard, GuardConfig, split_keep
-from mechunlearn.unlearn.objectives import (
-    RMU,
-    GradDiff,
-    Objective,
-    make_objective,
-    response_logprobs,
-    token_kl,
-)
+from mechunlearn.unlearn.objectives import Objective, make_objective, response_logprobs, token_kl
 from mechunlearn.unlearn.reference import _Data, forward, snapshot
 from mechunlearn.weights import EditHandle
 
@@ -281,13 +274,9 @@ def _loss(model: Any, data: _Data, obj: Objective, cfg: UnlearnConfig, fi: Tenso
     kl = token_kl(data.ref_rows(ri, ids.shape[1]), lg, am.bool()).mean()
     total = total + cfg.retain_weight * kl
     row["retain_kl"] = float(kl.detach())
-    if isinstance(obj, GradDiff):
-        lp, nt = response_logprobs(lg, ids, m)
-        total = total + obj.retain_nll * (-(lp / nt.clamp_min(1))).mean()
-    if isinstance(obj, RMU) and h is not None:
-        href = data.ref_rows(ri, ids.shape[1], h=True)
-        mse = (((h - href) ** 2).mean(-1) * am).sum() / am.sum()
-        total = total + obj.retain_act * mse
+    href = data.ref_rows(ri, ids.shape[1], h=True) if h is not None and data.ref_h else None
+    total = total + obj.retain({"logits": lg, "ids": ids, "mask": m, "attn": am, "h": h,
+                                "ref_h": href})
     row["loss"] = float(total.detach())
     return total, row
 

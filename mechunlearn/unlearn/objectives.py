@@ -82,6 +82,21 @@ class Objective:
         ``ref_good_logp`` (good response); ``h`` and ``mask`` (RMU)."""
         raise NotImplementedError
 
+    @property
+    def hook(self) -> str | None:
+        """Hook whose activation :meth:`forget` / :meth:`retain` need (``f["h"]``), or None."""
+        return None
+
+    def retain(self, r: dict[str, Tensor]) -> Tensor:
+        """The objective's own retain term (scalar), added to the loop's KL-to-reference term.
+
+        ``r`` holds, for a retain batch: ``logits [b, pos, V]``, ``ids [b, pos]``,
+        ``mask [b, pos]`` (response tokens), ``attn [b, pos]`` (attention mask), ``h`` (the
+        activation at :attr:`hook`, ``[b, pos, d]``, or None) and ``ref_h`` (the unedited
+        model's activation there, or None). Default: no term (zero).
+        """
+        return r["logits"].new_zeros(())
+
     def to_dict(self) -> dict[str, Any]:
         """Name and fields."""
         return {"name": self.name, **{k: v for k, v in self.__dict__.items() if k != "site"}}
@@ -103,6 +118,11 @@ class GradDiff(GradientAscent):
 
     name: ClassVar[str] = "graddiff"
     retain_nll: float = 1.0
+
+    def retain(self, r: dict[str, Tensor]) -> Tensor:
+        """``retain_nll`` x the retain responses' mean per-token NLL."""
+        lp, nt = response_logprobs(r["logits"], r["ids"], r["mask"])
+        return self.retain_nll * (-(lp / nt.clamp_min(1))).mean()
 
 
 @dataclass(frozen=True)
@@ -163,9 +183,21 @@ class RMU(Objective):
             raise ShapeError(f"RMU direction has d={u.shape[0]}, but {self.site.key} has d={d}.")
         return self.coef * u / u.norm().clamp_min(1e-12)
 
+    @property
+    def hook(self) -> str | None:
+        return self.site.hook_name
+
     def forget(self, f: dict[str, Tensor]) -> Tensor:
         h = f["h"]
         return rmu_loss(h, self.target(h.shape[-1]).to(h), f["mask"])
+
+    def retain(self, r: dict[str, Tensor]) -> Tensor:
+        """``retain_act`` x mean over attended tokens of ``||h - h_ref||^2 / d``."""
+        h, href = r.get("h"), r.get("ref_h")
+        if h is None or href is None:
+            return r["logits"].new_zeros(())
+        am = r["attn"].to(h.dtype)
+        return self.retain_act * (((h - href) ** 2).mean(-1) * am).sum() / am.sum()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from mechunlearn.errors import ConfigError
 from mechunlearn.hooks import add_hooks
 from mechunlearn.tokens import model_tokenizer
 from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows, warn_overlap
-from mechunlearn.unlearn.objectives import RMU, Objective, response_logprobs
+from mechunlearn.unlearn.objectives import Objective, response_logprobs
 from mechunlearn.weights import EditHandle
 
 
@@ -59,8 +59,8 @@ class _Data:
         self.fb = encode_items(tok, self.forget, encode)
         self.gb = encode_items(tok, self.forget, encode, "good") if obj.needs_good else None
         self.rb = encode_items(tok, self.retain, encode) if self.retain else None
-        self.hook = obj.site.hook_name if isinstance(obj, RMU) else None
-        if self.hook is not None:
+        self.hook = obj.hook
+        if self.hook is not None and hasattr(obj, "site"):
             obj.site.resolve(model)
         self.ref_retain: list[Tensor] = []
         self.ref_h: list[Tensor] = []
