@@ -214,10 +214,18 @@ class ConvexAttributor(Attributor):
         accepted step of the returned solution; non-increasing). After a pricing round at the
         budget the greedy restarts on the enlarged pool and the better of the two solutions
         is kept.
+
+        Raises:
+            EmptyDataError: a query whose features are all zero (nothing to decompose).
         """
         t0 = time.perf_counter()
         cfg = self.config
-        q = self._prep(as_query(query, self.d, self.site, self.fingerprint))
+        raw = as_query(query, self.d, self.site, self.fingerprint)
+        if not bool(raw.ne(0).any()):
+            raise EmptyDataError("The query's features are all zero (norm 0): a zero-norm "
+                                 "query cannot be decomposed; check the Site and the query "
+                                 "sample (e.g. a hook whose output is zero there).")
+        q = self._prep(raw)
         q64 = q.double()
         qn2 = float((q64**2).sum())
         denom = qn2**0.5 if qn2 > 0 else 1.0
