@@ -7,6 +7,7 @@ input handling lives in :mod:`mechunlearn.directions.inputs`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ class Directions:
             eraser = None if er is None else _make_eraser(
                 {k: (None if v is None else torch.tensor(v)) for k, v in er.items()}
             )
-            return cls(torch.tensor(d["basis"]), dict(d.get("scores", {})), site,
+            return cls(torch.tensor(d["basis"]), _nan(dict(d.get("scores", {}))), site,
                        d.get("method", "custom"), dict(d.get("settings", {})), eraser,
                        d.get("fingerprint"))
         except (KeyError, TypeError) as e:
@@ -208,7 +209,7 @@ class Directions:
         meta["has_eraser"] = self.eraser is not None
         with output_folder(path, "directions", overwrite=overwrite) as tmp:
             save_file(tensors, str(tmp / "directions.safetensors"))
-            (tmp / "directions.json").write_text(json.dumps(meta, indent=1))
+            (tmp / "directions.json").write_text(json.dumps(meta, indent=1, allow_nan=False))
         return Path(path)
 
     @classmethod
@@ -233,7 +234,7 @@ class Directions:
         if meta.get("has_eraser"):
             eraser = _make_eraser({k: tensors.get(f"eraser.{k}") for k in ("proj_left", "proj_right", "bias")})
         site = None if meta.get("site") is None else Site.from_dict(meta["site"])
-        return cls(tensors["basis"], meta.get("scores", {}), site, meta.get("method", "custom"),
+        return cls(tensors["basis"], _nan(meta.get("scores", {})), site, meta.get("method", "custom"),
                    meta.get("settings", {}), eraser, meta.get("fingerprint"))
 
 
@@ -253,12 +254,23 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     if isinstance(x, (np.ndarray, Tensor)):
-        return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x).tolist()
+        return _jsonable(np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x).tolist())
     if isinstance(x, np.generic):
-        return x.item()
+        return _jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN/inf: null (read back as NaN by _nan)
     if isinstance(x, Site):
         return x.to_dict()
     return x
+
+
+def _nan(x: Any) -> Any:
+    """Scores read from JSON: ``null`` (a NaN/inf score when saved) -> NaN."""
+    if isinstance(x, dict):
+        return {k: _nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan(v) for v in x]
+    return float("nan") if x is None else x
 
 
 def warn_if_null(dirs: Directions) -> None:
