@@ -93,8 +93,10 @@ def run_seal(data: str | os.PathLike[str], out: str | os.PathLike[str], model: A
             "non-empty responses."
         )
     train, test = split_pairs(pairs, 0.2, seed=seed)
-    say(f"data: {rep.n_loaded} pairs loaded of {rep.n_lines} lines; skipped {rep.reasons} "
-          f"(first at line {rep.first_bad_line}); train {len(train)}, test {len(test)}")
+    skipped = (f"; skipped {rep.n_skipped} {rep.reasons} (first at line {rep.first_bad_line})"
+               if rep.n_skipped else "")
+    say(f"data: {rep.n_loaded} pairs loaded of {rep.n_lines} lines{skipped}; train "
+        f"{len(train)}, test {len(test)}")
     times["load"] = time.time() - t0
 
     # ---- features at candidate Sites (one pass; cached)
