@@ -32,7 +32,7 @@ _LAZY = {
     "ConvexAttributor": "mechunlearn.attribution", "RepSim": "mechunlearn.attribution",
     "Attribution": "mechunlearn.attribution", "orthogonalize_": "mechunlearn.weights",
     "export_hf": "mechunlearn.weights", "doctor": "mechunlearn.conformance.doctor",
-    "FeatureStore": "mechunlearn.store", "extract_to_store": "mechunlearn.store",
+    "FeatureStore": "mechunlearn.storage.store", "extract_to_store": "mechunlearn.storage.extract",
     "diagnose": "mechunlearn.studies.diagnose", "DiagnoseConfig": "mechunlearn.studies.diagnose",
 }  # (not ``sweep``/``unlearn``: those names are subpackages)
 

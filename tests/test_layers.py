@@ -21,6 +21,11 @@ ALIASES = {
     "mechunlearn.attribution.counterfactual": "mechunlearn.studies.counterfactual",
     "mechunlearn.unlearn.compare": "mechunlearn.studies.compare_edits",
     "mechunlearn.unlearn": "mechunlearn.studies",  # __getattr__ alias of compare/CompareConfig
+    "mechunlearn.unlearn.attack": "mechunlearn.robustness.relearn",
+    "mechunlearn.store": "mechunlearn.storage",  # store + moments + extract
+    "mechunlearn.sharded_store": "mechunlearn.storage.sharded",
+    "mechunlearn.retrieval": "mechunlearn.storage",  # retrieval + faiss_index + attribute
+    "mechunlearn.distributed": "mechunlearn.storage.distributed",
 }
 #: the rooms allowed to import mechunlearn.toyworld
 ABOVE = ("mechunlearn.studies", "mechunlearn.toyworld", "mechunlearn.cli")

@@ -3,7 +3,7 @@
 Items are ``(prompt, sep + response)``, tokenized by :func:`~mechunlearn.seal.encode.encode_items`
 (left truncation to ``max_length``), run in length-sorted batches (less padding), and returned
 in the input order. With ``cache_dir`` the features go to one
-:class:`~mechunlearn.store.FeatureStore` per Site under
+:class:`~mechunlearn.storage.store.FeatureStore` per Site under
 ``cache_dir/<model fingerprint>/<site>-L<max_length>-sep<k>-<side>-<hash of the pair ids>``; a
 later call with the same model, pairs and settings loads them in seconds instead of running
 the model, and different subsets of pairs never overwrite each other's stores.
@@ -132,7 +132,7 @@ def pair_features(body: Any, pairs: Sequence[PreferencePair], sites: Site | Sequ
 
 
 def _try_load(path: Path, ids: list[str]) -> Features | None:
-    from mechunlearn.store import FeatureStore
+    from mechunlearn.storage.store import FeatureStore
 
     if not (path / "manifest.json").is_file():
         return None
@@ -148,7 +148,7 @@ def _try_load(path: Path, ids: list[str]) -> Features | None:
 def _save(path: Path, f: Features) -> None:
     """Write a cache store; a stale store of ours at ``path`` is replaced, nothing else."""
     from mechunlearn.outputs import output_folder
-    from mechunlearn.store import STORE_PATTERNS, FeatureStore, legacy_store_files
+    from mechunlearn.storage.store import STORE_PATTERNS, FeatureStore, legacy_store_files
 
     with output_folder(path, "featurestore", patterns=STORE_PATTERNS,
                        legacy=legacy_store_files) as tmp:

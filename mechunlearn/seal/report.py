@@ -55,7 +55,7 @@ class SealReport:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from mechunlearn.store import atomic_write_bytes
+    from mechunlearn.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 

@@ -110,7 +110,7 @@ class RewardModel:
         ``chosen``/``rejected``: :class:`Features` ``[n, d]`` (or FeatureStores, loaded) of
         the same pairs, same Site.
         """
-        from mechunlearn.store import FeatureStore
+        from mechunlearn.storage.store import FeatureStore
 
         chosen = chosen.load() if isinstance(chosen, FeatureStore) else chosen
         rejected = rejected.load() if isinstance(rejected, FeatureStore) else rejected
@@ -209,7 +209,7 @@ class RewardModel:
         (atomic; a previous saved reward model there is replaced, a folder holding other
         files is refused; ``.mechunlearn.json`` records the package versions)."""
         from mechunlearn.outputs import output_folder
-        from mechunlearn.store import atomic_write_json
+        from mechunlearn.atomic import atomic_write_json
 
         with output_folder(folder, "reward-model", overwrite=overwrite,
                            legacy=_legacy_files) as p:

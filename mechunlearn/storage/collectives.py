@@ -1,0 +1,103 @@
+"""``torch.distributed`` plumbing for the data-parallel runners: rank and world, the process
+group, barriers, and streaming moments reduced across ranks (run under ``torchrun``; without
+it every function acts as rank 0 of 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mechunlearn.errors import EmptyDataError
+from mechunlearn.storage.moments import RunningMoments
+from mechunlearn.storage.store import FeatureStore
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (``(0, 1)`` outside ``torch.distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextlib.contextmanager
+def process_group(backend: str | None = None, timeout_s: float = 1800.0) -> Iterator[tuple[int, int]]:
+    """Join the ``torchrun`` process group if launched by it; yields ``(rank, world)``.
+
+    ``backend`` defaults to NCCL when CUDA is available, else gloo. Outside torchrun (no
+    ``WORLD_SIZE`` > 1) nothing is initialised. A group created here is destroyed on exit.
+    """
+    created = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        be = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if be == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(be, timeout=datetime.timedelta(seconds=timeout_s))
+        created = True
+    try:
+        yield rank_world()
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """``dist.barrier()`` when distributed, else nothing."""
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def _device() -> torch.device:
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------ statistics across ranks
+def all_reduce_moments(stats: RunningMoments) -> RunningMoments:
+    """Combine every rank's :class:`RunningMoments` into the global one (on every rank).
+
+    Three float64 ``all_reduce`` sums: the counts ``n_r``, the sums ``n_r * mean_r`` and the
+    co-moments ``M2_r + n_r (mean_r - mean)(mean_r - mean)^T`` (exact pooled formula).
+    Returns a new accumulator; ``stats`` is untouched. Without a process group, a copy.
+    """
+    out = RunningMoments(stats.mean.shape[0])
+    if rank_world()[1] == 1:
+        out.merge(stats)
+        return out
+    dev = _device()
+    n = torch.tensor([float(stats.n)], dtype=torch.float64, device=dev)
+    dist.all_reduce(n)
+    total = int(round(float(n.item())))
+    if total == 0:
+        return out
+    s = (stats.mean * stats.n).to(dev)
+    dist.all_reduce(s)
+    mean = s / total
+    delta = stats.mean.to(dev) - mean
+    m2 = stats.m2.to(dev) + torch.outer(delta, delta) * stats.n
+    dist.all_reduce(m2)
+    out.n, out.mean, out.m2 = total, mean.cpu(), m2.cpu()
+    return out
+
+
+def distributed_mean_cov(store: FeatureStore) -> tuple[Tensor, Tensor, int]:
+    """Mean ``[d]``, covariance ``[d, d]`` (float64, ddof=1) and count of a (sharded) store.
+
+    Each rank streams shards ``i % world == rank`` (for a :class:`ShardedStore` written with the
+    same world size: exactly its own sub-store), then :func:`all_reduce_moments`. Equals
+    ``store.mean_cov()`` to float64 rounding. Call on every rank.
+    """
+    rank, world = rank_world()
+    stats = RunningMoments(store.d)
+    for i in range(rank, store.n_shards, world):
+        stats.update(store._read(i)[0])
+    tot = all_reduce_moments(stats)
+    if tot.n == 0:
+        raise EmptyDataError(f"Store at {store.path} is empty.")
+    return tot.mean, tot.cov(), tot.n

@@ -1,0 +1,227 @@
+"""Data-parallel feature extraction and statistics on ``torch.distributed`` (``torchrun``).
+
+Launch any of these under ``torchrun`` (gloo on CPU, NCCL on GPU, multi-node by the same
+launcher); without it they run as one rank of one. Each rank computes a deterministic subset
+of ``shard_size``-row blocks (block ``b`` on rank ``b % world``) into its own FeatureStore
+sub-store; see :mod:`mechunlearn.storage.sharded` for the layout and the ordered reader. The
+result equals the single-process store row for row (same features, ids and order), as long as
+``shard_size`` is a multiple of ``batch_size`` (then every forward pass sees the same batch).
+
+Failure behaviour: every shard is written atomically, so a rank that dies leaves its finished
+shards valid; rerunning the same command resumes each rank after its last finished shard.
+Resuming with another world size raises :class:`WorldSizeMismatchError`. The collectives
+(``rank_world``, ``process_group``, ``barrier``, ``all_reduce_moments``, ``distributed_mean_cov``)
+live in :mod:`mechunlearn.storage.collectives` and are importable from here.
+
+CLI::
+
+    torchrun --nproc_per_node=2 -m mechunlearn.distributed extract --model DIR \
+        --data train.jsonl --site blocks.1.hook_resid_post --position mean --out feats/
+    python -m mechunlearn.distributed merge feats/ merged/
+    torchrun --nproc_per_node=2 -m mechunlearn.distributed stats feats/ --out stats.pt
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mechunlearn.atomic import atomic_write_json
+from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, StoreMismatchError
+from mechunlearn.features import extract, model_fingerprint
+from mechunlearn.sites import Site
+from mechunlearn.storage.collectives import (  # noqa: F401 (part of this module's API)
+    all_reduce_moments,
+    barrier,
+    distributed_mean_cov,
+    process_group,
+    rank_world,
+)
+from mechunlearn.storage.format import _dtype_name
+from mechunlearn.storage.moments import RunningMoments  # noqa: F401 (kept importable here)
+from mechunlearn.storage.sharded import (
+    FORMAT,
+    VERSION,
+    ShardedStore,
+    WorldSizeMismatchError,
+    rank_blocks,
+    rank_dir,
+    read_manifest,
+)
+from mechunlearn.storage.store import FeatureStore
+from mechunlearn.tokens import Data, TokenBatch
+
+CRASH_ENV = "MECHUNLEARN_CRASH_AFTER_SHARDS"  # fault injection for tests: "RANK:K"
+
+
+# ------------------------------------------------------------------ sharded computation
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
+
+
+def _rank_dirs_only(folder: Path) -> list[str] | None:
+    """``[]`` if ``folder`` holds only per-rank sub-store folders (each checked on its own)."""
+    ok = all(e.is_dir() and e.name.startswith("rank_") for e in folder.iterdir())
+    return [] if ok else None
+
+
+def _check_resume(old: dict[str, Any], want: dict[str, Any], out: Path) -> None:
+    if int(old["world_size"]) != want["world_size"]:
+        raise WorldSizeMismatchError(
+            f"{out} was started with world_size={old['world_size']} but this run has "
+            f"world_size={want['world_size']}. Resume with --nproc_per_node={old['world_size']} "
+            "(same total over nodes), or write to a new folder."
+        )
+    for k in ("n", "ids_sha256", "shard_size", "site", "fingerprint", "d", "dtype", "kind"):
+        if old.get(k) != want[k]:
+            raise StoreMismatchError(
+                f"{out} holds {k}={old.get(k)!r}, not {want[k]!r}: it was written for another "
+                "dataset/model/site/config. Use another folder."
+            )
+
+
+def _check_ranks_agree(want: dict[str, Any]) -> None:
+    """Raise on every rank if the ranks disagree on data, model weights, Site or config."""
+    rank, world = rank_world()
+    if world == 1:
+        return
+    got: list[Any] = [None] * world
+    dist.all_gather_object(got, want)
+    for k in want:
+        vals = [g[k] for g in got]
+        if any(v != vals[0] for v in vals):
+            raise StoreMismatchError(
+                f"Ranks disagree on {k}: {vals}. Every rank must load identical weights and "
+                "data (e.g. a model whose missing head is randomly initialised differs per "
+                "process: seed torch before loading it)."
+            )
+
+
+def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fingerprint: str,
+                d: int, compute: Callable[[int, int], Tensor], *, shard_size: int = 4096,
+                dtype: torch.dtype = torch.float32, kind: str = "activations") -> ShardedStore:
+    """Compute ``compute(start, stop) -> [stop - start, d]`` for this rank's blocks into ``out``.
+
+    Collective: call on every rank with identical arguments. Resumes after each rank's last
+    complete shard; returns the complete :class:`ShardedStore` (on every rank).
+    """
+    n = len(ids)
+    if n == 0:
+        raise EmptyDataError("Nothing to compute: 0 samples.")
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}.")
+    rank, world = rank_world()
+    p = Path(out)
+    want = {"format": FORMAT, "version": VERSION, "world_size": world, "n": n,
+            "ids_sha256": _ids_digest(ids), "shard_size": int(shard_size),
+            "site": site.to_dict(), "fingerprint": fingerprint, "d": int(d),
+            "dtype": _dtype_name(dtype), "kind": kind}
+    _check_ranks_agree(want)
+    old = read_manifest(p) if p.exists() else None
+    if old is not None:
+        _check_resume(old, want, p)
+    elif rank == 0:
+        from mechunlearn.outputs import check_destination, output_folder, write_manifest
+
+        if p.is_dir() and any(p.iterdir()):  # other ranks' sub-stores only, never user files
+            check_destination(p, "sharded-store", legacy=_rank_dirs_only)
+            atomic_write_json(p / "manifest.json", {**want, "complete": False})
+            write_manifest(p, "sharded-store")
+        else:
+            with output_folder(p, "sharded-store") as tmp:
+                atomic_write_json(tmp / "manifest.json", {**want, "complete": False})
+    barrier()
+    sub = FeatureStore.create(p / rank_dir(rank, world), site, fingerprint, d, dtype=dtype,
+                              shard_size=shard_size)
+    blocks = rank_blocks(n, shard_size, rank, world)
+    done = sub.n_shards
+    expect = [i for b in blocks[:done] for i in ids[b * shard_size:(b + 1) * shard_size]]
+    if done > len(blocks) or sub.ids != expect:
+        raise StoreMismatchError(f"Sub-store {sub.path} holds rows that do not match this run.")
+    crash = os.environ.get(CRASH_ENV, "")
+    for written, b in enumerate(blocks[done:], start=1):
+        a, z = b * shard_size, min(n, (b + 1) * shard_size)
+        vals = compute(a, z)
+        if tuple(vals.shape) != (z - a, d):
+            raise ShapeError(f"Block {b} gave shape {tuple(vals.shape)}, expected {(z - a, d)}.")
+        sub.append(vals, ids[a:z])
+        sub.flush()
+        if crash and crash == f"{rank}:{written}":
+            os._exit(17)
+    barrier()
+    if rank == 0:
+        atomic_write_json(p / "manifest.json", {**want, "complete": True})
+    barrier()
+    return ShardedStore.open(p)
+
+
+def _slice(data: Data, a: int, z: int) -> Data:
+    return data[a:z] if isinstance(data, (TokenBatch, Tensor)) else list(data[a:z])
+
+
+def extract_distributed(model: Any, data: Data, site: Site, out: str | os.PathLike[str], *,
+                        ids: Sequence[str] | None = None, batch_size: int = 32,
+                        shard_size: int = 4096, dtype: torch.dtype = torch.float32,
+                        **extract_kwargs: Any) -> ShardedStore:
+    """Data-parallel :func:`~mechunlearn.features.extract` of ``data`` at ``site`` into ``out``.
+
+    ``data``: texts, ``(prompt, response)`` pairs or a :class:`TokenBatch`; every rank passes
+    the same data and tokenizes only its own blocks. Returns the ordered :class:`ShardedStore`
+    (``[n, d]`` rows, ids ``"0".."n-1"`` unless given). Collective: call on every rank.
+    """
+    n = len(data)
+    id_list = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(id_list) != n:
+        raise ShapeError(f"Got {len(id_list)} ids for {n} samples.")
+    if site.position == "all":
+        raise ConfigError("A store holds one vector per sample; use a pooled Site position.")
+    if shard_size % batch_size:
+        raise ConfigError(f"shard_size ({shard_size}) must be a multiple of batch_size "
+                          f"({batch_size}) so every rank sees the single-process batches.")
+
+    def compute(a: int, z: int) -> Tensor:
+        return extract(model, _slice(data, a, z), site, batch_size=batch_size,
+                       ids=id_list[a:z], progress=False, **extract_kwargs).values
+
+    d = int(compute(0, 1).shape[1]) if n else 0
+    return run_sharded(out, id_list, site, model_fingerprint(model), d, compute,
+                       shard_size=shard_size, dtype=dtype, kind="activations")
+
+
+def gradient_features_distributed(model: Any, items: Sequence[Any], site: Site,
+                                  out: str | os.PathLike[str], *,
+                                  ids: Sequence[str] | None = None, batch_size: int = 16,
+                                  shard_size: int = 4096, dtype: torch.dtype = torch.float32,
+                                  **grad_kwargs: Any) -> ShardedStore:
+    """Data-parallel :func:`~mechunlearn.attribution.gradient_features` into a sharded store.
+
+    Same sharding, resume and ordering guarantees as :func:`extract_distributed`; ``site`` is
+    the activation Site (or, with ``params=[...]`` in ``grad_kwargs``, the label stored with
+    the parameter gradients). Rows ``[n, d]``. Collective: call on every rank.
+    """
+    from mechunlearn.attribution.gradient import gradient_features
+
+    n = len(items)
+    id_list = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(id_list) != n:
+        raise ShapeError(f"Got {len(id_list)} ids for {n} samples.")
+    if shard_size % batch_size:
+        raise ConfigError(f"shard_size ({shard_size}) must be a multiple of batch_size "
+                          f"({batch_size}).")
+
+    def compute(a: int, z: int) -> Tensor:
+        return gradient_features(model, list(items[a:z]), site=site, batch_size=batch_size,
+                                 ids=id_list[a:z], **grad_kwargs).values
+
+    d = int(compute(0, 1).shape[1]) if n else 0
+    kind = "param_gradients" if grad_kwargs.get("params") else "activation_gradients"
+    return run_sharded(out, id_list, site, model_fingerprint(model), d, compute,
+                       shard_size=shard_size, dtype=dtype, kind=kind)
