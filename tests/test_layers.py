@@ -26,6 +26,7 @@ ALIASES = {
     "mechunlearn.sharded_store": "mechunlearn.storage.sharded",
     "mechunlearn.retrieval": "mechunlearn.storage",  # retrieval + faiss_index + attribute
     "mechunlearn.distributed": "mechunlearn.storage.distributed",
+    "mechunlearn.datasets": "mechunlearn.data",
 }
 #: the rooms allowed to import mechunlearn.toyworld
 ABOVE = ("mechunlearn.studies", "mechunlearn.toyworld", "mechunlearn.cli")
