@@ -32,14 +32,16 @@ pool metric (``-dist / max_dist`` for ``"euclidean"``, ``(cos - 1) / 2`` for ``"
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Generator, Iterator
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mechunlearn import fastpath
+from mechunlearn.attribution import scan
 from mechunlearn.attribution.base import (
     Attribution,
     Attributor,
@@ -47,78 +49,11 @@ from mechunlearn.attribution.base import (
     as_train,
     check_k,
     is_store,
+    query_rows,
 )
+from mechunlearn.attribution.convex_config import ConvexConfig
 from mechunlearn.attribution.simplex import simplex_lsq, sparse_exact
-from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
-
-Normalize = Literal["none", "l2", "standardize"]
-PoolMetric = Literal["euclidean", "cosine"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConvexConfig:
-    """Options of :class:`ConvexAttributor`.
-
-    Attributes:
-        k: maximum number of selected samples (budget).
-        pool: size of the nearest-neighbour candidate pool (at least ``k``; capped at N).
-        tol: stop when the relative residual is ``<= tol``.
-        center: subtract the training mean from all features first.
-        normalize: ``"none"``, ``"l2"`` (unit rows, after centering) or ``"standardize"``
-            (divide each dimension by its training std, floored at ``std_floor`` times the median
-            std so near-constant dimensions are not blown up).
-        pool_metric: how the pool is chosen and how unselected samples are scored.
-        rule: greedy rule, ``"line"`` (largest residual reduction along the line) or
-            ``"correlation"`` (Frank-Wolfe: most correlated with the residual).
-        std_floor: see ``normalize="standardize"``.
-        refresh: pricing rounds: when the greedy stops inside the pool with budget left and
-            residual above ``tol``, one pass over the whole training set adds the
-            ``refresh_size`` samples with the most negative multiplier (those that would
-            lower the residual) to the pool, then the greedy resumes (column generation).
-            If none exists, the solution is optimal over the whole training set.
-        locality: ``mu >= 0``: minimise ``||q - sum w_i x_i||^2 + mu sum w_i ||q - x_i||^2``
-            instead, preferring tight sets of samples close to the query (the seed's "closest
-            samples such that q is a convex combination"); 0 = plain residual.
-        min_weight: selected samples whose weight is below ``min_weight`` times the largest
-            weight are dropped at the end (weights renormalised; residual recomputed).
-    """
-
-    k: int = 32
-    pool: int = 256
-    tol: float = 1e-4
-    center: bool = True
-    normalize: Normalize = "none"
-    pool_metric: PoolMetric = "euclidean"
-    rule: Literal["line", "correlation"] = "line"
-    std_floor: float = 1e-3
-    refresh: int = 2
-    min_weight: float = 1e-6
-    locality: float = 0.0
-    refresh_size: int = 128
-
-    def __post_init__(self) -> None:
-        if not (float(self.locality) >= 0.0):
-            raise ConfigError(f"ConvexConfig.locality must be >= 0, got {self.locality!r}.")
-        if isinstance(self.refresh, bool) or not isinstance(self.refresh, int) or self.refresh < 0:
-            raise ConfigError(f"ConvexConfig.refresh must be an int >= 0, got {self.refresh!r}.")
-        for name in ("k", "pool", "refresh_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"ConvexConfig.{name} must be a positive int, got {v!r}.")
-        if not (0.0 <= float(self.tol) < 1.0):
-            raise ConfigError(f"ConvexConfig.tol must be in [0, 1), got {self.tol!r}.")
-        if self.normalize not in ("none", "l2", "standardize"):
-            raise ConfigError(
-                f"ConvexConfig.normalize must be 'none', 'l2' or 'standardize', "
-                f"got {self.normalize!r}."
-            )
-        if self.pool_metric not in ("euclidean", "cosine"):
-            raise ConfigError(
-                f"ConvexConfig.pool_metric must be 'euclidean' or 'cosine', "
-                f"got {self.pool_metric!r}."
-            )
-        if self.rule not in ("line", "correlation"):
-            raise ConfigError(f"ConvexConfig.rule must be 'line' or 'correlation', got {self.rule!r}.")
+from mechunlearn.errors import EmptyDataError, ShapeError, check_finite
 
 
 class ConvexAttributor(Attributor):
@@ -214,26 +149,80 @@ class ConvexAttributor(Attributor):
         accepted step of the returned solution; non-increasing). After a pricing round at the
         budget the greedy restarts on the enlarged pool and the better of the two solutions
         is kept.
-
-        Raises:
-            EmptyDataError: a query whose features are all zero (nothing to decompose).
         """
         t0 = time.perf_counter()
+        q = self._prep(as_query(query, self.d, self.site, self.fingerprint))
+        return self._drive([q], t0)[0]
+
+    def attribute_many(self, queries: Any) -> list[Attribution]:
+        """Attribute each row of ``queries [m, d]`` (Tensor or Features), in blocks.
+
+        Same results as calling :meth:`attribute` on each row (within float32 rounding of
+        the passes: scores agree to ``1e-4``), but each pass over the training set (pool
+        screening, pricing) serves a whole block of ``block`` queries with one matrix
+        product, so at N = 100k, d = 384 a query costs a fraction of one matrix-vector pass
+        (``scripts/bench_attribution.py``). The blocked path checks itself against
+        one-at-a-time solves at first use (:mod:`mechunlearn.fastpath`) and falls back with a
+        :class:`~mechunlearn.errors.FastPathMismatchWarning` on mismatch. ``seconds`` of each
+        result is the block's time divided by its size.
+        """
+        rows = query_rows(queries)
+        qs = [self._prep(as_query(q, self.d, self.site, self.fingerprint)) for q in rows]
+        if len(qs) < 2 or not fastpath.self_check(
+                "convex_blocked", lambda: self._check_blocked(qs[:2]),
+                "Blocked convex attribution (one matrix product per pass for many queries)"):
+            return [self._drive([q], time.perf_counter())[0] for q in qs]
+        out: list[Attribution] = []
+        for s in range(0, len(qs), self.config.block):
+            out += self._drive(qs[s:s + self.config.block], time.perf_counter())
+        return out
+
+    def _check_blocked(self, qs: list[Tensor]) -> tuple[bool, float]:
+        ref = [self._drive([q], 0.0)[0] for q in qs]
+        fast = self._drive(qs, 0.0)
+        oks = [fastpath.close(f.scores, r.scores, rtol=0.0, atol=1e-4) for f, r in zip(fast, ref)]
+        return all(ok for ok, _ in oks), max(diff for _, diff in oks)
+
+    def _drive(self, qs: list[Tensor], t0: float) -> list[Attribution]:
+        """Run one solver per (preprocessed) query in lockstep, batching their passes."""
+        gens = [self._solve(q) for q in qs]
+        for g in gens:
+            next(g)
+        done: dict[int, Attribution] = {}
+        reqs: dict[int, Any] = {}
+        for i, p in enumerate(scan.pools(self._chunks(), torch.stack(qs), self._pool_size(),
+                                         self.config.pool_metric)):
+            _step(gens[i], i, p, reqs, done)
+        half_mu = 0.5 * self.config.locality
+        while reqs:
+            order = list(reqs)
+            r = [reqs[i] for i in order]
+            res = scan.price(self._chunks(), self.n, torch.stack([x[0] for x in r]),
+                             [x[1] for x in r], [x[2] for x in r], self.config.refresh_size,
+                             half_mu, [x[3] for x in r], [x[4] for x in r])
+            reqs = {}
+            for i, reply in zip(order, res):
+                _step(gens[i], i, reply, reqs, done)
+        dt = (time.perf_counter() - t0) / len(qs)
+        return [replace(done[i], seconds=dt) for i in range(len(qs))]
+
+    def _pool_size(self) -> int:
+        return min(max(self.config.pool, self.config.k), self.n)
+
+    def _solve(self, q: Tensor) -> Generator[Any, Any, Attribution]:
+        """One query's solver: receives its :class:`scan.Pool`, yields pricing requests
+        ``(r [d] float32, r.p, pool indices, d2 [N], sum_j w_j d2_j)`` and receives
+        ``(new indices, new rows)``; returns the :class:`Attribution`."""
         cfg = self.config
-        raw = as_query(query, self.d, self.site, self.fingerprint)
-        if not bool(raw.ne(0).any()):
-            raise EmptyDataError("The query's features are all zero (norm 0): a zero-norm "
-                                 "query cannot be decomposed; check the Site and the query "
-                                 "sample (e.g. a hook whose output is zero there).")
-        q = self._prep(raw)
         q64 = q.double()
         qn2 = float((q64**2).sum())
         denom = qn2**0.5 if qn2 > 0 else 1.0
-        pool_idx, rows, key, d2_all = self._initial_pool(q)
-        Xp = rows.double()
+        p0: scan.Pool = yield None
+        pool_idx, d2_all = p0.idx, p0.d2
+        Xp = p0.rows.double()
         init = None
         hist: list[float] = []
-        best = None
+        best, best_n = None, 0
         iters, rounds, optimal = 0, 0, ""
         while True:
             run = simplex_lsq(Xp.numpy(), q64.numpy(), k=cfg.k, tol=cfg.tol, rule=cfg.rule,
@@ -242,7 +231,7 @@ class ConvexAttributor(Attributor):
             run_hist = [float(np.sqrt(h)) / denom for h in run.history]
             if best is None or run.resid_sq <= best.resid_sq:
                 hist = hist + run_hist[1:] if init is not None else run_hist
-                best = run
+                best, best_n = run, len(Xp)
             optimal = "pool" if best.optimal else ""
             if hist[-1] <= cfg.tol or rounds >= cfg.refresh:
                 break
@@ -250,8 +239,8 @@ class ConvexAttributor(Attributor):
                 break  # stopped for numerical reasons: more candidates will not help
             w = torch.from_numpy(best.weights)
             r = q64 - w @ Xp[torch.from_numpy(best.idx)]
-            wd2 = float(w @ d2_all[pool_idx[torch.from_numpy(best.idx)]])
-            new_idx, new_rows = self._price(r, float(r @ (q64 - r)), pool_idx, d2_all, wd2)
+            wd2 = float(w @ d2_all[pool_idx[torch.from_numpy(best.idx)]].double())
+            new_idx, new_rows = yield (r.float(), float(r @ (q64 - r)), pool_idx, d2_all, wd2)
             rounds += 1
             if len(new_idx) == 0:
                 optimal = "global" if best.optimal else optimal
@@ -260,7 +249,13 @@ class ConvexAttributor(Attributor):
             pool_idx = torch.cat([pool_idx, new_idx])
             # warm start below the budget; at the budget restart so better vertices can win
             init = (best.idx, best.weights) if len(best.idx) < cfg.k else None
-        if hist[-1] > cfg.tol and not cfg.locality and len(pool_idx) > cfg.k:
+        # polish: a sparser exact decomposition can exist only if the pool optimum reaches
+        # tol; when ``best`` is KKT-optimal on the whole current pool it does not (convex
+        # problem), so the extra greedy run is skipped
+        pool_optimum_above_tol = (best.optimal and best_n == len(Xp)
+                                  and best.resid_sq > (cfg.tol * denom) ** 2 * (1 + 1e-6))
+        if (hist[-1] > cfg.tol and not cfg.locality and len(pool_idx) > cfg.k
+                and not pool_optimum_above_tol):
             polished = sparse_exact(Xp.numpy(), q64.numpy(), cfg.k, (cfg.tol * denom) ** 2)
             if polished is not None and polished.resid_sq < best.resid_sq:
                 iters += polished.iterations
@@ -273,94 +268,36 @@ class ConvexAttributor(Attributor):
         r = q64 - w @ Xp[torch.from_numpy(sel)]
         residual = float(r.norm()) / denom
         idx = pool_idx[torch.from_numpy(sel)]
-        scores = self._scores(key, idx, w)
         return Attribution(
             indices=tuple(int(i) for i in idx),
             ids=tuple(self.ids[int(i)] for i in idx),
             weights=w,
             residual=residual,
-            scores=scores,
+            scores=self._scores(p0, idx, w),
             method=self.method,
             site=self.site,
-            seconds=time.perf_counter() - t0,
             info={"pool": len(pool_idx), "rounds": rounds, "iterations": iters,
                   "optimal": optimal, "history": tuple(hist)},
         )
 
-    def _initial_pool(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Nearest ``pool`` rows: ``(indices [P], rows [P, d], pool-metric key [N],
-        squared distances to q [N])``."""
-        cfg = self.config
-        P = min(max(cfg.pool, cfg.k), self.n)
-        key_parts: list[Tensor] = []
-        d2_parts: list[Tensor] = []
-        best_val = torch.empty(0)
-        best_idx = torch.empty(0, dtype=torch.long)
-        best_rows = torch.empty(0, self.d)
-        offset = 0
-        qq = float(q @ q)
-        for x, sqn in self._chunks():
-            dots = x @ q
-            d2 = (sqn - 2 * dots + qq).clamp_min(0)
-            d2_parts.append(d2)
-            if cfg.pool_metric == "euclidean":
-                key = -d2  # higher = closer
-            else:
-                key = dots / (sqn.sqrt() * qq**0.5).clamp_min(1e-30)
-            key_parts.append(key)
-            v, i = torch.topk(key, min(P, len(key)))
-            best_val, best_idx, best_rows = _merge_topk(best_val, best_idx, best_rows, v,
-                                                        i + offset, x[i], P)
-            offset += len(key)
-        return best_idx, best_rows, torch.cat(key_parts).double(), torch.cat(d2_parts).double()
-
-    def _price(self, r: Tensor, rp: float, pool_idx: Tensor, d2_all: Tensor, wd2: float
-               ) -> tuple[Tensor, Tensor]:
-        """Up to ``refresh_size`` rows outside the pool with the most negative multiplier
-        ``lambda_i = -r.(x_i - p) + mu/2 (d_i^2 - sum_j w_j d_j^2)`` (one pass over the
-        training set)."""
-        half_mu = 0.5 * self.config.locality
-        m = self.config.refresh_size
-        r32 = r.float()
-        in_pool = torch.zeros(self.n, dtype=torch.bool)
-        in_pool[pool_idx] = True
-        best_val = torch.empty(0)
-        best_idx = torch.empty(0, dtype=torch.long)
-        best_rows = torch.empty(0, self.d)
-        offset = 0
-        scale = max(float(r @ r), 1e-300)
-        for x, _ in self._chunks():
-            gain = (x @ r32).double() - rp  # = -lambda_i
-            if half_mu:
-                gain -= half_mu * (d2_all[offset : offset + len(gain)] - wd2)
-            gain[in_pool[offset : offset + len(gain)]] = -np.inf
-            v, i = torch.topk(gain.float(), min(m, len(gain)))
-            ok = v > 1e-9 * scale
-            v, i = v[ok], i[ok]
-            best_val, best_idx, best_rows = _merge_topk(best_val, best_idx, best_rows, v,
-                                                        i + offset, x[i], m)
-            offset += len(gain)
-        return best_idx, best_rows
-
-    def _scores(self, key: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+    def _scores(self, p0: scan.Pool, idx: Tensor, w: Tensor) -> Tensor:
+        """Selected rows ``1 + w``; the others the pool metric mapped into ``[-1, 0]``."""
         if self.config.pool_metric == "euclidean":
-            dist = (-key).clamp_min(0).sqrt()
+            dist = p0.d2.double().sqrt()
             sec = -dist / (float(dist.max()) + 1e-30)
         else:
-            sec = (key.clamp(-1, 1) - 1) / 2
-        scores = sec.clone()
-        scores[idx] = 1.0 + w
-        return scores
+            sec = (p0.key.double().clamp(-1, 1) - 1) / 2
+        sec[idx] = 1.0 + w
+        return sec
 
 
-def _merge_topk(val: Tensor, idx: Tensor, rows: Tensor, v: Tensor, i: Tensor, x: Tensor,
-                m: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Running top-``m`` over chunks: append one chunk's candidates, keep the ``m`` best."""
-    val, idx, rows = torch.cat([val, v]), torch.cat([idx, i]), torch.cat([rows, x])
-    if len(val) > m:
-        _, j = torch.topk(val, m)
-        val, idx, rows = val[j], idx[j], rows[j]
-    return val, idx, rows
+def _step(gen: Generator[Any, Any, Attribution], i: int, reply: Any, reqs: dict[int, Any],
+          done: dict[int, Attribution]) -> None:
+    """Send ``reply`` to solver ``i``; file its next pricing request or its result."""
+    try:
+        reqs[i] = gen.send(reply)
+    except StopIteration as stop:
+        done[i] = stop.value
 
 
 def convex_attribution(query: Any, train: Any, **config: Any) -> Attribution:

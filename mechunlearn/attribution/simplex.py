@@ -82,8 +82,10 @@ def simplex_lsq(
     to the query. The objective never increases; the residual alone is monotone only for
     ``mu = 0``.
 
-    Only products with the current support are formed (``X @ p`` and the support's Gram
-    matrix), never the full ``[P, P]`` Gram matrix, so a step costs ``O(P d + s^2 d)``.
+    Only the Gram columns of samples that enter the support are formed (``X @ x_j``, once
+    per sample, cached), never the full ``[P, P]`` Gram matrix: a step costs ``O(P d)`` for a
+    new sample plus ``O(P s)``; residuals are expanded through the Gram matrix
+    (``||q||^2 - 2 w.Xq + w.G w``) and recomputed directly near an exact fit.
 
     Args:
         X: ``[P, d]`` pool rows (float64).
@@ -115,12 +117,34 @@ def simplex_lsq(
         P = [int(np.argmin(0.5 * diag - b))]
         w = np.ones(1)
 
-    def resid_sq(P: list[int], w: np.ndarray) -> float:
-        r = q - w @ X[P]
-        return float(r @ r)
+    slot: dict[int, int] = {}  # pool row j -> its Gram column X @ x_j in ``cbuf`` (once)
+    cbuf = np.empty((len(X), min(len(X), 2 * k + 8)))
 
-    def objective(P: list[int], w: np.ndarray) -> float:
-        return resid_sq(P, w) + locality * float(w @ d2[P])
+    def slots(P: list[int]) -> list[int]:
+        """Columns of ``cbuf`` holding the support's Gram columns (computed once per row)."""
+        nonlocal cbuf
+        for j in P:
+            if j not in slot:
+                if len(slot) == cbuf.shape[1]:
+                    cbuf = np.concatenate([cbuf, np.empty_like(cbuf)], 1)
+                cbuf[:, len(slot)] = X @ X[j]
+                slot[j] = len(slot)
+        return [slot[j] for j in P]
+
+    def support_gram(P: list[int]) -> np.ndarray:
+        sl = slots(P)  # first: it may fill (or grow) cbuf
+        return cbuf[P][:, sl]
+
+    def resid_sq(P: list[int], w: np.ndarray, GS: np.ndarray | None = None) -> float:
+        GS = support_gram(P) if GS is None else GS
+        r2 = qq - 2.0 * float(w @ b_raw[P]) + float(w @ (GS @ w))
+        if r2 <= 1e-6 * qq:  # the expansion loses digits near an exact fit: recompute
+            r = q - w @ X[P]
+            r2 = float(r @ r)
+        return max(r2, 0.0)
+
+    def objective(P: list[int], w: np.ndarray, GS: np.ndarray | None = None) -> float:
+        return resid_sq(P, w, GS) + locality * float(w @ d2[P])
 
     hist = [resid_sq(P, w)]
     obj = [objective(P, w)]
@@ -131,9 +155,9 @@ def simplex_lsq(
     while it < max_iter:
         if hist[-1] <= tol_sq:
             break
-        p = w @ X[P]
-        Gw = X @ p  # x_i . p for every pool row
-        pp = float(p @ p)
+        sl = slots(P)  # first: it may fill (or grow) cbuf
+        Gw = cbuf[:, sl] @ w  # x_i . p for every pool row
+        pp = float(w @ Gw[P])
         rx = b - Gw  # r . x_i  (minus the locality term)
         rp = float(w @ rx[P])  # r . p  (idem)
         lam = -(rx - rp)  # multipliers: lambda_i = -r.(x_i - p) (+ locality term)
@@ -155,10 +179,10 @@ def simplex_lsq(
         prev_P, prev_w = list(P), w.copy()
         P.append(new)
         w = np.append(w, 0.0)
+        GS = support_gram(P)
         # inner loop: exact solve on P, stepping back to the boundary when needed
         for _ in range(len(P) + 5):
-            XP = X[P]
-            z = _solve_equality(XP @ XP.T, b[P])
+            z = _solve_equality(GS, b[P])
             if np.all(z > eps):
                 w = z
                 break
@@ -172,15 +196,16 @@ def simplex_lsq(
             if keep.all():  # numerical corner: force out the smallest weight
                 keep[np.argmin(w)] = False
             P = [p_ for p_, kp in zip(P, keep) if kp]
+            GS = GS[keep][:, keep]
             w = w[keep]
             w = np.maximum(w, 0.0)
             w = w / w.sum()
-        o2 = objective(P, w)
+        o2 = objective(P, w, GS)
         if o2 > obj[-1] * (1 + 1e-9) + 1e-15 * scale:  # no progress possible (degenerate)
             P, w = prev_P, prev_w
             break
         obj.append(min(o2, obj[-1]))
-        r2 = resid_sq(P, w)
+        r2 = resid_sq(P, w, GS)
         hist.append(min(r2, hist[-1]) if locality == 0 else r2)
         it += 1
     order = np.argsort(-w, kind="stable")
