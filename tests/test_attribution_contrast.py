@@ -223,3 +223,38 @@ def test_explain_preferences_one_call(tiny_bridge):
                             space="activations")
     with pytest.raises(ConfigError, match="triples"):
         explain_preferences(tiny_bridge, site, [("a", "b")], [("the lazy", " dog")], good=["x"])
+
+
+def test_explain_preferences_parameter_gradients_and_pooling(tiny_bridge):
+    from mechunlearn.attribution import GradSim, explain_preferences, gradient_features
+
+    train = [("the quick", " brown fox", " cat"), ("the lazy", " dog", " fox jumps"),
+             ("over the", " lazy dog", " moon"), ("a red", " apple pie", " stone")]
+    bad = [("the lazy", " dog"), ("the quick", " brown fox"), ("over the", " lazy dog")]
+    good = [" fox jumps", " cat", " moon"]
+    res = explain_preferences(tiny_bridge, None, train, bad, good=good, ref_model=tiny_bridge,
+                              k=2, ids=["a", "b", "c", "d"], space="parameters",
+                              projection_dim=256)
+    # a bad answer that repeats a training lesson exactly points to that pair
+    assert [a.ids[0] for a in res.per_query] == ["b", "a", "c"]
+    assert res.per_query[0].method == "dpo_param_gradient"
+    names = [n for n, p in tiny_bridge.named_parameters() if p.requires_grad]
+    kw = dict(loss="dpo", ref_model=tiny_bridge, params=names, projection_dim=256)
+    g_tr = gradient_features(tiny_bridge, train, **kw)
+    g_q = gradient_features(tiny_bridge, [(p, b, g) for (p, b), g in zip(bad, good)], **kw)
+    ref = GradSim(g_tr, k=2, metric="dot").attribute(g_q.values[0])
+    torch.testing.assert_close(res.per_query[0].scores, ref.scores)
+    # pooling: k = 2 neighbours of 3 queries is the mean z-score of all three
+    pooled = explain_preferences(tiny_bridge, None, train, bad, good=good, ref_model=tiny_bridge,
+                                 k=2, space="parameters", projection_dim=256, pool=2)
+    z = torch.stack([(a.scores - a.scores.mean()) / a.scores.std() for a in res.per_query])
+    torch.testing.assert_close(pooled.per_query[1].scores, z.mean(0))
+    assert pooled.per_query[0].info["pool_k"] == 2
+    auto = explain_preferences(tiny_bridge, None, train, bad, good=good, ref_model=tiny_bridge,
+                               k=2, space="parameters", projection_dim=256, pool="auto")
+    assert auto.per_query[0].info["pool_k"] in (1, 2)
+    with pytest.raises(ConfigError, match="pool"):
+        explain_preferences(tiny_bridge, None, train, bad, good=good, ref_model=tiny_bridge,
+                            space="parameters", pool=3)
+    with pytest.raises(ConfigError, match="site"):
+        explain_preferences(tiny_bridge, None, train, bad, good=good, space="activations")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from mechunlearn.attribution.base import Attribution, SetAttribution, combine_set
@@ -26,11 +27,12 @@ from mechunlearn.attribution.contrast import (
     reference_answers,
 )
 from mechunlearn.attribution.gradient import GradSim, gradient_features
+from mechunlearn.attribution.pooling import choose_pooling, pool_scores
 from mechunlearn.attribution.similarity import ranked_attribution
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError
 from mechunlearn.sites import Site
 
-Space = Literal["both", "activations", "gradients"]
+Space = Literal["parameters", "both", "activations", "gradients"]
 
 
 def _triples(train: Sequence[Any]) -> list[tuple[str, str, str]]:
@@ -55,7 +57,7 @@ def _pairs(bad: Sequence[Any]) -> list[tuple[str, str]]:
 
 def explain_preferences(
     model: Any,
-    site: Site,
+    site: Site | None,
     train: Sequence[tuple[str, str, str]],
     bad: Sequence[tuple[str, str]],
     good: Sequence[str] | None = None,
@@ -68,11 +70,22 @@ def explain_preferences(
     ids: Sequence[str] | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 32,
+    pool: int | Literal["auto"] | None = None,
+    projection_dim: int = 4096,
+    params: Sequence[str] | None = None,
 ) -> SetAttribution:
     """Attribute bad responses to the preference pairs that taught them.
 
-    Two views of "what a pair taught", both centred cosines at ``site``:
+    Views of "what a pair taught":
 
+    * ``"parameters"``: the gradient of each pair's DPO loss w.r.t. the model's parameters
+      (all trainable ones, or ``params``), compressed by a seeded count sketch to
+      ``projection_dim`` dims, dotted with the same gradient of the query triple
+      ``(q, bad, good)`` (TracIn-style, one checkpoint: Pruthi et al., "Estimating Training
+      Data Influence by Tracing Gradient Descent", arXiv:2002.08484; the sketch as in TRAK,
+      Park et al., arXiv:2303.14186, without its inverse-Gram term, which collapsed here).
+      No Site: ``site`` is ignored and may be ``None``. The best measured view on the hard toy
+      worlds (docs/attribution.md, "Parameter gradients"); one backward pass per pair.
     * ``"activations"``: contrast features ``phi(x, chosen) - phi(x, rejected)`` against
       ``phi(q, bad) - phi(q, good)`` (:class:`ContrastAttributor`);
     * ``"gradients"``: the gradient of each pair's DPO loss w.r.t. the Site's activation
@@ -98,6 +111,14 @@ def explain_preferences(
         beta: DPO temperature of the gradients' loss (cosines barely depend on it).
         ids: training ids (default ``"0".."N-1"``).
         max_new_tokens: decoding budget of the reference answers.
+        pool: ``None`` (default: each bad response on its own), an int ``k`` (each bad
+            response's scores averaged with its ``k`` most similar other bad responses', after
+            z-scoring: :func:`~mechunlearn.attribution.pooling.pool_scores`) or ``"auto"`` (``k``
+            chosen by the leave-one-out criterion of
+            :func:`~mechunlearn.attribution.pooling.choose_pooling`, reported in every
+            per-query result's ``info["pool_k"]``). Needs at least 2 bad responses.
+        projection_dim: count-sketch size of the parameter gradients (``"parameters"``).
+        params: parameter names for ``"parameters"`` (default: every trainable parameter).
 
     Returns:
         :class:`SetAttribution`: ``combined`` ranks all ``N`` pairs for the whole set of bad
@@ -107,12 +128,17 @@ def explain_preferences(
 
     Raises:
         ConfigError: malformed items, unknown ``space``, neither ``good`` nor ``ref_model``
-            given, or no ``ref_model`` for gradients.
+            given, no ``ref_model`` for gradients, no ``site`` for a Site-based view, or
+            ``pool`` that is not ``None``, ``"auto"`` or an int in ``[0, m - 1]``.
         ShapeError: ``len(good) != len(bad)``.
         EmptyDataError: no training pairs or no bad responses.
     """
-    if space not in ("both", "activations", "gradients"):
-        raise ConfigError(f"space must be 'both', 'activations' or 'gradients', got {space!r}.")
+    if space not in ("parameters", "both", "activations", "gradients"):
+        raise ConfigError("space must be 'parameters', 'both', 'activations' or 'gradients', "
+                          f"got {space!r}.")
+    if space != "parameters" and not isinstance(site, Site):
+        raise ConfigError(f"space={space!r} reads features at a Site; pass site=Site(...) "
+                          "(e.g. resid(1, position='response_mean')) or use space='parameters'.")
     tr, bd = _triples(train), _pairs(bad)
     if not tr or not bd:
         raise EmptyDataError(f"explain_preferences() got {len(tr)} training pairs and "
@@ -129,6 +155,22 @@ def explain_preferences(
     if isinstance(good, str) or len(good) != len(bd):
         raise ShapeError(f"good must hold one response per bad pair ({len(bd)}), got "
                          f"{1 if isinstance(good, str) else len(good)}.")
+    if pool is not None and pool != "auto" and (isinstance(pool, bool) or not isinstance(pool, int)
+                                               or not 0 <= pool <= len(bd) - 1):
+        raise ConfigError(f"pool must be None, 'auto' or an int in [0, {len(bd) - 1}] (other bad "
+                          f"responses), got {pool!r}.")
+    if pool is not None and len(bd) < 2:
+        raise ConfigError("pool= needs at least 2 bad responses (it averages over neighbours).")
+    qtrip = [(p, b, g) for (p, b), g in zip(bd, good)]
+    if space == "parameters":
+        names = list(params) if params is not None else [
+            n for n, p_ in model.named_parameters() if p_.requires_grad]
+        kw = dict(loss="dpo", ref_model=ref_model, beta=beta, params=names,
+                  projection_dim=projection_dim)
+        gs = GradSim(gradient_features(model, tr, ids=ids, **kw), k=k, metric="dot")
+        gs.method = "dpo_param_gradient"
+        per = gs.attribute_many(gradient_features(model, qtrip, **kw))
+        return _pooled(per, pool, k, gs.ids, None)
     views: list[list[Attribution]] = []
     if space != "gradients":
         c_train = contrast_features(model, [(p, c) for p, c, _ in tr],
@@ -138,20 +180,37 @@ def explain_preferences(
                                     batch_size=batch_size)
         att = ContrastAttributor(c_train, k=k, scorer=scorer, whiten=whiten)
         if space == "activations":
-            return att.attribute_set(c_query)
+            return _pooled(att.attribute_many(c_query), pool, k, att.ids, site)
         views.append(att.attribute_many(c_query))
     g_train = gradient_features(model, tr, site, loss="dpo", ref_model=ref_model, beta=beta,
                                 ids=ids, batch_size=batch_size)
-    g_query = gradient_features(model, [(p, b, g) for (p, b), g in zip(bd, good)], site,
-                                loss="dpo", ref_model=ref_model, beta=beta,
+    g_query = gradient_features(model, qtrip, site, loss="dpo", ref_model=ref_model, beta=beta,
                                 batch_size=batch_size)
     gs = GradSim(g_train, k=k, center=True)
     gs.method = "dpo_gradient"
     if space == "gradients":
-        return gs.attribute_set(g_query)
+        return _pooled(gs.attribute_many(g_query), pool, k, gs.ids, site)
     views.append(gs.attribute_many(g_query))
+    return _pooled([_mean_z(a, b, k, gs.ids, site) for a, b in zip(*views)], pool, k, gs.ids,
+                   site)
+
+
+def _pooled(per: list[Attribution], pool: int | str | None, k: int, ids: tuple[str, ...],
+            site: Site | None) -> SetAttribution:
+    """Per-query results (optionally pooled with neighbouring queries) and their set."""
     t0 = time.perf_counter()
-    return combine_set([_mean_z(a, b, k, gs.ids, site) for a, b in zip(*views)], k, gs.ids, t0)
+    if pool is None:
+        return combine_set(per, k, ids, t0)
+    S = torch.stack([a.scores for a in per])
+    if pool == "auto":
+        choice = choose_pooling(S)
+        pooled, kk = choice.scores, choice.k
+    else:
+        pooled, kk = pool_scores(S, int(pool)), int(pool)
+    out = [replace(ranked_attribution(pooled[i], k, ids, f"{a.method}+pool", site, t0,
+                                      {**a.info, "pool_k": kk}), seconds=a.seconds)
+           for i, a in enumerate(per)]
+    return combine_set(out, k, ids, t0)
 
 
 def _z(s: Tensor) -> Tensor:

@@ -137,7 +137,8 @@ def choose_pooling(scores: Tensor, ks: Sequence[int] | None = None, m: int = 32,
     Args:
         scores: ``[Q, N]`` per-query scores of ``Q >= 2`` bad answers.
         ks: candidate ``k`` (default :func:`default_ks`).
-        m: size of the top of the ranking the criterion looks at (:func:`loo_gain`).
+        m: size of the top of the ranking the criterion looks at (:func:`loo_gain`; lowered
+            to ``N // 2 - 1`` for small training sets).
         seed: seed of the column splits.
 
     Returns :class:`PoolChoice` with ``scores`` ``[Q, N]`` float64 = :func:`pool_scores` at the
@@ -145,6 +146,6 @@ def choose_pooling(scores: Tensor, ks: Sequence[int] | None = None, m: int = 32,
     """
     z = _check(scores)
     cand = list(ks) if ks is not None else default_ks(z.shape[0])
-    gains = loo_gain(z, cand, m=m, seed=seed)
+    gains = loo_gain(z, cand, m=max(1, min(m, z.shape[1] // 2 - 1)), seed=seed)
     best = max(cand, key=lambda k: (gains[k], -k))
     return PoolChoice(best, gains, pool_scores(z, best))
