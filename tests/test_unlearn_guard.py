@@ -1,4 +1,5 @@
-"""The collateral-damage guard, forget-set screening and the relearning attack (tiny GPT-2)."""
+"""The collateral-damage guard and forget-set screening (tiny GPT-2); the relearning attack is
+tested in test_robustness.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from _unlearn_helpers import state as _state
 
 from mechunlearn.errors import ConfigError
 from mechunlearn.unlearn import UnlearnConfig, unlearn
-from mechunlearn.unlearn.attack import relearn_attack
 from mechunlearn.unlearn.guard import Guard, GuardConfig, split_keep
 from mechunlearn.unlearn.hygiene import screen_forget
 from mechunlearn.unlearn.selective import selective_forget
@@ -108,18 +108,6 @@ def test_selective_forget_screens_out_a_collateral_candidate(tiny_bridge):
     assert "p0" in res.forget_ids and res.screened_out  # the cause stays, collateral goes
     assert not set(res.forget_ids) & set(res.screened_out)
     assert res.rounds["n_screened_out"].iloc[0] == len(res.screened_out)
-
-
-def test_relearn_attack_raises_the_metric_and_restores(tiny_bridge):
-    before = _state(tiny_bridge)
-    metric = lambda m: _avg_logp(m, "the quick", " brown fox")  # noqa: E731
-    r = relearn_attack(tiny_bridge, [("the quick", " brown fox")], metric, steps=5, lr=1e-2,
-                       eval_every=2)
-    assert r.after > r.before + 0.5
-    assert list(r.curve.step) == [0, 2, 4, 5]
-    assert _same(tiny_bridge, before)
-    with pytest.raises(ConfigError, match="steps"):
-        relearn_attack(tiny_bridge, [("a", " b")], metric, steps=0)
 
 
 def test_screen_warns_when_it_disagrees_with_the_attribution_order(tiny_bridge):

@@ -83,6 +83,7 @@ def build_report(res: Any, title: str = "Diagnosis of a tuned model's bad respon
                    measured[["variant", *METRICS]])
     rep.add_text("## 5. Greedy generations before and after")
     rep.add_table("generations", res.generations, "Held-out bad prompts: unedited vs each edit")
+    _robustness(rep, res)
     if extra is not None:
         extra(rep)
     if res.notes:
@@ -90,6 +91,38 @@ def build_report(res: Any, title: str = "Diagnosis of a tuned model's bad respon
     rep.add_table("timings", pd.DataFrame([res.timings]), "Wall time (s)", ".1f")
     rep.add_json("config", i)
     return rep
+
+
+ROBUST = ("relearn_bad_rate", "int8_bad_rate", "nf4_bad_rate", "ablation_project_bad_rate",
+          "ablation_project_where", "ablation_clamp_bad_rate", "ablation_clamp_where", "depth",
+          "recovered_last", "uds", "robustness_seconds")
+
+
+def _robustness(rep: Report, res: Any) -> None:
+    """The robustness section, when the edits were measured with the robustness checks
+    (:func:`mechunlearn.studies.robustness.robustness_extra`; ``DiagnoseConfig.robustness``)."""
+    e = res.edits
+    wanted = bool(res.info.get("config", {}).get("robustness", False))
+    if "relearn_bad_rate" not in e.columns:
+        if wanted:
+            rep.add_text("## Robustness\n\nRequested, but no edit was measured with the "
+                         "robustness checks.")
+        return
+    cols = ["variant", "bad_rate_heldout", *[c for c in ROBUST if c in e.columns]]
+    rep.add_text("## Robustness: does the bad behaviour come back under attack?")
+    rep.add_text(
+        "Every variant, with its edit in place, under four attacks "
+        "(`mechunlearn.robustness`, see `docs/robustness.md`); each `*_bad_rate` is the held-out "
+        "bad-response rate after the attack (compare with `bad_rate_heldout`, and with a "
+        "reference model that never learned the behaviour). `relearn`: fine-tuned a few "
+        "steps on forget-adjacent samples (hooks of a run-time edit on); `int8`: PyTorch "
+        "dynamic quantisation; `nf4`: 4-bit NormalFloat weights; `ablation_*`: the difference-"
+        "of-means direction between edited and unedited activations projected out (`project`) "
+        "or clamped to the unedited mean (`clamp`), strongest layer in `*_where`; `depth`: first "
+        "block whose patched residual carries half the edit's effect; `recovered_last`: share "
+        "carried after the last block; `uds`: Unlearning Depth Score against the reference "
+        "(Lee, Kim and Jo, arXiv:2605.24614).")
+    rep.add_table("robustness", e[cols], "Every edit under every attack", ".3f")
 
 
 def _residual(a: Any) -> float:

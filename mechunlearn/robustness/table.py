@@ -1,0 +1,160 @@
+"""The robustness table: every edit against every attack, side by side.
+
+:func:`robustness_table` runs, for each :class:`~mechunlearn.robustness.edit.Edit` (weight
+edits, run-time interventions and reference models through one protocol) and the unedited
+model, the four checks of this package on the same forget prompts and the same judge:
+
+* relearning attack (:mod:`~mechunlearn.robustness.relearn`): fine-tune on a few
+  forget-adjacent samples, hooks of a run-time edit on;
+* quantisation (:mod:`~mechunlearn.robustness.quantize`): int8 dynamic and 4-bit NF4;
+* direction-ablation attack (:mod:`~mechunlearn.robustness.ablation_attack`);
+* depth (:mod:`~mechunlearn.robustness.depth`): patching edited -> original per layer, and
+  the Unlearning Depth Score when a reference model is named.
+
+Each column is the judged bad-response rate on the forget prompts after the attack (higher =
+more of the bad behaviour came back), except the depth columns.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import pandas as pd
+
+from mechunlearn.errors import ConfigError, EmptyDataError
+from mechunlearn.robustness.ablation_attack import MODES, ablation_attack, strongest
+from mechunlearn.robustness.behaviour import BadRate, EncodePrompts, judged
+from mechunlearn.robustness.depth import patch_depth
+from mechunlearn.robustness.edit import Edit, check_edits
+from mechunlearn.robustness.quantize import SCHEMES, quantized
+from mechunlearn.robustness.relearn import relearn_attack
+from mechunlearn.tokens import TokenBatch, model_tokenizer, tokenize
+
+PairEncode = Callable[[Any, Sequence[str], Sequence[str]], TokenBatch]
+
+
+def _bad_pairs(original: Any, rate: BadRate, judge: Callable[[str], bool],
+               encode: PairEncode | None) -> TokenBatch | None:
+    rs = rate.responses(original)
+    keep = [(p, r) for p, r, b in zip(rate.prompts, rs, judged(judge, rs)) if b and r.strip()]
+    if not keep:
+        return None
+    tok = model_tokenizer(original)
+    ps, rs = [p for p, _ in keep], [r for _, r in keep]
+    return encode(tok, ps, rs) if encode else tokenize(tok, list(zip(ps, rs)))
+
+
+def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequence[str],
+                     adjacent_samples: Sequence[Any], judge: Callable[[str], bool], *,
+                     reference: str | Edit | None = None, include_unedited: bool = True,
+                     encode_prompts: EncodePrompts | None = None,
+                     encode: PairEncode | None = None, relearn_steps: int = 20,
+                     relearn_lr: float = 3e-4, relearn_batch_size: int = 4,
+                     schemes: Sequence[str] = SCHEMES, modes: Sequence[str] = MODES,
+                     max_new_tokens: int = 16, kv_cache: bool | None = None,
+                     seed: int = 0, say: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every edit under every attack (see the module docstring).
+
+    Args:
+        original: the unedited model (TransformerBridge); never changed on return.
+        edits: ``{name: Edit}``: :meth:`Edit.weights` for an edited copy (a separate object),
+            :meth:`Edit.runtime` for interventions on ``original``, ``Edit.weights(m,
+            reference=True)`` for a model measured alongside (e.g. retrained without the data).
+        forget_prompts: prompts on which the bad behaviour shows (held out from the edit).
+        adjacent_samples: the relearning attack's data, ``(prompt, response)`` or preference
+            pairs: a few samples *related* to the forget set, not the forget set itself.
+        judge: ``response -> bool`` (True = bad), the user's own.
+        reference: name in ``edits`` (or an :class:`Edit` not in the table) of a model that
+            never learned the behaviour: its row is the bar every attack is read against and
+            it enables the UDS column.
+        include_unedited: add the ``unedited`` row (the original under the same attacks).
+        encode_prompts, encode: prompt and (prompt, response) encoders (default plain
+            tokenization), e.g. a chat template.
+        relearn_steps, relearn_lr, relearn_batch_size, seed: the relearning attack.
+        schemes: quantisation schemes (``"int8"``, ``"nf4"``); modes: ablation modes.
+        max_new_tokens, kv_cache: greedy decoding of the judged responses.
+        say: progress callback.
+
+    Returns:
+        One row per variant (``unedited`` first): ``variant, kind, bad_rate,
+        relearn_bad_rate, <scheme>_bad_rate, ablation_<mode>_bad_rate`` (strongest layer),
+        ``ablation_<mode>_where``, ``depth, recovered_last, effect, uds, seconds``. The
+        per-layer numbers are in ``df.attrs["per_layer"]`` (a DataFrame: ``variant, layer,
+        recovered, drop, <mode>_bad_rate, ...``).
+
+    Raises:
+        ConfigError: bad edits (see :func:`~mechunlearn.robustness.edit.check_edits`), an
+            unknown ``reference``, scheme or mode, a ``variant`` name ``"unedited"``.
+        EmptyDataError: no forget prompts or no adjacent samples.
+        JudgeError: the judge raised or returned a non-bool.
+    """
+    say = say or (lambda s: None)
+    check_edits(original, edits)
+    if "unedited" in edits:
+        raise ConfigError("'unedited' is the table's own row for the original model; rename "
+                          "that edit.")
+    if isinstance(reference, str) and reference not in edits:
+        raise ConfigError(f"reference={reference!r} is not a name in edits ({list(edits)}).")
+    if reference is not None and not isinstance(reference, (str, Edit)):
+        raise ConfigError(f"reference must be a name in edits or an Edit, got "
+                          f"{type(reference).__name__}.")
+    if not adjacent_samples:
+        raise EmptyDataError("adjacent_samples is empty: the relearning attack needs a few "
+                             "forget-adjacent samples.")
+    bad = [s for s in schemes if s not in SCHEMES] + [m for m in modes if m not in MODES]
+    if bad:
+        raise ConfigError(f"Unknown schemes/modes {bad}; schemes: {SCHEMES}, modes: {MODES}.")
+    rate = BadRate(forget_prompts, judge, encode_prompts, max_new_tokens, kv_cache)
+    tok = model_tokenizer(original)
+    prompts_tb = (encode_prompts or (lambda t, ps: tokenize(t, ps)))(tok, list(rate.prompts))
+    pairs = _bad_pairs(original, rate, judge, encode)
+    if pairs is None:
+        warnings.warn("The original model gives no judged-bad response to the forget "
+                      "prompts: the depth columns are NaN.", stacklevel=2)
+    ref = edits[reference] if isinstance(reference, str) else reference
+    variants = [("unedited", None)] * include_unedited + list(edits.items())
+    rows, per_layer = [], []
+    for name, e in variants:
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"variant": name, "kind": "unedited" if e is None else e.kind}
+        with (e.active() if e is not None else nullcontext(original)) as m:
+            # hooks of a run-time edit stay on while the attacker fine-tunes
+            r = relearn_attack(m, adjacent_samples, rate, steps=relearn_steps, lr=relearn_lr,
+                               batch_size=relearn_batch_size, seed=seed, encode=encode)
+            row["bad_rate"], row["relearn_bad_rate"] = r.before, r.after
+            for s in schemes:
+                with quantized(m, s):
+                    row[f"{s}_bad_rate"] = rate(m)
+        say(f"      {name}: bad {row['bad_rate']:.2f}, relearned {row['relearn_bad_rate']:.2f}"
+            + "".join(f", {s} {row[f'{s}_bad_rate']:.2f}" for s in schemes))
+        if e is not None:
+            ab = ablation_attack(original, e, prompts_tb, rate, modes=modes)
+            for mode in modes:
+                row[f"ablation_{mode}_bad_rate"], row[f"ablation_{mode}_where"] = \
+                    strongest(ab, mode)
+            layer_rows = ab.set_index("layer")
+            if pairs is not None:
+                dl, summary = patch_depth(original, e, pairs, reference=ref)
+                row.update({k: summary[k] for k in ("depth", "recovered_last", "effect",
+                                                    "uds")})
+                dl = dl.assign(layer=dl.layer.astype(str)).set_index("layer")
+                layer_rows = layer_rows.join(dl, how="outer")
+            per_layer.append(layer_rows.reset_index().assign(variant=name))
+            say("        ablation: " + ", ".join(
+                f"{mode} {row[f'ablation_{mode}_bad_rate']:.2f} at "
+                f"{row[f'ablation_{mode}_where'] or '-'}" for mode in modes)
+                + (f"; depth {row.get('depth')}, UDS {row.get('uds', float('nan')):.2f}"
+                   if pairs is not None else ""))
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df.attrs["per_layer"] = (pd.concat(per_layer, ignore_index=True) if per_layer
+                             else pd.DataFrame())
+    return df
+
+
+__all__ = ["robustness_table"]
