@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mechunlearn.atomic import atomic_write_json, chmod_default
+from mechunlearn.atomic import atomic_write_bytes, atomic_write_json, chmod_default
 from mechunlearn.errors import OutputExistsError, OutputPathError
 from mechunlearn.versions import versions
 
@@ -44,12 +44,8 @@ Legacy = Callable[[Path], Iterable[str] | None]
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Our manifest in ``folder``, or ``None`` if there is none (or it is not ours)."""
-    f = Path(folder) / MANIFEST
-    try:
-        m = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) and m.get("format") == FORMAT else None
+    m = _read_json(Path(folder) / MANIFEST)
+    return m if m.get("format") == FORMAT else None
 
 
 def _files(folder: Path) -> list[str]:
@@ -167,7 +163,45 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool = False,
         raise OutputExistsError(f"Output file {given} already exists; mechunlearn does not "
                                 "replace files silently: pick a new name, or pass "
                                 "overwrite=True (CLI: --overwrite) to replace it.")
+    side = sidecar_path(a)
+    if os.path.lexists(side) and (not overwrite or _read_json(side).get("format") != FORMAT):
+        raise OutputExistsError(f"{side} (our sidecar of {given}) already exists and is not "
+                                "ours or overwrite is off: pick a new name or --overwrite.")
     return a
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """``<name>.mechunlearn.json`` beside a single output file ``<name>`` (CSV, PNG)."""
+    return Path(path).with_name(Path(path).name + MANIFEST)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) else {}
+
+
+def write_sidecar(path: str | os.PathLike[str], kind: str,
+                  meta: dict[str, Any] | None = None) -> Path:
+    """Record kind, time and package versions of the output file ``path`` in its sidecar
+    (atomic; checked by :func:`check_output_file`). A sidecar, not a CSV comment header,
+    keeps the file readable by any CSV reader or image viewer."""
+    p = Path(path)
+    m = {"format": FORMAT, "kind": kind, "file": p.name,
+         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "versions": versions(), **(meta or {})}
+    return atomic_write_json(sidecar_path(p), m)
+
+
+def write_output_file(path: str | os.PathLike[str], data: bytes, kind: str,
+                      meta: dict[str, Any] | None = None) -> Path:
+    """Write one output file atomically, then its sidecar (:func:`write_sidecar`); check
+    ``path`` with :func:`check_output_file` before any work."""
+    out = atomic_write_bytes(path, data)
+    write_sidecar(out, kind, meta)
+    return out
 
 
 def _delete_ours(folder: Path, legacy: Legacy | None) -> None:

@@ -105,29 +105,3 @@ def format_report(df: Any, width: int = 70) -> str:
     lines.append(f"{n[OK]} ok, {n[NA]} n/a, {n[FAIL]} FAIL"
                  + ("" if passed(df) else " - a check the library relies on failed"))
     return "\n".join(lines)
-
-
-def register_cli(app: Any, friendly: Any) -> None:
-    """Add ``mechunlearn doctor`` to the typer ``app``."""
-    import typer
-
-    @app.command("doctor")
-    @friendly
-    def doctor_cmd(
-        model: Path = typer.Option(..., help="Hugging Face model folder."),  # noqa: B008
-        checks: str = typer.Option("", help=f"Comma-separated subset of {list(CHECKS)}."),
-        csv: Path = typer.Option(None, help="Also write the table to this CSV."),  # noqa: B008
-    ) -> None:
-        """Check that hooks, identities, edits and caching hold on your model; exit 1 if not."""
-        from mechunlearn.atomic import atomic_write_bytes
-        from mechunlearn.outputs import check_output_file
-
-        chosen = [c.strip() for c in checks.split(",") if c.strip()] or None
-        if csv is not None:
-            check_output_file(csv, False, (".csv",))  # never replace a user's file
-        df = doctor(model, checks=chosen)
-        typer.echo(format_report(df))
-        if csv is not None:
-            atomic_write_bytes(csv, df.to_csv(index=False).encode())
-        if not passed(df):
-            raise typer.Exit(1)

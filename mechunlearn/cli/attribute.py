@@ -1,0 +1,92 @@
+"""``mechunlearn attribute``: which training samples is each bad response made of?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mechunlearn.cli.options import (
+    BatchSize,
+    Hook,
+    Model,
+    OverwriteFile,
+    Position,
+    check_method,
+    features,
+    make_site,
+)
+
+_METHODS = ("convex", "repsim", "random")
+
+
+def _attributor(method: str, train: Any, k: int) -> Any:
+    from mechunlearn.attribution import ConvexAttributor, RandomAttributor, RepSim
+
+    return {"convex": ConvexAttributor, "repsim": RepSim, "random": RandomAttributor}[method](
+        train, k=k)
+
+
+def attribute_cmd(
+    model: Model,
+    train: Annotated[Path, typer.Option(help="Training samples (JSONL): 'text', "
+                                        "'prompt'+'response', or preference records "
+                                        "'prompt'+'chosen'+'rejected' (read as prompt + the "
+                                        "response --field names: chosen by default, the "
+                                        "answer tuning reinforced).")],
+    query: Annotated[Path, typer.Option(help="Bad (prompt, response) pairs to explain "
+                                        "(JSONL).")],
+    hook: Hook,
+    position: Position = "response_mean",
+    method: Annotated[str, typer.Option(help="convex | repsim | random.")] = "convex",
+    k: Annotated[int, typer.Option(min=1, help="Samples to select per query (at most the "
+                                   "number of training samples).")] = 16,
+    field: Annotated[str, typer.Option(help="For preference --train records: chosen | "
+                                       "rejected.")] = "chosen",
+    out: Annotated[Path, typer.Option(help="CSV: query, rank, id, weight, residual (plus "
+                                      "<out>.mechunlearn.json with the versions).")]
+    = Path("attribution.csv"),
+    batch_size: BatchSize = 32,
+    overwrite: OverwriteFile = False,
+) -> None:
+    """Attribute each query to the training samples behind it (convex decomposition).
+
+    Method: Liu et al., "Explainable reinforcement learning from human feedback to improve
+    alignment" (arXiv:2512.13837); RepSim and random are the baselines. For the
+    preference-contrast view of prompt/chosen/rejected data use
+    ``mechunlearn.attribution.explain_preferences`` (Python) or ``mechunlearn diagnose``.
+    """
+    import pandas as pd
+
+    from mechunlearn.data import model_inputs, read_jsonl
+    from mechunlearn.errors import ConfigError
+    from mechunlearn.models import load_bridge
+    from mechunlearn.outputs import check_output_file, write_output_file
+
+    check_method(method, dict.fromkeys(_METHODS))
+    if field not in ("chosen", "rejected"):
+        raise ConfigError(f"--field must be chosen or rejected, got {field!r}.")
+    check_output_file(out, overwrite, (".csv",))
+    site = make_site(hook, position)
+    recs = read_jsonl(train)  # read and check both files before loading the model
+    items = model_inputs(recs, field if recs.kind == "triple" else None, "--field")
+    if k > len(items):
+        raise ConfigError(f"--k {k} is larger than the {len(items)} training samples in "
+                          f"{train}; pass --k {len(items)} or fewer.")
+    model_inputs(read_jsonl(query), None, None)
+    bridge = load_bridge(model)
+    from mechunlearn.features import extract
+
+    ft = extract(bridge, items, site, batch_size=batch_size, ids=recs.ids, progress=True)
+    fq = features(bridge, query, site, batch_size)
+    att = _attributor(method, ft, k)
+    rows = [{"query": qid, "rank": rank, "id": i, "weight": w, "residual": a.residual}
+            for qid, a in zip(fq.ids, att.attribute_many(fq))
+            for rank, (i, w) in enumerate(zip(a.ids, a.weights.tolist()))]
+    df = pd.DataFrame(rows)
+    write_output_file(out, df.to_csv(index=False).encode(), "attribution-csv",
+                      {"method": method, "site": site.key, "k": k, "train": str(train),
+                       "query": str(query)})
+    typer.echo(df.head(3 * k).to_string(index=False))
+    typer.echo(f"-> {out}")

@@ -1,0 +1,97 @@
+"""``mechunlearn diagnose``: :func:`mechunlearn.studies.diagnose.diagnose` on a model folder
+and JSONL files. Every argument is checked before any model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mechunlearn.cli.options import Threads, check_distinct, set_threads
+from mechunlearn.errors import ConfigError
+
+
+def _ints(spec: str, what: str) -> tuple[int, ...] | None:
+    if not spec.strip():
+        return None
+    try:
+        return tuple(int(s) for s in spec.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {spec!r}.") from None
+
+
+def _check_files(model: Path, reference: Path | None, pos: Path | None, neg: Path | None,
+                 layers: tuple[int, ...] | None) -> None:
+    from mechunlearn.cli.checks import check_layers, check_same_tokenizer
+
+    if (pos is None) != (neg is None):
+        raise ConfigError("--pos and --neg go together: pass both (X+ and X- samples for "
+                          "the direction) or neither (tuned vs reference or the bad cases).")
+    if pos is not None and neg is not None:
+        check_distinct(pos, neg, "--pos and --neg")
+    check_layers(layers, model)
+    if reference is not None:
+        check_same_tokenizer(model, reference)
+
+
+def diagnose_cmd(
+    model: Path = typer.Option(..., help="Tuned model: Hugging Face folder."),  # noqa: B008
+    train: Path = typer.Option(..., help="Training data JSONL: prompt/chosen/rejected "  # noqa: B008
+                               "or prompt/response records (optional 'id')."),
+    bad: Path = typer.Option(..., help="Bad cases JSONL: 'text' records (prompts; the "  # noqa: B008
+                             "model's greedy answers are judged) or prompt/response."),
+    judge: str = typer.Option(..., help="What makes a response bad: comma-separated "
+                              "keywords (whole words, any case) or 're:<python regex>'."),
+    out: Path = typer.Option(Path("diagnose-report"), help="Report folder."),  # noqa: B008
+    reference: Path | None = typer.Option(None, help="Reference (e.g. SFT) model "  # noqa: B008
+                                          "folder with the same tokenizer: "
+                                          "tuned-vs-reference direction, U2A."),
+    ordinary: Path | None = typer.Option(None, help="Ordinary prompts JSONL (KL and "  # noqa: B008
+                                         "good-behaviour rate; default: clean training "
+                                         "prompts)."),
+    pos: Path | None = typer.Option(None, help="X+ samples JSONL for the direction "  # noqa: B008
+                                    "(with --neg)."),
+    neg: Path | None = typer.Option(None, help="X- samples JSONL for the direction "  # noqa: B008
+                                    "(with --pos)."),
+    truth: Path | None = typer.Option(None, help="Ground-truth training ids, one per "  # noqa: B008
+                                      "line: adds AUC / precision@k."),
+    layers: str = typer.Option("", help="Comma-separated blocks to sweep (default all)."),
+    format: str = typer.Option("raw", help="raw (prompt + response as given) | chat "
+                               "(the tokenizer's chat template)."),
+    methods: str = typer.Option("project,orthogonalize,unlearn,selective,u2a",
+                                help="Edits to run."),
+    k: int = typer.Option(8, min=1, help="Convex budget per bad case."),
+    n_forget: int = typer.Option(16, min=1, help="Attributed pairs to unlearn."),
+    steps: int = typer.Option(100, min=1, help="Unlearning steps (forget phase)."),
+    gradients: bool = typer.Option(True, "--gradients/--no-gradients",
+                                   help="Add gradient-similarity methods to the sweep."),
+    resume: bool = typer.Option(False, "--resume", help="Cache training features in "
+                                "OUT.features/ and reuse them on a rerun."),
+    threads: Threads = 0,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Also replace a different "
+                                   "kind of mechunlearn output at --out."),
+) -> None:
+    """Diagnose your tuned model's bad responses end to end and write a report folder.
+
+    Finds the bad cases (judge), attributes them to training samples over a layer sweep,
+    fits a bias direction, edits the model (projection, orthogonalisation, unlearning,
+    selective forgetting, U2A), measures each edit on held-out bad prompts and ordinary
+    prompts, undoes it, and writes Markdown + PNG + CSV/JSON.
+    """
+    from mechunlearn.outputs import check_destination
+    from mechunlearn.studies.diagnose import DiagnoseConfig, diagnose
+    from mechunlearn.unlearn.loop import UnlearnConfig
+
+    check_destination(out, "report", overwrite)  # refuse a bad --out before any work
+    layer_list = _ints(layers, "--layers")
+    cfg = DiagnoseConfig(layers=layer_list, k=k, n_forget=n_forget, gradients=gradients,
+                         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                         unlearn=UnlearnConfig(steps=steps))
+    _check_files(model, reference, pos, neg, layer_list)
+    set_threads(threads)
+    cache = out.with_name(out.name + ".features") if resume else None
+    res = diagnose(model, train, bad, judge=judge, reference=reference, ordinary=ordinary,
+                   pos=pos, neg=neg, truth=truth, format=format, config=cfg, cache=cache,
+                   say=lambda m: typer.echo(m))
+    path = res.write_report(out, overwrite=overwrite)
+    typer.echo(f"[5/5] report written: {path}  (total {res.timings['total']:.0f} s)")

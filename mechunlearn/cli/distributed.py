@@ -1,0 +1,138 @@
+"""``mechunlearn distributed ...``: data-parallel extraction under torchrun.
+
+Subcommands (run each under ``torchrun --nproc_per_node=N`` for N ranks, or plain ``python``):
+
+* ``extract --model DIR --data FILE.jsonl --site HOOK [--position mean] --out DIR``
+* ``gradients --model DIR --data FILE.jsonl --site HOOK [--position response_mean] --out DIR``
+* ``merge SRC DST`` (single process) -- one plain FeatureStore in global order
+* ``stats STORE [--out FILE.pt]`` -- mean/covariance reduced across ranks
+
+JSONL rows hold ``text``, or ``prompt`` + ``response`` (or ``prompt`` + ``chosen`` +
+``rejected`` for ``gradients --loss dpo``), and an optional ``id`` (default: the line number).
+``torchrun -m mechunlearn distributed extract ...`` and the older
+``torchrun -m mechunlearn.distributed extract ...`` run the same commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mechunlearn.cli.options import BatchSize, Model, position_value
+from mechunlearn.errors import ConfigError
+
+distributed_app = typer.Typer(help="Data-parallel extraction under torchrun (run with "
+                              "`torchrun --nproc_per_node=N -m mechunlearn distributed ...`).",
+                              no_args_is_help=True)
+_DTYPES = ("float32", "float16", "bfloat16")
+
+Data = Annotated[Path, typer.Option(help="JSONL file (see `mechunlearn distributed --help`).")]
+SiteOpt = Annotated[str, typer.Option("--site", "--hook", help="Hook name, e.g. "
+                                      "blocks.1.hook_resid_post.")]
+Out = Annotated[Path, typer.Option(help="Sharded store folder (resumable).")]
+ShardSize = Annotated[int, typer.Option(min=1, help="Rows per shard file.")]
+DType = Annotated[str, typer.Option(help="Stored dtype: float32 | float16 | bfloat16.")]
+Limit = Annotated[int | None, typer.Option(min=1, help="Use the first N samples.")]
+Threads = Annotated[int, typer.Option(min=1, help="torch threads per rank.")]
+
+
+def _common(model: Path, data: Path, site: str, position: str, batch_size: int,
+            shard_size: int, dtype: str, limit: int | None, threads: int) -> dict[str, Any]:
+    import torch
+
+    from mechunlearn.data import read_jsonl
+    from mechunlearn.models import load_bridge
+    from mechunlearn.sites import Site
+
+    if dtype not in _DTYPES:
+        raise ConfigError(f"--dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
+    s = Site(site, position_value(position))
+    recs = read_jsonl(data)
+    items, ids = recs.items[:limit], recs.ids[:limit]
+    torch.set_num_threads(threads)
+    return {"model": load_bridge(model), "data": items, "site": s,
+            "kw": {"ids": ids, "batch_size": batch_size, "shard_size": shard_size,
+                   "dtype": getattr(torch, dtype)}}
+
+
+@distributed_app.command("extract")
+def extract_cmd(model: Model, data: Data, site: SiteOpt, out: Out, position: str = "mean",
+                batch_size: BatchSize = 32, shard_size: ShardSize = 4096,
+                dtype: DType = "float32", limit: Limit = None, threads: Threads = 1) -> None:
+    """Extract features into a sharded FeatureStore (one sub-store per rank)."""
+    from mechunlearn.storage.collectives import process_group
+    from mechunlearn.storage.distributed import extract_distributed
+
+    c = _common(model, data, site, position, batch_size, shard_size, dtype, limit, threads)
+    with process_group() as (rank, world):
+        store = extract_distributed(c["model"], c["data"], c["site"], out, **c["kw"])
+        if rank == 0:
+            typer.echo(f"extract: {len(store)} rows x d={store.d} from {world} rank(s) -> {out}")
+
+
+@distributed_app.command("gradients")
+def gradients_cmd(model: Model, data: Data, site: SiteOpt, out: Out,
+                  position: str = "response_mean", batch_size: BatchSize = 16,
+                  shard_size: ShardSize = 4096, dtype: DType = "float32", limit: Limit = None,
+                  threads: Threads = 1,
+                  loss: Annotated[str, typer.Option(help="nll | dpo.")] = "nll",
+                  ref_model: Annotated[Path | None, typer.Option(
+                      help="Reference model folder (dpo).")] = None,
+                  beta: Annotated[float, typer.Option(help="DPO temperature.")] = 0.1) -> None:
+    """Activation-gradient features into a sharded FeatureStore."""
+    from mechunlearn.models import load_bridge
+    from mechunlearn.storage.collectives import process_group
+    from mechunlearn.storage.distributed import gradient_features_distributed
+
+    if loss not in ("nll", "dpo"):
+        raise ConfigError(f"--loss must be nll or dpo, got {loss!r}.")
+    c = _common(model, data, site, position, batch_size, shard_size, dtype, limit, threads)
+    ref = load_bridge(ref_model) if ref_model is not None else None
+    with process_group() as (rank, world):
+        store = gradient_features_distributed(c["model"], c["data"], c["site"], out, loss=loss,
+                                              ref_model=ref, beta=beta, **c["kw"])
+        if rank == 0:
+            typer.echo(f"gradients: {len(store)} rows x d={store.d} from {world} rank(s) -> "
+                       f"{out}")
+
+
+@distributed_app.command("merge")
+def merge_cmd(src: Annotated[Path, typer.Argument(help="Sharded store.")],
+              dst: Annotated[Path, typer.Argument(help="Plain FeatureStore to write.")]) -> None:
+    """Write a sharded store as one FeatureStore in global order (single process)."""
+    from mechunlearn.storage.sharded import merge
+
+    out = merge(src, dst)
+    typer.echo(f"merged {len(out)} rows into {out.path}")
+
+
+@distributed_app.command("stats")
+def stats_cmd(store: Annotated[Path, typer.Argument(help="Store (plain or sharded).")],
+              out: Annotated[Path | None, typer.Option(
+                  help="Save {'mean','cov','n'} with torch.save.")] = None) -> None:
+    """Mean/covariance of a store, reduced across ranks."""
+    import torch
+
+    from mechunlearn.storage.collectives import distributed_mean_cov, process_group
+    from mechunlearn.storage.sharded import open_store
+
+    with process_group() as (rank, _):
+        mean, cov, n = distributed_mean_cov(open_store(store))
+        if rank == 0:
+            if out is not None:
+                torch.save({"mean": mean, "cov": cov, "n": n}, out)
+            typer.echo(f"n={n} d={mean.shape[0]} trace(cov)={float(cov.trace()):.6g}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mechunlearn distributed`` with ``argv``; returns the exit code. Errors propagate
+    as exceptions (the ``mechunlearn`` command prints them as one line)."""
+    from typer.main import get_command
+
+    rv = get_command(distributed_app).main(args=list(argv) if argv is not None else None,
+                                           prog_name="python -m mechunlearn.distributed",
+                                           standalone_mode=False)
+    return rv if isinstance(rv, int) else 0

@@ -1,0 +1,82 @@
+"""Options shared by several commands (one declaration each) and small helpers they share.
+
+Each option is an ``Annotated`` type: a command declares ``model: Model`` and gets the same
+flag name and help everywhere. Defaults that differ per command (``--position``) are given
+at the parameter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mechunlearn.errors import ConfigError
+
+OVERWRITE_HELP = ("Also replace a different kind of mechunlearn output at --out (a previous "
+                  "output of the same kind is always replaced; folders holding files "
+                  "mechunlearn did not write are never touched).")
+POSITION_HELP = "last | mean | response_mean | <int> (token index among real tokens)."
+
+Model = Annotated[Path, typer.Option("--model", help="Hugging Face model folder "
+                                     "(save_pretrained: weights and tokenizer).")]
+Hook = Annotated[str, typer.Option("--hook", help="TransformerLens hook name, e.g. "
+                                   "blocks.1.hook_resid_post.")]
+Position = Annotated[str, typer.Option("--position", help=POSITION_HELP)]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward pass.")]
+Pos = Annotated[Path, typer.Option("--pos", help="X+ samples (reinforced behaviour), JSONL.")]
+Neg = Annotated[Path, typer.Option("--neg", help="X- samples (discouraged behaviour), JSONL.")]
+Permutations = Annotated[int, typer.Option("--permutations", min=0,
+                                           help="Permutation-test rounds.")]
+Threads = Annotated[int, typer.Option("--threads", min=0,
+                                      help="torch threads (0: torch's default).")]
+OverwriteFolder = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
+OverwriteFile = Annotated[bool, typer.Option("--overwrite", help="Replace existing output "
+                                             "files (and their .mechunlearn.json sidecars).")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Toy-world cache (default: "
+                                               "$MECHUNLEARN_CACHE or ~/.cache/mechunlearn).")]
+
+
+def position_value(position: str) -> int | str:
+    """``"3"`` / ``"-1"`` -> int; anything else stays a str (checked by :class:`Site`)."""
+    return int(position) if position.lstrip("-").isdigit() else position
+
+
+def make_site(hook: str, position: str, head: int | None = None) -> Any:
+    """The :class:`~mechunlearn.sites.Site` a ``--hook``/``--position`` pair names."""
+    from mechunlearn.sites import Site
+
+    return Site(hook, position_value(position), head)
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch threads (0: leave torch's default)."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def check_method(method: str, table: Any, flag: str = "--method") -> None:
+    """Raise :class:`ConfigError` unless ``method`` is a key of ``table``."""
+    if method not in table:
+        raise ConfigError(f"{flag} must be one of {sorted(table)}, got {method!r}.")
+
+
+def check_distinct(a: Path, b: Path, what: str) -> None:
+    """Refuse the same file twice where two different sets are needed (e.g. --pos/--neg)."""
+    if Path(a).expanduser().resolve() == Path(b).expanduser().resolve():
+        raise ConfigError(f"{what} name the same file ({a}); pass two different sets of "
+                          "samples (with the same samples there is nothing to separate).")
+
+
+def features(model: Any, path: Path, site: Any, batch_size: int, field: str | None = None,
+             flag: str | None = None) -> Any:
+    """Features of a JSONL file's samples at ``site`` (ids from the file)."""
+    from mechunlearn.data import model_inputs, read_jsonl
+    from mechunlearn.features import extract
+
+    recs = read_jsonl(path)
+    return extract(model, model_inputs(recs, field, flag), site, batch_size=batch_size,
+                   ids=recs.ids, progress=True)

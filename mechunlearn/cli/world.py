@@ -1,0 +1,49 @@
+"""``mechunlearn demo`` and ``mechunlearn toyworld ...``: the embedded toy preference world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mechunlearn.cli.options import CacheDir, Threads, set_threads
+
+toyworld_app = typer.Typer(help="The embedded toy preference world.", no_args_is_help=True)
+
+
+def demo_cmd(
+    world: Annotated[str, typer.Option(help="Toy world preset: hard | easy | tiny.")] = "hard",
+    out: Annotated[Path, typer.Option(help="Report folder (replaced).")]
+    = Path("mechunlearn-report"),
+    cache_dir: CacheDir = None,
+    threads: Threads = 0,
+) -> None:
+    """`mechunlearn diagnose` on the embedded toy model, with its ground truth; writes a report.
+
+    Builds (or loads the cached) toy world and runs the diagnose chain on it: bad responses
+    to half of its trigger prompts, attributed over a layer sweep (convex decomposition and
+    baselines, AUC against the planted poison), a tuned-vs-SFT direction with held-out
+    evidence, edits (projection, orthogonalisation, unlearning, selective forgetting, U2A)
+    measured on the other half and undone, the gold model measured beside them, and the
+    world's refusal bias; writes Markdown + PNG + CSV/JSON.
+    """
+    from mechunlearn.studies.demo import run_demo
+
+    set_threads(threads)
+    res = run_demo(world, out, cache_dir, say=lambda m: typer.echo(m))
+    typer.echo(f"Report: {res.report}")
+
+
+@toyworld_app.command("build")
+def toyworld_build(
+    world: Annotated[str, typer.Argument(help="Preset: hard | easy | tiny.")] = "hard",
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a valid cache exists.")] = False,
+) -> None:
+    """Generate the world's data and train its SFT, tuned and gold models (cached)."""
+    from mechunlearn import toyworld
+
+    folder = toyworld.build(world, cache_dir=cache_dir, progress=lambda m: typer.echo(m),
+                            force=force)
+    typer.echo(f"World {world!r} ready at {folder}")
