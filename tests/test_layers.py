@@ -27,6 +27,8 @@ ALIASES = {
     "mechunlearn.retrieval": "mechunlearn.storage",  # retrieval + faiss_index + attribute
     "mechunlearn.distributed": "mechunlearn.storage.distributed",
     "mechunlearn.datasets": "mechunlearn.data",
+    "mechunlearn.cli_tools": "mechunlearn.cli",  # the commands moved into the cli/ package
+    "mechunlearn.distributed_cli": "mechunlearn.cli.distributed",
 }
 #: the rooms allowed to import mechunlearn.toyworld
 ABOVE = ("mechunlearn.studies", "mechunlearn.toyworld", "mechunlearn.cli")
