@@ -14,16 +14,14 @@ crashes midway on bad data.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mechunlearn.data import jsonl_lines
 from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.seal.errors import MalformedRecordError
 
@@ -137,26 +135,6 @@ def parse_record(rec: Any) -> tuple[str, str, str]:
     return p_c, chosen, rejected
 
 
-def _raw_lines(path: str) -> Iterator[tuple[int, bytes | BaseException]]:
-    """``(line_no, bytes)`` per line; a stream error is yielded once, then iteration stops."""
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    n = 0
-    with opener(path, "rb") as f:
-        it = iter(f)
-        while True:
-            try:
-                line = next(it)
-            except StopIteration:
-                return
-            except (EOFError, OSError, zlib.error) as e:
-                yield n + 1, e
-                return
-            n += 1
-            yield n, line
-
-
 def _records_from(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
                   ) -> Iterator[tuple[int, Any]]:
     """``(line_no, record | exception)`` from a JSONL path or an iterable of dicts."""
@@ -164,24 +142,7 @@ def _records_from(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise ConfigError(f"Preference file {path!r} does not exist.")
-        for n, raw in _raw_lines(path):
-            if isinstance(raw, BaseException):
-                yield n, MalformedRecordError(
-                    f"compressed stream is truncated or corrupt after line {n - 1} ({raw})",
-                    line=n, reason="truncated_stream")
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, MalformedRecordError(f"line is not valid UTF-8 ({e})", line=n,
-                                              reason="not_utf8")
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield n, json.loads(text)
-            except json.JSONDecodeError as e:
-                yield n, MalformedRecordError(f"invalid JSON ({e})", line=n, reason="bad_json")
+        yield from jsonl_lines(path)  # the one JSONL reader (gzip, BOM, bad lines)
     else:
         for n, rec in enumerate(source, start=1):
             yield n, rec
