@@ -242,7 +242,7 @@ def test_explain_preferences_parameter_gradients_and_pooling(tiny_bridge):
     kw = dict(loss="dpo", ref_model=tiny_bridge, params=names, projection_dim=256)
     g_tr = gradient_features(tiny_bridge, train, **kw)
     g_q = gradient_features(tiny_bridge, [(p, b, g) for (p, b), g in zip(bad, good)], **kw)
-    ref = GradSim(g_tr, k=2, metric="dot").attribute(g_q.values[0])
+    ref = GradSim(g_tr, k=2, center=True).attribute(g_q.values[0])
     torch.testing.assert_close(res.per_query[0].scores, ref.scores)
     # pooling: k = 2 neighbours of 3 queries is the mean z-score of all three
     pooled = explain_preferences(tiny_bridge, None, train, bad, good=good, ref_model=tiny_bridge,

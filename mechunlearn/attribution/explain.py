@@ -80,10 +80,14 @@ def explain_preferences(
 
     * ``"parameters"``: the gradient of each pair's DPO loss w.r.t. the model's parameters
       (all trainable ones, or ``params``), compressed by a seeded count sketch to
-      ``projection_dim`` dims, dotted with the same gradient of the query triple
-      ``(q, bad, good)`` (TracIn-style, one checkpoint: Pruthi et al., "Estimating Training
-      Data Influence by Tracing Gradient Descent", arXiv:2002.08484; the sketch as in TRAK,
-      Park et al., arXiv:2303.14186, without its inverse-Gram term, which collapsed here).
+      ``projection_dim`` dims, against the same gradient of the query triple
+      ``(q, bad, good)`` by centred cosine (TracIn-style, one checkpoint: Pruthi et al.,
+      "Estimating Training Data Influence by Tracing Gradient Descent", arXiv:2002.08484;
+      cosine rather than dot product as in renormalised influence, Hammoudeh & Lowd,
+      "Identifying a Training-Set Attack's Target Using Renormalized Influence Estimation",
+      arXiv:2201.10055: large-gradient pairs otherwise outrank the cause; the sketch as in
+      TRAK, Park et al., arXiv:2303.14186, without its inverse-Gram term, which collapsed
+      here).
       No Site: ``site`` is ignored and may be ``None``. The best measured view on the hard toy
       worlds (docs/attribution.md, "Parameter gradients"); one backward pass per pair.
     * ``"activations"``: contrast features ``phi(x, chosen) - phi(x, rejected)`` against
@@ -167,7 +171,7 @@ def explain_preferences(
             n for n, p_ in model.named_parameters() if p_.requires_grad]
         kw = dict(loss="dpo", ref_model=ref_model, beta=beta, params=names,
                   projection_dim=projection_dim)
-        gs = GradSim(gradient_features(model, tr, ids=ids, **kw), k=k, metric="dot")
+        gs = GradSim(gradient_features(model, tr, ids=ids, **kw), k=k, center=True)
         gs.method = "dpo_param_gradient"
         per = gs.attribute_many(gradient_features(model, qtrip, **kw))
         return _pooled(per, pool, k, gs.ids, None)
