@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mechunlearn.cli.options import Model, OverwriteFile
-from mechunlearn.conformance.registry import CHECKS
+from mechunlearn.conformance.doctor import CHECKS  # importing doctor registers the checks
 
 
 def doctor_cmd(

@@ -24,7 +24,8 @@ def extract_to_store(model: Any, data: Data, site: Site, path: str | os.PathLike
     Rows are ``[n, d]`` float32 at a pooled ``site`` (``position="all"`` raises
     :class:`ConfigError`); ``ids`` default to ``"0".."n-1"``. Raises :class:`ShapeError` if
     ``ids`` and ``data`` differ in length and :class:`StoreMismatchError` if the folder holds
-    another model's, Site's or dataset's rows.
+    another model's, Site's or dataset's rows (the store records :func:`data_hash` of the
+    data it was started with; a resume must pass the same samples and ids).
     """
     from mechunlearn.features import extract, model_fingerprint
     from mechunlearn.tokens import as_token_batch
@@ -40,7 +41,8 @@ def extract_to_store(model: Any, data: Data, site: Site, path: str | os.PathLike
         raise ShapeError(f"Got {len(id_list)} ids for {n} samples.")
     site.resolve(model)
     d = _site_dim(model, site, tb)
-    store = FeatureStore.create(path, site, model_fingerprint(model), d, shard_size=shard_size)
+    store = FeatureStore.create(path, site, model_fingerprint(model), d, shard_size=shard_size,
+                                data=data_hash(tb, id_list))
     done = len(store)
     if done > n or store.ids != id_list[:done]:
         raise StoreMismatchError(
@@ -55,6 +57,22 @@ def extract_to_store(model: Any, data: Data, site: Site, path: str | os.PathLike
         store.append(f.values, f.ids)
     store.flush()
     return store
+
+
+def data_hash(tb: TokenBatch, ids: Sequence[str]) -> str:
+    """``"sha256:<16 hex>"`` of the samples' ids, real tokens and response masks (padding
+    zeroed), so the same data file tokenised by the same tokenizer gives the same hash."""
+    import hashlib
+    import json
+
+    am = tb.attention_mask.bool()
+    h = hashlib.sha256(json.dumps(list(ids)).encode())
+    h.update(str(tuple(tb.input_ids.shape)).encode())
+    h.update((tb.input_ids.long() * am).numpy().tobytes())
+    h.update(am.numpy().tobytes())
+    if tb.response_mask is not None:
+        h.update((tb.response_mask.bool() & am).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def _site_dim(model: Any, site: Site, tb: TokenBatch) -> int:

@@ -64,11 +64,13 @@ class FeatureStore:
     @classmethod
     def create(cls, path: str | os.PathLike[str], site: Site, fingerprint: str, d: int,
                dtype: torch.dtype = torch.float32, shard_size: int = 4096,
-               exist_ok: bool = True) -> FeatureStore:
+               exist_ok: bool = True, data: str | None = None) -> FeatureStore:
         """Create a store (or reopen a compatible existing one when ``exist_ok``).
 
-        Raises :class:`StoreMismatchError` if an existing store holds another site, model,
-        dimension or dtype.
+        ``data``: a hash of the samples the rows come from (``extract_to_store`` passes
+        one), recorded in the manifest. Raises :class:`StoreMismatchError` if an existing
+        store holds another site, model, dimension or dtype, or rows of other data (both
+        hashes named; a store written without a hash is not checked).
         """
         if d < 1 or shard_size < 1:
             raise ConfigError(f"d and shard_size must be >= 1, got d={d}, shard_size={shard_size}.")
@@ -85,11 +87,16 @@ class FeatureStore:
                         f"Store at {p} holds {k}={store._m[k]!r}, not {v!r}: features from "
                         "different models/sites/dims are never mixed. Use another folder."
                     )
+            if data is not None and store._m.get("data") not in (None, data):
+                raise StoreMismatchError(
+                    f"Store at {p} was extracted from other data (hash {store._m['data']}) "
+                    f"than this data (hash {data}); resuming would mix their rows. Use another "
+                    "folder, or the data file the store was started with.")
             return store
         from mechunlearn.outputs import output_folder
 
         m = {"format": FORMAT, "version": VERSION, **want, "shard_size": int(shard_size),
-             "shards": []}
+             "shards": [], **({"data": data} if data is not None else {})}
         # A new store is a mechunlearn output folder: never created inside a folder holding
         # the user's files; .mechunlearn.json records the package versions.
         with output_folder(p, "featurestore", patterns=STORE_PATTERNS,
