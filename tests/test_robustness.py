@@ -225,3 +225,28 @@ def test_table_refuses_bad_inputs(pair):
                          max_new_tokens=2)
     tb = _prompts(m)
     assert torch.equal(logits(m, tb.input_ids, tb.attention_mask), base)  # no hook leaked
+
+
+def test_diagnose_report_has_a_robustness_section_only_with_the_columns():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from mechunlearn.report import Report
+    from mechunlearn.studies.diagnose_report import _robustness
+
+    edits = pd.DataFrame({"variant": ["unedited", "project"], "bad_rate_heldout": [0.9, 0.4],
+                          "relearn_bad_rate": [0.9, 0.8], "int8_bad_rate": [0.9, 0.4]})
+    rep = Report("t")
+    _robustness(rep, SimpleNamespace(edits=edits, info={"config": {}}))
+    kinds = [k for k, _ in rep.parts]
+    assert kinds == ["text", "text", "table"] and "Robustness" in rep.parts[0][1]
+    name, df = rep.parts[2][1][:2]
+    assert name == "robustness" and list(df.relearn_bad_rate) == [0.9, 0.8]
+    bare = Report("t")
+    _robustness(bare, SimpleNamespace(edits=edits[["variant", "bad_rate_heldout"]],
+                                      info={"config": {"robustness": True}}))
+    assert len(bare.parts) == 1 and "Requested" in bare.parts[0][1]
+    none = Report("t")
+    _robustness(none, SimpleNamespace(edits=edits[["variant"]], info={"config": {}}))
+    assert none.parts == []

@@ -131,6 +131,7 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
                     row[f"{s}_bad_rate"] = rate(m)
         say(f"      {name}: bad {row['bad_rate']:.2f}, relearned {row['relearn_bad_rate']:.2f}"
             + "".join(f", {s} {row[f'{s}_bad_rate']:.2f}" for s in schemes))
+        row.update(dict.fromkeys(("depth", "recovered_last", "effect", "uds"), float("nan")))
         if e is not None:
             ab = ablation_attack(original, e, prompts_tb, rate, modes=modes)
             for mode in modes:
