@@ -16,7 +16,7 @@ from mechunlearn.errors import (
     UnknownHookError,
 )
 from mechunlearn.features import Features, extract, model_fingerprint
-from mechunlearn.hooks import Compose, Intervention, add_hooks, apply
+from mechunlearn.hooks import add_hooks
 from mechunlearn.sites import Site, attn_out, mlp_out, resid, sites
 from mechunlearn.tokens import TokenBatch, tokenize
 from mechunlearn.versions import versions
@@ -26,6 +26,8 @@ __version__ = "0.1.0"
 # Heavier parts load on first use (``mu.Project``, ``mu.orthogonalize_``, ...), keeping
 # ``import mechunlearn`` cheap and free of side effects.
 _LAZY = {
+    "Intervention": "mechunlearn.interventions", "Compose": "mechunlearn.interventions",
+    "apply": "mechunlearn.interventions",
     "Project": "mechunlearn.interventions", "Steer": "mechunlearn.interventions",
     "Clamp": "mechunlearn.interventions", "Erase": "mechunlearn.interventions",
     "Patch": "mechunlearn.interventions", "Directions": "mechunlearn.directions",
@@ -47,10 +49,10 @@ def __getattr__(name: str):  # noqa: ANN202 - module-level lazy attribute (PEP 5
     raise AttributeError(f"module 'mechunlearn' has no attribute {name!r}")
 
 __all__ = [
-    "ArchitectureError", "Compose", "ConfigError", "DTypeError", "EmptyDataError", "Features",
-    "HookNotFiredError", "Intervention", "MechUnlearnError", "NonFiniteError",
+    "ArchitectureError", "ConfigError", "DTypeError", "EmptyDataError", "Features",
+    "HookNotFiredError", "MechUnlearnError", "NonFiniteError",
     "OutputExistsError", "OutputPathError", "ShapeError",
     "Site", "StoreError", "StoreMismatchError", "TokenBatch", "UnknownHookError", "add_hooks",
-    "apply", "attn_out", "extract", "mlp_out", "model_fingerprint", "resid", "sites", "tokenize",
+    "attn_out", "extract", "mlp_out", "model_fingerprint", "resid", "sites", "tokenize",
     "versions", *_LAZY,
 ]

@@ -10,7 +10,7 @@ Two decoders give the same tokens:
   position alike).
 
 Every forward pass hands its padding mask to the interventions of an enclosing
-:func:`mechunlearn.apply` block (:func:`mechunlearn.hooks.forward_masks`), so an edit at
+:func:`mechunlearn.apply` block (:func:`mechunlearn.masks.forward_masks`), so an edit at
 ``positions=-1`` lands on each row's last real token: a batched row equals that prompt
 decoded alone.
 
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from mechunlearn import fastpath
 from mechunlearn.errors import ConfigError, ShapeError
-from mechunlearn.hooks import forward_masks
+from mechunlearn.masks import forward_masks
 from mechunlearn.tokens import TokenBatch, context_length
 
 CHECK_ROWS = 8  # rows of the first batch used by the fast-path self-check

@@ -2,8 +2,11 @@
 
 Every ``import`` in ``mechunlearn/`` counts, also those inside functions (a lazy import is
 still an arrow), except imports under ``if __name__ == "__main__":`` (script entry points,
-never run on import) and the deprecated aliases listed in :data:`ALIASES`, which exist for
-one release to keep old import paths working.
+never run on import). The deprecated aliases listed in :data:`ALIASES` exist for one
+release to keep old import paths working; the lazy imports inside an alias module's
+module-level ``__getattr__`` (names served on first access, e.g. ``mechunlearn.hooks.apply``
+from ``mechunlearn.interventions``) are arrows of the graph, but not of the cycle check:
+they run only after both modules are imported, and they go away with the alias.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ ALIASES = {
     "mechunlearn.datasets": "mechunlearn.data",
     "mechunlearn.cli_tools": "mechunlearn.cli",  # the commands moved into the cli/ package
     "mechunlearn.distributed_cli": "mechunlearn.cli.distributed",
+    "mechunlearn.hooks": "mechunlearn.interventions",  # __getattr__ alias of Intervention/Compose/apply
 }
 #: the rooms allowed to import mechunlearn.toyworld
 ABOVE = ("mechunlearn.studies", "mechunlearn.toyworld", "mechunlearn.cli")
@@ -49,8 +53,15 @@ def _is_main_guard(node: ast.AST) -> bool:
             and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
 
 
-def graph() -> dict[str, set[str]]:
-    """``{module: modules it imports}`` inside the package."""
+def _alias_getattr(tree: ast.Module) -> set[int]:
+    """Nodes inside a module-level ``def __getattr__`` (a deprecated-name alias)."""
+    return {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
+            for n in ast.walk(f)}
+
+
+def graph(alias_getattr: bool = True) -> dict[str, set[str]]:
+    """``{module: modules it imports}`` inside the package (``alias_getattr=False``: without
+    the imports in the ``__getattr__`` of the modules listed in :data:`ALIASES`)."""
     mods = _modules()
 
     def resolve(name: str) -> str | None:
@@ -63,6 +74,8 @@ def graph() -> dict[str, set[str]]:
         pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
         tree = ast.parse(p.read_text())
         skip = {id(n) for g in ast.walk(tree) if _is_main_guard(g) for n in ast.walk(g)}
+        if not alias_getattr and m in ALIASES:
+            skip |= _alias_getattr(tree)
         for node in ast.walk(tree):
             if id(node) in skip:
                 continue
@@ -119,9 +132,11 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles() -> None:
-    edges = graph()
+    edges = graph(alias_getattr=False)
     assert sum(len(v) for v in edges.values()) > 100  # the scan really sees the package
     assert cycles(edges) == []
+    # the exemption is narrow: with the alias __getattr__ arrows, hooks <-> interventions cycle
+    assert cycles(graph()) != []
 
 
 def test_cycle_finder_finds_a_cycle() -> None:

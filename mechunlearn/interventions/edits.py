@@ -1,50 +1,57 @@
-"""Activation-space interventions: Project, Steer, Clamp, Erase, Patch (+ serialisation).
+"""Activation-space edits: Project, Steer, Clamp, Erase, Patch.
 
-Each is a frozen dataclass implementing :class:`mechunlearn.hooks.Intervention`: ``edit`` acts
-on vectors ``[..., d]``; the base class picks the Site's head (``site.head``) and the token
-``positions`` (``"all"``, ``"prompt"``, ``"response"``, ints, or a bool ``[batch, pos]``
-mask). Each also has ``fingerprint``: the model the edit was fitted on (taken from
-:class:`Directions`; ``None`` for plain tensors): ``apply`` warns on a model with other
-weights (strict mode raises, see :mod:`mechunlearn.provenance`). Apply them with
-``mechunlearn.apply(model, *interventions)``; combine with
-``Compose``. The Site's ``position`` (a feature *reduction*) is ignored here: ``positions``
-chooses the edited tokens. Dtype and device follow the activation.
+Each is a frozen dataclass implementing :class:`~mechunlearn.interventions.base.Intervention`:
+``edit`` acts on vectors ``[..., d]``; the base class picks the Site's head (``site.head``) and
+the token ``positions`` (``"all"``, ``"prompt"``, ``"response"``, ints, or a bool
+``[batch, pos]`` mask). Each also has ``fingerprint``: the model the edit was fitted on (taken
+from the source, e.g. :class:`~mechunlearn.directions.Directions`; ``None`` for plain tensors):
+``apply`` warns on a model with other weights (strict mode raises, see
+:mod:`mechunlearn.provenance`). Apply them with ``mechunlearn.apply(model, *interventions)``;
+combine with ``Compose``. The Site's ``position`` (a feature *reduction*) is ignored here:
+``positions`` chooses the edited tokens. Dtype and device follow the activation.
 
-**Projection and the seed's 1/d.** Seed 003 writes φ̂ = (I − ωωᵀ/d) φ. That matrix is not a
-projection (it removes only 1/d of the component along a unit ω). The orthogonal projection
-onto the complement of span(ω) is I − ωωᵀ/‖ω‖², and for an orthonormal basis B ``[k, d]``
-``Project`` computes x − (x Bᵀ) B without ever forming a d×d matrix.
+**Sources.** ``Project`` takes anything with ``.basis`` ``[k, d]`` and ``.site``
+(:class:`HasBasis`); ``Steer`` and ``Clamp`` anything with ``.direction`` ``[d]`` and ``.site``
+(:class:`HasDirection`); both also take plain tensors (then ``site=`` is required). The
+source's ``fingerprint`` (if any) is inherited.
 
-Serialisation: ``to_dict()`` gives JSON (tensors inline as lists) and ``from_dict`` rebuilds
-any registered type (including ``Compose``); :func:`save` / :func:`load` store a list of
-interventions as ``interventions.json`` + ``interventions.safetensors`` (atomic writes).
+**Projection.** The orthogonal projection onto the complement of span(ω) is I − ωωᵀ/‖ω‖²
+(not I − ωωᵀ/d, which removes only 1/d of the component along a unit ω); for an orthonormal
+basis B ``[k, d]`` ``Project`` computes x − (x Bᵀ) B without ever forming a d×d matrix.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from mechunlearn.directions.base import Directions, _make_eraser, orthonormalize
-from mechunlearn.errors import ConfigError, NonFiniteError, ShapeError, StoreError, check_finite
-from mechunlearn.hooks import Compose, Intervention, Positions, register_decoder
+from mechunlearn.directions.base import _make_eraser, orthonormalize
+from mechunlearn.errors import ConfigError, NonFiniteError, ShapeError, check_finite
+from mechunlearn.interventions.base import Intervention
+from mechunlearn.interventions.codec import _encode, from_dict, register
+from mechunlearn.masks import Positions
 from mechunlearn.sites import Site
 
-REGISTRY: dict[str, type] = {}
+
+@runtime_checkable
+class HasBasis(Protocol):
+    """A basis ``[k, d]`` found at a Site (e.g. :class:`~mechunlearn.directions.Directions`)."""
+
+    basis: Tensor
+    site: Site
 
 
-def register(cls: type) -> type:
-    """Register an Intervention class for :func:`from_dict` under its class name."""
-    REGISTRY[cls.__name__] = cls
-    return cls
+@runtime_checkable
+class HasDirection(Protocol):
+    """A direction ``[d]`` found at a Site (e.g. :class:`~mechunlearn.directions.Directions`)."""
+
+    direction: Tensor
+    site: Site
 
 
 def _site(value: Any, fallback: Site | None, name: str) -> Site:
@@ -62,14 +69,23 @@ def _vector(name: str, v: Any) -> Tensor:
     return t
 
 
-def _inherit_fingerprint(iv: Any, source: Any) -> None:
-    """Take the fitted-on model's fingerprint from ``source`` Directions unless given."""
+def _inherit_fingerprint(iv: Any, source: Any, kind: type | None) -> None:
+    """Take the fitted-on model's fingerprint from a ``kind`` source unless given."""
     fp = iv.fingerprint
-    if fp is None and isinstance(source, Directions):
-        fp = source.fingerprint
+    if fp is None and kind is not None and isinstance(source, kind):
+        fp = getattr(source, "fingerprint", None)
     if fp is not None and not isinstance(fp, str):
         raise ConfigError(f"{type(iv).__name__}.fingerprint must be a str or None, got {fp!r}.")
     object.__setattr__(iv, "fingerprint", fp)
+
+
+def _unpack(iv: Any, source: Any, kind: type, attr: str) -> tuple[Any, Site | None]:
+    """``(source.<attr>, source.site)`` for a ``kind`` source, else ``(source, None)``; the
+    fingerprint is inherited on the way (one rule for every edit built from a source)."""
+    _inherit_fingerprint(iv, source, kind)
+    if isinstance(source, kind):
+        return getattr(source, attr), source.site
+    return source, None
 
 
 def _number(name: str, v: Any) -> float:
@@ -86,6 +102,12 @@ def _number(name: str, v: Any) -> float:
 def _check_d(name: str, x: Tensor, d: int) -> None:
     if x.shape[-1] != d:
         raise ShapeError(f"{name}: activation has last dimension {x.shape[-1]}, expected d={d}.")
+
+
+@runtime_checkable
+class _HasEraser(Protocol):
+    eraser: Any
+    site: Site
 
 
 class _Serialisable(Intervention):
@@ -110,21 +132,20 @@ class Project(_Serialisable):
     """Remove the span of ``basis``: x ← x − (x Bᵀ) B.
 
     Args:
-        basis: :class:`Directions`, or ``[k, d]`` / ``[d]`` vectors (orthonormalised in float64;
-            zero, non-finite or linearly dependent rows raise).
-        site: where to act (default: the Directions' site).
+        basis: anything with ``.basis`` and ``.site`` (:class:`HasBasis`, e.g. Directions), or
+            ``[k, d]`` / ``[d]`` vectors (orthonormalised in float64; zero, non-finite or
+            linearly dependent rows raise).
+        site: where to act (default: the source's site).
         positions: which tokens to edit.
     """
 
-    basis: Any
+    basis: HasBasis | Tensor
     site: Site | None = None
     positions: Positions = "all"
     fingerprint: str | None = None
 
     def __post_init__(self) -> None:
-        _inherit_fingerprint(self, self.basis)
-        fallback = self.basis.site if isinstance(self.basis, Directions) else None
-        b = self.basis.basis if isinstance(self.basis, Directions) else self.basis
+        b, fallback = _unpack(self, self.basis, HasBasis, "basis")
         object.__setattr__(self, "basis", orthonormalize(b))
         object.__setattr__(self, "site", _site(self.site, fallback, "Project"))
 
@@ -153,16 +174,14 @@ class Project(_Serialisable):
 class Steer(_Serialisable):
     """Add ``alpha * vector`` (``[d]``, used as given, not normalised)."""
 
-    vector: Any
+    vector: HasDirection | Tensor
     alpha: float = 1.0
     site: Site | None = None
     positions: Positions = "all"
     fingerprint: str | None = None
 
     def __post_init__(self) -> None:
-        _inherit_fingerprint(self, self.vector)
-        fallback = self.vector.site if isinstance(self.vector, Directions) else None
-        v = self.vector.direction if isinstance(self.vector, Directions) else self.vector
+        v, fallback = _unpack(self, self.vector, HasDirection, "direction")
         v = _vector("Steer.vector", v)
         if v.ndim != 1:
             raise ShapeError(f"Steer.vector must be [d], got shape {tuple(v.shape)}.")
@@ -181,16 +200,14 @@ class Steer(_Serialisable):
 class Clamp(_Serialisable):
     """Set the coordinate along a unit ``direction`` to ``value``: x ← x + (value − x·u) u."""
 
-    direction: Any
+    direction: HasDirection | Tensor
     value: float = 0.0
     site: Site | None = None
     positions: Positions = "all"
     fingerprint: str | None = None
 
     def __post_init__(self) -> None:
-        _inherit_fingerprint(self, self.direction)
-        fallback = self.direction.site if isinstance(self.direction, Directions) else None
-        v = self.direction.direction if isinstance(self.direction, Directions) else self.direction
+        v, fallback = _unpack(self, self.direction, HasDirection, "direction")
         u = orthonormalize(_vector("Clamp.direction", v).reshape(1, -1))[0]
         object.__setattr__(self, "direction", u)
         object.__setattr__(self, "value", _number("Clamp.value", self.value))
@@ -206,9 +223,11 @@ class Clamp(_Serialisable):
 @register
 @dataclass(frozen=True, eq=False)
 class Erase(_Serialisable):
-    """Apply a LEACE eraser: x ← x − ((x − bias) Rᵀ) Lᵀ (``concept_erasure.LeaceEraser``).
+    """Apply a LEACE eraser: x ← x − ((x − bias) Rᵀ) Lᵀ (``concept_erasure.LeaceEraser``;
+    Belrose et al., "LEACE: Perfect linear concept erasure in closed form", arXiv:2306.03819).
 
-    ``eraser`` may be a ``LeaceEraser`` or :class:`Directions` from ``directions.leace``.
+    ``eraser`` may be a ``LeaceEraser`` or anything with ``.eraser`` and ``.site``
+    (:class:`~mechunlearn.directions.Directions` from ``directions.leace``).
     """
 
     eraser: Any
@@ -217,11 +236,9 @@ class Erase(_Serialisable):
     fingerprint: str | None = None
 
     def __post_init__(self) -> None:
-        _inherit_fingerprint(self, self.eraser)
-        fallback = None
-        er = self.eraser
-        if isinstance(er, Directions):
-            fallback, er = er.site, er.eraser
+        from_source = isinstance(self.eraser, _HasEraser)
+        er, fallback = _unpack(self, self.eraser, _HasEraser, "eraser")
+        if from_source:
             if er is None:
                 raise ConfigError("Erase needs Directions from directions.leace (no eraser set).")
         if isinstance(er, dict):
@@ -255,13 +272,13 @@ class Patch(_Serialisable):
     """Replace the activation with ``cached`` (broadcast to ``[batch, pos, d]``) at
     ``positions``; e.g. a cached run's activation, or a mean activation ``[d]``."""
 
-    cached: Any
+    cached: Tensor
     site: Site | None = None
     positions: Positions = "all"
     fingerprint: str | None = None
 
     def __post_init__(self) -> None:
-        _inherit_fingerprint(self, None)
+        _inherit_fingerprint(self, None, None)
         object.__setattr__(self, "cached", _vector("Patch.cached", self.cached))
         object.__setattr__(self, "site", _site(self.site, None, "Patch"))
 
@@ -274,96 +291,3 @@ class Patch(_Serialisable):
                 f"Patch at {self.site}: cached activation {tuple(self.cached.shape)} does not "
                 f"broadcast to the activation {tuple(x.shape)}."
             ) from e
-
-
-# ----------------------------------------------------------------- (de)serialisation
-def _encode(v: Any, tensors: dict[str, Tensor] | None, key: str) -> Any:
-    if isinstance(v, Site):
-        return {"__site__": v.to_dict()}
-    if isinstance(v, Tensor):
-        if tensors is None:
-            return {"__tensor__": v.tolist(), "dtype": str(v.dtype).replace("torch.", "")}
-        tensors[key] = v.detach().cpu().clone().contiguous()
-        return {"__ref__": key}
-    if isinstance(v, (list, tuple)):
-        return [_encode(x, tensors, f"{key}.{i}") for i, x in enumerate(v)]
-    return v
-
-
-def _decode(v: Any, tensors: dict[str, Tensor] | None) -> Any:
-    if isinstance(v, dict):
-        if "__site__" in v:
-            return Site.from_dict(v["__site__"])
-        if "__tensor__" in v:
-            return torch.tensor(v["__tensor__"], dtype=getattr(torch, v.get("dtype", "float32")))
-        if "__ref__" in v:
-            if tensors is None or v["__ref__"] not in tensors:
-                raise StoreError(f"Tensor {v['__ref__']!r} missing from the saved tensors.")
-            return tensors[v["__ref__"]]
-        return {k: _decode(x, tensors) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_decode(x, tensors) for x in v]
-    return v
-
-
-def to_dict(iv: Intervention, tensors: dict[str, Tensor] | None = None, prefix: str = "0") -> dict[str, Any]:
-    """Serialise any registered intervention or ``Compose`` (see :func:`from_dict`)."""
-    if isinstance(iv, Compose):
-        return {"type": "Compose",
-                "parts": [to_dict(p, tensors, f"{prefix}.{i}") for i, p in enumerate(iv.parts)]}
-    if not isinstance(iv, _Serialisable):
-        raise ConfigError(f"{type(iv).__name__} is not serialisable (not from mechunlearn.interventions).")
-    return iv.to_dict(tensors, prefix)
-
-
-def from_dict(d: dict[str, Any], tensors: dict[str, Tensor] | None = None) -> Intervention:
-    """Rebuild an intervention (or ``Compose``) written by :func:`to_dict`."""
-    if not isinstance(d, dict) or "type" not in d:
-        raise ConfigError(f"Not an intervention dict: {str(d)[:80]!r}.")
-    if d["type"] == "Compose":
-        return Compose(*[from_dict(p, tensors) for p in d["parts"]])
-    cls = REGISTRY.get(d["type"])
-    if cls is None:
-        raise ConfigError(f"Unknown intervention type {d['type']!r}; known: {sorted(REGISTRY)}.")
-    kwargs = {k: _decode(v, tensors) for k, v in d.items() if k != "type"}
-    if isinstance(kwargs.get("positions"), list):
-        kwargs["positions"] = tuple(kwargs["positions"])
-    return cls(**kwargs)
-
-
-def save(path: str | os.PathLike[str], interventions: list[Intervention],
-         overwrite: bool = False) -> Path:
-    """Write ``interventions`` to folder ``path`` (JSON + safetensors).
-
-    Written by :func:`mechunlearn.outputs.output_folder` (atomic, package versions in
-    ``.mechunlearn.json``; a folder holding other files is refused, see there).
-    """
-    from safetensors.torch import save_file
-
-    from mechunlearn.outputs import output_folder
-
-    tensors: dict[str, Tensor] = {}
-    items = [to_dict(iv, tensors, str(i)) for i, iv in enumerate(interventions)]
-    text = json.dumps({"format_version": 1, "interventions": items}, indent=1)
-    with output_folder(path, "interventions", overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp / "interventions.safetensors"))
-        (tmp / "interventions.json").write_text(text)
-    return Path(path)
-
-
-def load(path: str | os.PathLike[str]) -> list[Intervention]:
-    """Read the list written by :func:`save`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    try:
-        meta = json.loads((p / "interventions.json").read_text())
-        tensors = load_file(str(p / "interventions.safetensors"))
-    except (OSError, ValueError, SafetensorError) as e:
-        raise StoreError(f"Cannot read interventions from {p}: {e}. The files are missing or "
-                         "corrupt: save them again.") from e
-    return [from_dict(d, tensors) for d in meta["interventions"]]
-
-
-register_decoder(from_dict)
