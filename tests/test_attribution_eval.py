@@ -62,3 +62,16 @@ def test_evaluate_on_tiny_world(tiny_world, tmp_path):
     assert (tmp_path / "auc.png").stat().st_size > 1000
     with pytest.raises(ConfigError, match="not training ids"):
         retrain_without(tiny_world, ["no-such-id"])
+
+
+def test_registry_methods_in_the_evaluation(tiny_world):
+    # contrast methods (the SFT model's answer as the good alternative), the contrast+DPO
+    # ensemble and centred gradients come from attribution.METHODS like the baselines
+    trig = list(tiny_world.eval["trigger"])[:2]
+    methods = ("repsim", "repsim_centered", "contrast", "contrast_convex", "contrast+dpo",
+               "gradsim_centered")
+    cfg = EvalConfig(methods=methods, layers=(1,), positions=("response_mean",))
+    df = evaluate_world(tiny_world, cfg, queries=(trig, [p.bad for p in trig]), progress=False)
+    assert set(df["method"]) == set(methods) and len(df) == 2 * len(methods)
+    assert df["auc"].between(0, 1).all()
+    assert df[df.method == "contrast_convex"]["residual"].notna().all()

@@ -14,7 +14,7 @@ is ``prompt + the tuned model's bad response``; both formatted with the world's 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -22,16 +22,18 @@ import torch
 from torch import Tensor
 
 from mechunlearn.attribution.base import Attributor
-from mechunlearn.attribution.convex import ConvexAttributor, ConvexConfig
-from mechunlearn.attribution.gradient import GradSim, gradient_features
-from mechunlearn.attribution.similarity import RandomAttributor, RepSim
+from mechunlearn.attribution.convex_config import ConvexConfig
+from mechunlearn.attribution.registry import METHODS as REGISTRY
+from mechunlearn.attribution.registry import make
+from mechunlearn.attribution.registry import methods as registered
 from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.features import extract
 from mechunlearn.ranking import ranking_metrics  # noqa: F401 (re-exported)
 from mechunlearn.sites import Site
 
-METHODS = ("convex", "convex_local", "convex_grad", "repsim", "repsim_centered",
-           "repsim_whitened", "gradsim", "gradsim_whitened", "tracin", "random")
+METHODS = registered()  # every registered method (EK-FAC only when kronfluence is installed)
+DEFAULT_METHODS = ("convex", "convex_local", "convex_grad", "repsim", "repsim_centered",
+                   "repsim_whitened", "gradsim", "gradsim_whitened", "tracin", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,29 +43,32 @@ class EvalConfig:
     Attributes:
         layers: block indices of the Site sweep (default: all).
         positions: Site positions (``"response_mean"``, ``"last"``, ``"mean"``).
-        methods: subset of :data:`METHODS`. ``gradsim``: cosine of loss gradients at the Site's
-            activation (response-mean positions only); ``tracin``: cosine of count-sketched
-            per-sample gradients of all parameters (site-independent, reported at Site
-            ``"params"``). ``*_whitened``: the same cosine after whitening by the training
-            features' covariance (``RepSim(whiten=whiten)``).
-        whiten: ridge of the ``*_whitened`` methods (× the covariance's mean eigenvalue).
-        grad_loss: training-sample loss for gradients (``"dpo"`` with the SFT model as
-            reference, as in training, or ``"nll"`` of the chosen response); the query's loss
-            is always the NLL of the bad response.
+        methods: names from :data:`mechunlearn.attribution.METHODS` (default
+            :data:`DEFAULT_METHODS`). By their ``inputs``: features of prompt + chosen vs
+            prompt + bad answer at every Site; ``gradients`` (``gradsim*``, ``convex_grad``):
+            loss gradients at the Site's activation (response-mean positions only), training
+            loss ``grad_loss``, query loss the NLL of the bad answer; ``tracin``: count-sketched
+            per-sample gradients of all parameters (reported at Site ``"params"``);
+            ``contrast*``: chosen - rejected vs bad - the SFT model's greedy answer (the
+            good alternative without ground truth); ``contrast+dpo``: with DPO-loss
+            gradients on both sides (query: bad preferred over the SFT answer); ``ekfac`` /
+            ``ekfac_dpo``: EK-FAC influence through kronfluence (NLL / DPO training loss,
+            query NLL; Site ``"params"``).
+        whiten: ridge of the ``*_whitened`` methods (x the covariance's mean eigenvalue).
+        grad_loss: training-sample loss for ``gradients`` (``"dpo"`` with the SFT model as
+            reference, as in training, or ``"nll"`` of the chosen response).
         projection_dim: count-sketch size for ``tracin``.
         max_queries: cap on bad queries (``None``: all).
         k: selected-set size reported by every method.
-        convex: :class:`ConvexConfig` for ``convex``.
-        convex_local: :class:`ConvexConfig` for ``convex_local`` (default ``locality=1``).
-        convex_grad: :class:`ConvexConfig` for ``convex_grad``: the convex decomposition run on
-            the gradient features of ``gradsim`` (unit-normalised: the query's NLL gradient
-            and the training DPO gradients have different scales, only directions compare).
+        convex / convex_local / convex_grad: :class:`ConvexConfig` of those methods
+            (``convex_grad`` runs on unit-normalised gradients: the query's NLL gradient and
+            the training DPO gradients have different scales, only directions compare).
         seed: seed of the random baseline and projections.
     """
 
     layers: tuple[int, ...] | None = None
     positions: tuple[str, ...] = ("response_mean", "last")
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     grad_loss: str = "dpo"
     whiten: float = 1e-2
     projection_dim: int = 4096
@@ -76,11 +81,20 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in REGISTRY]
         if bad:
-            raise ConfigError(f"Unknown attribution methods {bad}; choose from {METHODS}.")
+            REGISTRY[bad[0]]  # raises ConfigError (with the install command for EK-FAC)
         if self.grad_loss not in ("dpo", "nll"):
             raise ConfigError(f"grad_loss must be 'dpo' or 'nll', got {self.grad_loss!r}.")
+
+    def options(self, method: str) -> dict[str, Any]:
+        """Keyword options of ``make(method, train, **options)`` under this config (``k``
+        included; the convex methods take their own :class:`ConvexConfig`, its ``k`` too)."""
+        if method in ("convex", "convex_local", "convex_grad"):
+            return asdict(getattr(self, method))
+        if method.endswith("_whitened") and not method.startswith("contrast"):
+            return {"k": self.k, "whiten": self.whiten}
+        return {"k": self.k, **({"seed": self.seed} if method == "random" else {})}
 
 
 def bad_queries(world: Any, max_queries: int | None = None, max_new_tokens: int = 32,
@@ -102,12 +116,6 @@ def bad_queries(world: Any, max_queries: int | None = None, max_new_tokens: int 
                              "nothing to attribute.")
     keep = keep[:max_queries] if max_queries is not None else keep
     return [p for p, _ in keep], [r for _, r in keep]
-
-
-def _fmt(prompt: str, response: str) -> tuple[str, str]:
-    from mechunlearn.toyworld import format_prompt, format_response
-
-    return format_prompt(prompt), format_response(response)
 
 
 def evaluate_world(world: Any, config: EvalConfig | None = None,
@@ -163,65 +171,37 @@ def evaluate_world(world: Any, config: EvalConfig | None = None,
         if mean_scores is not None:
             mean_scores[(name, site_key)] = total / len(results)
 
+    kinds = {REGISTRY[m].inputs: None for m in cfg.methods}
+    by = lambda kind: [m for m in cfg.methods if REGISTRY[m].inputs == kind]  # noqa: E731
+    good = None
+    if "contrast" in kinds or "contrast+gradients" in kinds:
+        from mechunlearn.attribution.contrast import ContrastFeatures
+        from mechunlearn.toyworld import generate_text
+
+        good = generate_text(world.sft_model, q_prompts)  # the good alternative, no ground truth
+        f_rej = extract(model, encode_pairs(tok, [p.prompt for p in train],
+                                            [p.rejected for p in train]), sites, batch_size=64,
+                        ids=ids, progress=False)
+        f_good = extract(model, encode_pairs(tok, [p.prompt for p in q_prompts], good), sites,
+                         batch_size=64, progress=False)
+        c_train = {s: ContrastFeatures.from_pair(f_train[s], f_rej[s]) for s in sites}
+        c_query = {s: ContrastFeatures.from_pair(f_query[s], f_good[s]) for s in sites}
     for s in sites:
-        ft, fq = f_train[s], f_query[s]
-        attrs: dict[str, Attributor] = {}
-        if "convex" in cfg.methods:
-            attrs["convex"] = ConvexAttributor(ft, cfg.convex)
-        if "convex_local" in cfg.methods:
-            attrs["convex_local"] = ConvexAttributor(ft, cfg.convex_local)
-        if "repsim" in cfg.methods:
-            attrs["repsim"] = RepSim(ft, k=cfg.k)
-        if "repsim_centered" in cfg.methods:
-            attrs["repsim_centered"] = RepSim(ft, k=cfg.k, center=True)
-        if "repsim_whitened" in cfg.methods:
-            attrs["repsim_whitened"] = RepSim(ft, k=cfg.k, whiten=cfg.whiten)
-        if "random" in cfg.methods:
-            attrs["random"] = RandomAttributor(ft, k=cfg.k, seed=cfg.seed)
-        for name, att in attrs.items():
-            run(name, att, fq, s.key, int(s.layer), str(s.position))
+        for name in by("features"):
+            run(name, make(name, f_train[s], **cfg.options(name)), f_query[s], s.key,
+                int(s.layer), str(s.position))
+        for name in by("contrast"):
+            run(name, make(name, c_train[s], k=cfg.k), c_query[s], s.key, int(s.layer),
+                str(s.position))
     say(f"activation methods done in {time.perf_counter() - t0:.1f}s")
-    if any(m in cfg.methods for m in ("gradsim", "gradsim_whitened", "convex_grad", "tracin")):
-        _gradient_methods(world, cfg, layers, train, ids, q_prompts, q_resp, run, say)
+    if kinds.keys() & {"gradients", "param_gradients", "contrast+gradients", "model"}:
+        from mechunlearn.studies.attribution_grads import gradient_methods
+
+        gradient_methods(world, cfg, layers, train, ids, q_prompts, q_resp, good, run, say,
+                         c_train if good is not None else None,
+                         c_query if good is not None else None)
     say(f"all methods done in {time.perf_counter() - t0:.1f}s")
     return pd.DataFrame(rows)
-
-
-def _gradient_methods(world: Any, cfg: EvalConfig, layers: list[int], train: list[Any],
-                      ids: list[str], q_prompts: list[Any], q_resp: list[str], run: Any,
-                      say: Any) -> None:
-    model = world.model
-    if cfg.grad_loss == "dpo":
-        items = [(*_fmt(p.prompt, p.chosen), _fmt(p.prompt, p.rejected)[1]) for p in train]
-        ref = world.sft_model
-    else:
-        items, ref = [_fmt(p.prompt, p.chosen) for p in train], None
-    q_items = [_fmt(p.prompt, r) for p, r in zip(q_prompts, q_resp)]
-    t0 = time.perf_counter()
-    if any(m in cfg.methods for m in ("gradsim", "gradsim_whitened", "convex_grad")):
-        gsites = [Site(f"blocks.{i}.hook_resid_post", "response_mean") for i in layers]
-        g_train = gradient_features(model, items, gsites, loss=cfg.grad_loss, ref_model=ref,
-                                    beta=world.config.beta, ids=ids, batch_size=32)
-        g_query = gradient_features(model, q_items, gsites, loss="nll", batch_size=32)
-        for s in gsites:
-            if "gradsim" in cfg.methods:
-                run("gradsim", GradSim(g_train[s], k=cfg.k), g_query[s], s.key, int(s.layer),
-                    "response_mean")
-            if "gradsim_whitened" in cfg.methods:
-                run("gradsim_whitened", GradSim(g_train[s], k=cfg.k, whiten=cfg.whiten),
-                    g_query[s], s.key, int(s.layer), "response_mean")
-            if "convex_grad" in cfg.methods:
-                run("convex_grad", ConvexAttributor(g_train[s], cfg.convex_grad), g_query[s],
-                    s.key, int(s.layer), "response_mean")
-        say(f"gradsim/convex_grad done in {time.perf_counter() - t0:.1f}s")
-    if "tracin" in cfg.methods:
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-        kw = {"params": names, "projection_dim": cfg.projection_dim, "seed": cfg.seed}
-        p_train = gradient_features(model, items, loss=cfg.grad_loss, ref_model=ref,
-                                    beta=world.config.beta, ids=ids, **kw)
-        p_query = gradient_features(model, q_items, loss="nll", **kw)
-        run("tracin", GradSim(p_train, k=cfg.k), p_query, "params", -1, "params")
-        say(f"tracin done in {time.perf_counter() - t0:.1f}s")
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -250,7 +230,7 @@ def plot_auc(summary: pd.DataFrame, path: str, title: str = "") -> None:
     positions = [p for p in summary["position"].unique() if p != "params"]
     fig, axes = plt.subplots(1, len(positions), figsize=(5 * len(positions), 3.8), sharey=True,
                              squeeze=False)
-    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    colors = {m: f"C{i % 10}" for i, m in enumerate(METHODS)}
     for ax, pos in zip(axes[0], positions):
         sub = summary[summary["position"] == pos]
         for method, g in sub.groupby("method"):
