@@ -5,10 +5,15 @@ response, in the study's prompt format) and every bad case are features; each me
 attributes each bad case and the per-query scores are averaged over all bad cases (one
 ranking of the training set per Site and method). The Site is chosen **without ground
 truth**: the one with the lowest mean relative residual of the convex decomposition (how
-well a few training samples explain the bad cases). Methods: ``convex`` (convex
-decomposition), ``repsim`` (cosine), ``repsim_whitened`` (cosine after whitening by the
-training covariance) and, with gradients, ``convex_grad`` / ``gradsim`` (the same on
-per-sample NLL gradients at the Site's activation). With ground-truth ids, AUC and
+well a few training samples explain the bad cases). Methods come from
+:data:`mechunlearn.attribution.METHODS`: ``convex`` (convex decomposition), ``repsim``
+(cosine), ``repsim_whitened`` (cosine after whitening by the training covariance); with
+gradients, ``convex_grad`` / ``gradsim`` (the same on per-sample NLL gradients at the Site's
+activation); with a reference model and preference triples (every training pair has a
+``rejected`` response), the preference-contrast methods ``contrast`` (chosen - rejected vs
+bad - the reference model's greedy answer) and, with gradients, ``contrast+dpo``
+(docs/attribution.md), beside the centred baselines ``repsim_centered`` and
+``gradsim_centered``. With ground-truth ids, AUC and
 precision@k of each ranking are reported too.
 """
 
@@ -56,15 +61,41 @@ class AttributionResult:
         return [int(i) for i in order if self.weights[i] > 0]
 
 
-def _makers(k: int) -> dict[str, Callable[[Any], Any]]:
-    from mechunlearn.attribution import ConvexAttributor, ConvexConfig, GradSim, RepSim
+FEATURE_METHODS = ("convex", "repsim", "repsim_whitened")
+GRADIENT_METHODS = ("convex_grad", "gradsim")
 
-    return {"convex": lambda f: ConvexAttributor(f, k=k),
-            "repsim": lambda f: RepSim(f, k=k),
-            "repsim_whitened": lambda f: RepSim(f, k=k, whiten=1e-2),
-            "convex_grad": lambda f: ConvexAttributor(
-                f, ConvexConfig(k=k, center=False, normalize="l2", pool_metric="cosine")),
-            "gradsim": lambda f: GradSim(f, k=k)}
+
+def _contrast_inputs(model: Any, fmt: PromptFormat, train: Sequence[TrainPair], cases: BadCases,
+                     sites: list[Site], ft: dict[Site, Features], fq: dict[Site, Features],
+                     reference: Any, grads: tuple[Any, Any] | None, ids: list[str],
+                     batch_size: int) -> dict[str, tuple[Any, Any]]:
+    """``{method: (train inputs per Site, query inputs per Site)}`` of the contrast family and
+    the centred baselines it is compared with (``grads``: the NLL-gradient features)."""
+    from mechunlearn.attribution import ContrastFeatures, gradient_features, reference_answers
+
+    tok = model_tokenizer(model)
+    good = reference_answers(reference, [fmt.prompt(p) for p in cases.prompts])
+    fr = extract(model, fmt.encode_pairs(tok, [p.prompt for p in train],
+                                         [p.rejected for p in train]), sites,
+                 batch_size=batch_size, ids=ids)
+    fg = extract(model, fmt.encode_pairs(tok, cases.prompts, good), sites, batch_size=batch_size)
+    ct = {s: ContrastFeatures.from_pair(ft[s], fr[s]) for s in sites}
+    cq = {s: ContrastFeatures.from_pair(fq[s], fg[s]) for s in sites}
+    out = {"contrast": (ct, cq), "repsim_centered": (ft, fq)}
+    if grads is not None:
+        gt, gq = grads
+        tr = [(fmt.prompt(p.prompt), fmt.response(p.chosen), fmt.response(p.rejected))
+              for p in train]
+        q = [(fmt.prompt(p), fmt.response(b), fmt.response(g))
+             for p, b, g in zip(cases.prompts, cases.responses, good)]
+        dt = gradient_features(model, tr, sites, loss="dpo", ref_model=reference, ids=ids,
+                               batch_size=batch_size)
+        dq = gradient_features(model, q, sites, loss="dpo", ref_model=reference,
+                               batch_size=batch_size)
+        out["contrast+dpo"] = ({s: (ct[s], dt[s]) for s in sites},
+                               {s: (cq[s], dq[s]) for s in sites})
+        out["gradsim_centered"] = (gt, gq)
+    return out
 
 
 def _train_features(model: Any, tb: Any, sites: list[Site], ids: list[str],
@@ -86,7 +117,8 @@ def attribute_sweep(model: Any, fmt: PromptFormat, train: Sequence[TrainPair], c
                     layers: Sequence[int] | None = None, k: int = 8, gradients: bool = True,
                     truth: Sequence[str] | None = None, batch_size: int = 32,
                     cache: str | os.PathLike[str] | None = None,
-                    say: Callable[[str], None] = lambda s: None) -> AttributionResult:
+                    say: Callable[[str], None] = lambda s: None,
+                    reference: Any = None) -> AttributionResult:
     """Attribute every bad case at each layer (see the module docstring).
 
     Args:
@@ -95,6 +127,8 @@ def attribute_sweep(model: Any, fmt: PromptFormat, train: Sequence[TrainPair], c
         layers: block indices (default all); k: convex budget / top-k per query.
         truth: ground-truth training ids (validated by the caller) for AUC / precision@k.
         cache: folder for resumable per-Site training-feature stores (``--resume``).
+        reference: the reference (pre-preference-tuning) model; with it and a ``rejected``
+            response on every training pair, the contrast methods join the sweep.
 
     Returns:
         :class:`AttributionResult`; ``sweep`` columns ``site, layer, method, residual, auc,
@@ -118,7 +152,7 @@ def attribute_sweep(model: Any, fmt: PromptFormat, train: Sequence[TrainPair], c
                  batch_size=batch_size)
     say(f"      features of {len(train)} training pairs and {len(cases.prompts)} bad cases at "
         f"{len(sites)} layer(s) in {time.perf_counter() - t0:.1f} s")
-    feats = {m: (ft, fq) for m in ("convex", "repsim", "repsim_whitened")}
+    feats: dict[str, tuple[Any, Any]] = {m: (ft, fq) for m in FEATURE_METHODS}
     if gradients:
         from mechunlearn.attribution import gradient_features
 
@@ -128,15 +162,20 @@ def attribute_sweep(model: Any, fmt: PromptFormat, train: Sequence[TrainPair], c
                                sites, loss="nll", ids=ids, batch_size=batch_size)
         gq = gradient_features(model, fmt.pairs(cases.prompts, cases.responses), sites,
                                loss="nll", batch_size=batch_size)
-        feats.update({"convex_grad": (gt, gq), "gradsim": (gt, gq)})
+        feats.update({m: (gt, gq) for m in GRADIENT_METHODS})
         say(f"      NLL-gradient features in {time.perf_counter() - t0:.1f} s")
-    makers = _makers(k)
+    if reference is not None and all(p.rejected is not None for p in train):
+        t0 = time.perf_counter()
+        feats.update(_contrast_inputs(model, fmt, train, cases, sites, ft, fq, reference,
+                                      feats["gradsim"] if gradients else None, ids, batch_size))
+        say(f"      preference-contrast inputs in {time.perf_counter() - t0:.1f} s")
+    from mechunlearn.attribution import make
     pos = torch.as_tensor(np.isin(np.array(ids), np.array(list(truth or []), dtype=object)))
     rows, scores, weights = [], {}, {}
     for s in sites:
         for name, (tr, q) in feats.items():
             t1 = time.perf_counter()
-            atts = makers[name](tr[s]).attribute_many(q[s])
+            atts = make(name, tr[s], k=k).attribute_many(q[s])
             mean = torch.stack([a.scores.double() for a in atts]).mean(0)
             scores[(s, name)] = mean
             if name == "convex":
