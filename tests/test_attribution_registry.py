@@ -74,6 +74,11 @@ def test_ekfac_ranks_the_training_copy_of_the_query_first(tiny_bridge, name):
     pytest.importorskip("kronfluence")
     items = TRAIN if name == "ekfac" else [(p, r, " A: no") for p, r in TRAIN]
     opts = {"ref_model": tiny_bridge} if name == "ekfac_dpo" else {}
+    from mechunlearn.attribution import gradient_features
+    from mechunlearn.sites import resid
+
+    # a backward pass leaves non-leaf tensors cached on the bridge: the copy must cope
+    gradient_features(tiny_bridge, TRAIN[:2], resid(1, position="response_mean"), loss="nll")
     before = {n: p.clone() for n, p in tiny_bridge.named_parameters()}
     att = make(name, items, k=3, model=tiny_bridge, **opts)
     res = att.attribute_many([TRAIN[5], TRAIN[9]])

@@ -67,7 +67,12 @@ def _hf_copy(model: Any, probe: Tensor) -> tuple[nn.Module, list[str]]:
     that run in a forward pass, minus the unembedding."""
     from transformers.pytorch_utils import Conv1D
 
-    hf = copy.deepcopy(getattr(model, "original_model", model)).float().eval()
+    src = getattr(model, "original_model", model)
+    # TransformerLens caches non-leaf tensors on its wrappers after a backward pass (e.g. the
+    # attention pattern), which deepcopy refuses: copy those as detached tensors
+    memo = {id(v): v.detach().clone() for m in src.modules() for v in vars(m).values()
+            if isinstance(v, Tensor) and v.grad_fn is not None}
+    hf = copy.deepcopy(src, memo).float().eval()
     for name, mod in list(hf.named_modules()):
         if isinstance(mod, Conv1D):
             lin = nn.Linear(mod.weight.shape[0], mod.weight.shape[1])
