@@ -151,6 +151,8 @@ def test_seal_on_causal_lm_without_refusals(env, tmp_path):
                             "--boot", "10"])
     assert r.exit_code == 0, r.output
     assert "fired on 0 of" in r.output
+    data_line = next(ln[ln.index("data: "):] for ln in r.output.splitlines() if "data: " in ln)
+    assert "skipped" not in data_line and "None" not in data_line, data_line  # none skipped
     assert (tmp_path / "rep" / "summary.md").is_file()
     summary = (tmp_path / "rep" / "summary.md").read_text()
     assert "fired on 0 of" in summary

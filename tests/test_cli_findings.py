@@ -218,3 +218,15 @@ def test_extract_resume_refuses_other_data(env, tmp_path):
     r = runner.invoke(app, base + ["--data", a])  # the same data resumes (nothing to add)
     assert r.exit_code == 0, r.output
     assert len(FeatureStore.open(out)) == len(WORDS)
+
+
+def test_python_dash_m_usage_error_is_one_stderr_line():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mechunlearn", "sweep", "--pos"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "--pos" in lines[0]
