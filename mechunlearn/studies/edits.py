@@ -35,7 +35,9 @@ from mechunlearn.studies.cases import BadCases
 from mechunlearn.studies.data import TrainPair
 from mechunlearn.studies.format import PromptFormat
 from mechunlearn.studies.judge import Judge, judge_all
+from mechunlearn.studies.stopping import BadAnswerTracker
 from mechunlearn.studies.verify import Verifier, generate
+from mechunlearn.unlearn.objectives import Flip
 
 METHODS = ("project", "orthogonalize", "unlearn", "selective", "u2a")
 
@@ -58,23 +60,37 @@ class EditPlan:
     max_new_tokens: int = 32
     selective_k: int = 8
     n_forget: int = 16
+    objective: Any = None  # default: EDIT_OBJECTIVE
 
 
-def _stop_metric(plan: EditPlan) -> Callable[[Any], float]:
-    prompts = list(dict.fromkeys(plan.cases.prompts))
-    return lambda m: float(sum(judge_all(plan.judge, generate(
-        m, plan.fmt, prompts, min(16, plan.max_new_tokens))[0]))) / len(prompts)
+#: The flip objective without its NLL term (pure preference contrast): with the NLL term
+#: (weight 1) ordinary-prompt KL to the gold model rose to 0.26-0.43 on `hard` seed 0 vs
+#: 0.17 without it at the same step (scripts/fast_unlearning.py measures it).
+EDIT_OBJECTIVE = Flip(nll=0.0)
 
 
-def _find_bad(plan: EditPlan) -> Callable[[Any], list[tuple[str, str]]]:
-    prompts = list(dict.fromkeys(plan.cases.prompts))
+def _name(objective: Any) -> str:
+    return objective if isinstance(objective, str) else objective.name
 
-    def find(m: Any) -> list[tuple[str, str]]:
-        rs = generate(m, plan.fmt, prompts, min(16, plan.max_new_tokens))[0]
-        return [plan.fmt.pairs([p], [r])[0] for p, r, b in
-                zip(prompts, rs, judge_all(plan.judge, rs)) if b and r.strip()]
 
-    return find
+def _tracker(plan: EditPlan) -> BadAnswerTracker:
+    """Stop metric on the attribution-half bad prompts: teacher-forced checks of the bad
+    answers seen so far, greedy decoding only to confirm (:mod:`.stopping`)."""
+    return BadAnswerTracker(plan.fmt, plan.judge, plan.cases.prompts,
+                            min(16, plan.max_new_tokens))
+
+
+def keep_rows(plan: EditPlan) -> list[int]:
+    """``plan.retain`` without the pairs whose chosen response the judge calls bad.
+
+    The retain term holds the model to its unedited outputs on the retain pairs; a retain
+    pair that itself teaches the bad behaviour (a poisoned pair attribution missed) holds the
+    behaviour in place. Measured on the toy world `hard` seed 0 (flip, lr 1e-3, the demo's
+    15 attributed pairs): held-out bad rate 0.32-0.36 after 30-50 steps with the unfiltered
+    retain set (the bad answers came back), 0.00-0.02 with this filter.
+    """
+    ok = judge_all(plan.judge, [plan.train[i].chosen for i in plan.retain])
+    return [i for i, bad in zip(plan.retain, ok) if not bad]
 
 
 def _attribute(plan: EditPlan) -> Callable[[Any, Any], list[int]]:
@@ -129,9 +145,9 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
 
     record("unedited", time.perf_counter(), restored=True)
     forget = [plan.train[i] for i in plan.forget]
-    retain = [plan.train[i] for i in plan.retain]
+    retain = [plan.train[i] for i in keep_rows(plan)]
     triples = all(p.rejected is not None for p in forget)
-    objective = "flip" if triples else "npo"
+    objective = (plan.objective or EDIT_OBJECTIVE) if triples else "npo"
     for m in methods:
         t0 = time.perf_counter()
         if m in ("project", "orthogonalize") and plan.direction is None:
@@ -167,14 +183,20 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
             continue
         cfg = plan.unlearn_config
         if m == "unlearn":
-            res = unlearn(model, forget, retain, objective, cfg, forget_metric=_stop_metric(plan),
+            tr = _tracker(plan)
+            res = unlearn(model, forget, retain, objective, cfg, forget_metric=tr,
                           encode=plan.fmt.encode_pairs, progress=False)
-            detail = f"{objective}, {len(forget)} forget / {len(retain)} retain, {res.steps} steps, stopped: {res.stopped}"
+            detail = (f"{_name(objective)}, {len(forget)} forget / {len(retain)} retain, "
+                      f"{res.steps} steps, stopped: {res.stopped}, {tr.n_decodes} decodes")
         elif m == "selective":
-            res = selective_forget(model, list(plan.train), _find_bad(plan), _attribute(plan),
+            tr = _tracker(plan)
+            bad_chosen = judge_all(plan.judge, [p.chosen for p in plan.train])
+            res = selective_forget(model, list(plan.train), tr.find_bad, _attribute(plan),
                                    objective, cfg, max_retain=len(retain),
-                                   encode=plan.fmt.encode_pairs)
-            detail = f"{objective}, {len(res.forget_ids)} forgotten, stopped: {res.stopped}"
+                                   encode=plan.fmt.encode_pairs, forget_metric=tr,
+                                   retain_ok=lambda i: not bad_chosen[i])
+            detail = (f"{_name(objective)}, {len(res.forget_ids)} forgotten, stopped: "
+                      f"{res.stopped}, {tr.n_decodes} decodes")
         else:
             good = generate(plan.reference, plan.fmt, plan.cases.prompts, plan.max_new_tokens)[0]
             ok = [not b and g.strip() != "" for g, b in zip(good, judge_all(plan.judge, good))]
@@ -190,9 +212,10 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
                 skip(m, f"U2A weighting: {e}")
                 continue
             res = unlearn(model, forget, retain, objective, cfg, weights=u.weights,
-                          forget_metric=_stop_metric(plan), encode=plan.fmt.encode_pairs,
+                          forget_metric=_tracker(plan), encode=plan.fmt.encode_pairs,
                           progress=False)
-            detail = f"{objective}, {len(u.selected)} of {len(forget)} weighted > 0, {res.steps} steps"
+            detail = (f"{_name(objective)}, {len(u.selected)} of {len(forget)} weighted > 0, "
+                      f"{res.steps} steps")
         try:
             record(m, t0, detail=detail)
         finally:

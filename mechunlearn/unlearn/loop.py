@@ -46,25 +46,31 @@ Metric = Callable[[Any], float]
 class UnlearnConfig:
     """Loop settings (defaults measured on the toy world; see docs/unlearning.md).
 
+    ``eval_retain``: retain rows (a fixed seeded sample) whose KL to the reference is
+    measured on evaluation steps (``retain_kl_eval``); ``None``: all of them. The KL of
+    every retain row on every evaluation cost more than the optimiser steps (1.3 s per
+    evaluation for 256 rows vs 0.6 s per step on the toy world).
+
     ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`:
     held-out keep data, stop and roll back when kept answers change); ``None`` (default) is
     the plain loop. Opt-in because on the measured worlds it kept ordinary answers but then
     removed little of the bad behaviour (docs/unlearning.md, "guarded unlearning").
     """
 
-    steps: int = 200
-    lr: float = 3e-4
+    steps: int = 60
+    lr: float = 1e-3
     batch_size: int = 16
     retain_batch_size: int = 32
     retain_weight: float = 1.0
     eval_every: int = 5
     target: float = 0.0
     kl_budget: float | None = None
-    repair_steps: int = 30
+    repair_steps: int = 15
     repair: Literal["both", "retain"] = "both"
     max_grad_norm: float = 1.0
     seed: int = 0
     guard: GuardConfig | None = None
+    eval_retain: int | None = 64
 
     def __post_init__(self) -> None:
         for f in ("steps", "batch_size", "retain_batch_size", "eval_every"):
@@ -86,6 +92,10 @@ class UnlearnConfig:
                               f"{self.kl_budget!r}.")
         if self.repair not in ("both", "retain"):
             raise ConfigError(f"repair must be 'both' or 'retain', got {self.repair!r}.")
+        if self.eval_retain is not None and (not isinstance(self.eval_retain, int)
+                                             or self.eval_retain < 1):
+            raise ConfigError(f"eval_retain must be an int >= 1 or None, got "
+                              f"{self.eval_retain!r}.")
         if self.guard is not None and not isinstance(self.guard, GuardConfig):
             raise ConfigError(f"guard must be a GuardConfig or None, got {self.guard!r}.")
 
@@ -167,6 +177,10 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
     n_repair = cfg.repair_steps if guard is None else (
         cfg.guard.max_repair_steps if cfg.guard.max_repair_steps is not None
         else cfg.repair_steps)
+    n_r = len(data.retain)
+    ev_rows = (torch.arange(n_r) if cfg.eval_retain is None or cfg.eval_retain >= n_r else
+               torch.randperm(n_r, generator=torch.Generator().manual_seed(cfg.seed + 1))
+               [: cfg.eval_retain].sort().values)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     hist: list[dict[str, Any]] = []
     stopped, total = "steps", cfg.steps + n_repair
@@ -188,7 +202,7 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
             bar.update(1)
             row.update(step=step, phase=phase, seconds=time.perf_counter() - t0)
             if step % cfg.eval_every == 0 or step == total or (phase == "forget" and step == cfg.steps):
-                row.update(_evaluate(model, data, forget_metric, metrics))
+                row.update(_evaluate(model, data, forget_metric, metrics, ev_rows))
                 if guard is not None:
                     row.update(guard.measure(model))
                     guard.consider(row, phase, cfg.target, step)
@@ -283,11 +297,12 @@ def _loss(model: Any, data: _Data, obj: Objective, cfg: UnlearnConfig, fi: Tenso
 
 @torch.no_grad()
 def _evaluate(model: Any, data: _Data, forget_metric: Metric | None,
-              metrics: dict[str, Metric] | None, chunk: int = 64) -> dict[str, float]:
+              metrics: dict[str, Metric] | None, ev_rows: Tensor, chunk: int = 64
+              ) -> dict[str, float]:
     out: dict[str, float] = {}
     kls, lps = [], []
-    for s in range(0, len(data.retain), chunk):
-        idx = torch.arange(s, min(s + chunk, len(data.retain)))
+    for s in range(0, len(ev_rows), chunk):
+        idx = ev_rows[s: s + chunk]
         ids, am, _ = rows(data.rb, idx)
         kls.append(token_kl(data.ref_rows(idx, ids.shape[1]), forward(model, ids, am)[0],
                             am.bool()))

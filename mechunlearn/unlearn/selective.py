@@ -76,7 +76,9 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                      objective: str | Objective = "flip", config: UnlearnConfig | None = None,
                      *, max_rounds: int = 3, kl_budget: float | None = None,
                      max_retain: int = 512, seed: int = 0, encode: Encode | None = None,
-                     screen: bool = False, progress: bool = False) -> SelectiveResult:
+                     screen: bool = False, progress: bool = False,
+                     forget_metric: Callable[[Any], float] | None = None,
+                     retain_ok: Callable[[int], bool] | None = None) -> SelectiveResult:
     """Attribute -> unlearn -> re-check until the bad responses are gone.
 
     Args:
@@ -88,6 +90,13 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
             = number of bad queries, so a round stops once they are fixed, then repairs).
         kl_budget: stop when mean KL(original || model) on the retain sample exceeds it.
         max_retain: retain sample size (random, seeded) drawn from the unselected rows.
+        forget_metric: the rounds' stop metric (``<= config.target`` stops a round's forget
+            phase); default ``len(find_bad(model))``, which decodes on every evaluation step
+            (e.g. :class:`mechunlearn.studies.stopping.BadAnswerTracker` decodes only to
+            confirm).
+        retain_ok: ``retain_ok(row) -> bool``: training rows that may be retain data
+            (default all unselected rows); e.g. drop pairs whose chosen response the judge
+            calls bad, which would hold the bad behaviour in place.
         screen: screen new candidates with :func:`.hygiene.screen_forget` (needs
             ``find_bad`` to return ``(prompt, response)`` string pairs, tokenised as
             :func:`mechunlearn.tokenize` does; screened with the pairs' preference contrast).
@@ -98,6 +107,7 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
     items = as_items(train, "retain")
     handle = snapshot(model)
     g = torch.Generator().manual_seed(seed)
+    ok = retain_ok or (lambda i: True)
     probe = [items[int(i)] for i in torch.randperm(len(items), generator=g)[:max_retain]]
     ref = _logprobs(model, probe, encode)
     chosen: list[int] = []
@@ -125,7 +135,8 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                 stopped = "no_new_samples"
                 break
             sel = set(chosen) | set(new)
-            rest = [i for i in torch.randperm(len(items), generator=g).tolist() if i not in sel]
+            rest = [i for i in torch.randperm(len(items), generator=g).tolist()
+                    if i not in sel and ok(i)]
             n_new = len(new)
             if screen:
                 new, out = _screen(model, train, new, bad, [items[i] for i in rest[:max_retain]],
@@ -138,11 +149,12 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
             chosen.extend(new)
             sel = set(chosen)
             forget = [train[i] for i in chosen]
-            rest = [i for i in torch.randperm(len(items), generator=g).tolist() if i not in sel]
+            rest = [i for i in torch.randperm(len(items), generator=g).tolist()
+                    if i not in sel and ok(i)]
             retain = [items[i] for i in rest[:max_retain]]
             res = unlearn(model, forget, retain, obj, config,
-                          forget_metric=lambda m: float(len(find_bad(m))), encode=encode,
-                          progress=progress)
+                          forget_metric=forget_metric or (lambda m: float(len(find_bad(m)))),
+                          encode=encode, progress=progress)
             row.update(n_new=n_new, n_forget=len(chosen), steps=res.steps,
                        round_stopped=res.stopped, seconds=time.perf_counter() - t0)
     except BaseException:
