@@ -13,7 +13,15 @@ drop samples whose weight hits zero; stop at relative residual ``tol`` or budget
 (3) pricing: if the pool is exhausted first, one mat-vec over the whole training set finds the
 samples that would still lower the residual (negative multiplier), adds them to the pool and
 resumes (at most ``refresh`` times). Nearest neighbours alone miss the vertices of a query
-that lies *between* clusters; pricing finds them.
+that lies *between* clusters; pricing finds them. (4) polish: when the budget stopped the
+greedy above ``tol``, a larger-budget re-solve with backward elimination looks for a sparse
+exact decomposition, skipped when the pool optimum is certified (KKT) to be above ``tol``.
+Passes over the training set are the only O(N) work: :meth:`ConvexAttributor.attribute_many`
+serves a block of queries per pass with one matrix product (:mod:`.scan`), self-checked
+against one-at-a-time solves at first use.
+
+Source: Liu et al., "Explainable reinforcement learning from human feedback to improve
+alignment" (arXiv:2512.13837); pricing is Dantzig-Wolfe column generation.
 
 Reading the result: ``residual = ||phi(q) - sum w_i phi(x_i)|| / ||phi(q)||`` (after the
 configured centering/normalisation, so with ``center=True`` it is relative to the query's
@@ -192,7 +200,7 @@ class ConvexAttributor(Attributor):
         reqs: dict[int, Any] = {}
         for i, p in enumerate(scan.pools(self._chunks(), torch.stack(qs), self._pool_size(),
                                          self.config.pool_metric)):
-            _step(gens[i], i, p, reqs, done)
+            scan.step(gens[i], i, p, reqs, done)
         half_mu = 0.5 * self.config.locality
         while reqs:
             order = list(reqs)
@@ -202,7 +210,7 @@ class ConvexAttributor(Attributor):
                              half_mu, [x[3] for x in r], [x[4] for x in r])
             reqs = {}
             for i, reply in zip(order, res):
-                _step(gens[i], i, reply, reqs, done)
+                scan.step(gens[i], i, reply, reqs, done)
         dt = (time.perf_counter() - t0) / len(qs)
         return [replace(done[i], seconds=dt) for i in range(len(qs))]
 
@@ -273,31 +281,12 @@ class ConvexAttributor(Attributor):
             ids=tuple(self.ids[int(i)] for i in idx),
             weights=w,
             residual=residual,
-            scores=self._scores(p0, idx, w),
+            scores=scan.full_scores(p0, self.config.pool_metric, idx, w),
             method=self.method,
             site=self.site,
             info={"pool": len(pool_idx), "rounds": rounds, "iterations": iters,
                   "optimal": optimal, "history": tuple(hist)},
         )
-
-    def _scores(self, p0: scan.Pool, idx: Tensor, w: Tensor) -> Tensor:
-        """Selected rows ``1 + w``; the others the pool metric mapped into ``[-1, 0]``."""
-        if self.config.pool_metric == "euclidean":
-            dist = p0.d2.double().sqrt()
-            sec = -dist / (float(dist.max()) + 1e-30)
-        else:
-            sec = (p0.key.double().clamp(-1, 1) - 1) / 2
-        sec[idx] = 1.0 + w
-        return sec
-
-
-def _step(gen: Generator[Any, Any, Attribution], i: int, reply: Any, reqs: dict[int, Any],
-          done: dict[int, Attribution]) -> None:
-    """Send ``reply`` to solver ``i``; file its next pricing request or its result."""
-    try:
-        reqs[i] = gen.send(reply)
-    except StopIteration as stop:
-        done[i] = stop.value
 
 
 def convex_attribution(query: Any, train: Any, **config: Any) -> Attribution:

@@ -14,8 +14,9 @@ order (an in-memory matrix is one chunk; a FeatureStore yields its shards).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -106,3 +107,24 @@ def price(chunks: Iterable[tuple[Tensor, Tensor]], n: int, R: Tensor, rp: Sequen
             best[b] = merge_topk(*best[b], vb, ib + offset, x[ib], size)
         offset += m
     return [(best[b][1], best[b][2]) for b in range(B)]
+
+
+def full_scores(pool: Pool, metric: str, idx: Tensor, w: Tensor) -> Tensor:
+    """Scores ``[N]`` float64 of a solution: selected rows ``1 + w``, the others the pool
+    metric mapped into ``[-1, 0]`` (``-dist / max dist`` or ``(cos - 1) / 2``)."""
+    if metric == "euclidean":
+        dist = pool.d2.double().sqrt()
+        sec = -dist / (float(dist.max()) + 1e-30)
+    else:
+        sec = (pool.key.double().clamp(-1, 1) - 1) / 2
+    sec[idx] = 1.0 + w
+    return sec
+
+
+def step(gen: Generator[Any, Any, Any], i: int, reply: Any, reqs: dict[int, Any],
+         done: dict[int, Any]) -> None:
+    """Send ``reply`` to solver ``i`` (a generator); file its next request or its result."""
+    try:
+        reqs[i] = gen.send(reply)
+    except StopIteration as stop:
+        done[i] = stop.value
