@@ -1,4 +1,7 @@
-"""Language-model primitives: logits through a bridge's hooks, and greedy decoding.
+"""Greedy decoding through a bridge's hooks, with a self-checked KV-cache fast path.
+
+The scoring primitives (``model_device``, ``logits``, ``token_kl``, ``response_logprobs``) are
+in :mod:`mechunlearn.lm_scores` and stay importable from here.
 
 Two decoders give the same tokens:
 
@@ -32,59 +35,16 @@ from torch import Tensor
 
 from mechunlearn import fastpath
 from mechunlearn.errors import ConfigError, ShapeError
+from mechunlearn.lm_scores import (  # noqa: F401 (kept importable from mechunlearn.lm)
+    logits,
+    model_device,
+    response_logprobs,
+    token_kl,
+)
 from mechunlearn.masks import forward_masks
 from mechunlearn.tokens import TokenBatch, context_length
 
 CHECK_ROWS = 8  # rows of the first batch used by the fast-path self-check
-
-
-def model_device(model: Any) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameter-less module)."""
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def logits(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Logits ``[n, pos, vocab]`` (float32, CPU) of a bridge (through its hooks) or a HF
-    causal LM, for ``input_ids``/``attention_mask`` ``[n, pos]``."""
-    dev = model_device(model)
-    ids, am = input_ids.to(dev), attention_mask.to(dev)
-    if hasattr(model, "hook_dict"):
-        with forward_masks(am):
-            out = model(ids, attention_mask=am, return_type="logits")
-    else:
-        out = model(input_ids=ids, attention_mask=am).logits
-    return out.float().cpu()
-
-
-def token_kl(ref_logprobs: Tensor, logits: Tensor, mask: Tensor) -> Tensor:
-    """Per-sample mean over masked positions of ``KL(p_ref || p)``.
-
-    ``ref_logprobs`` (log-softmaxed) and ``logits``: ``[n, pos, V]``; ``mask [n, pos]`` -> ``[n]``.
-    """
-    lp = torch.log_softmax(logits.float(), -1)
-    kl = (ref_logprobs.exp() * (ref_logprobs - lp)).sum(-1)
-    m = mask.to(kl.dtype)
-    return (kl * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def response_logprobs(logits: Tensor, input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed log-prob of masked next tokens and their count.
-
-    ``logits [n, pos, V]`` predict ``input_ids[:, 1:]``; ``mask [n, pos]`` marks the tokens to
-    score (response & real). Returns ``(logp [n], n_tokens [n])``.
-    """
-    if logits.shape[:2] != input_ids.shape or mask.shape != input_ids.shape:
-        raise ShapeError(
-            f"logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)} and mask "
-            f"{tuple(mask.shape)} must agree on [n, pos]."
-        )
-    lp = torch.log_softmax(logits[:, :-1].float(), -1)
-    tok = lp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    m = mask[:, 1:].to(tok.dtype)
-    return (tok * m).sum(1), m.sum(1)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, ShapeError
-from mechunlearn.sites import first_real_index
+from mechunlearn.layouts import first_real_index
 
 Positions = Union[str, int, Sequence[int], Tensor]  # noqa: UP007 (runtime alias)
 

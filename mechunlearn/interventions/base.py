@@ -29,9 +29,10 @@ from torch import Tensor
 
 from mechunlearn.errors import ConfigError, HookNotFiredError, ShapeError
 from mechunlearn.hooks import HookHandles, add_hooks
+from mechunlearn.layouts import from_pos_major, to_pos_major
 from mechunlearn.masks import Positions, edit_masks, position_mask
 from mechunlearn.provenance import check_same_model
-from mechunlearn.sites import Site, from_pos_major, to_pos_major
+from mechunlearn.sites import Site
 
 #: ``dict -> Intervention`` decoder, registered by :mod:`mechunlearn.interventions.io` on
 #: import (this module sits below it and must not import it).

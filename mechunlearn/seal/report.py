@@ -130,40 +130,40 @@ def plot_robustness_by_layer(sweep: pd.DataFrame) -> Any:
     return fig
 
 
+def _table(title: str, columns: list[str], rows: list[str]) -> list[str]:
+    """Markdown lines of one report section: heading, table header and the given rows."""
+    return ["", f"## {title}", "", "| " + " | ".join(columns) + " |",
+            "|" + "---|" * len(columns), *rows]
+
+
 def summary_markdown(report: SealReport, top_k: int = 5) -> str:
     """A short Markdown summary of the report."""
     lines = ["# SEAL report", ""]
     for k, v in report.info.items():
         lines.append(f"- **{k}**: {v}")
-    lines += ["", "## Alignment resistance", "", "| split | n | agreement | resistance | ties |",
-              "|---|---|---|---|---|"]
-    for k, r in report.resistance.items():
-        lines.append(f"| {k} | {r.n} | {r.agreement:.3f} | {r.resistance:.3f} | {r.ties:.3f} |")
+    lines += _table("Alignment resistance", ["split", "n", "agreement", "resistance", "ties"],
+                    [f"| {k} | {r.n} | {r.agreement:.3f} | {r.resistance:.3f} | {r.ties:.3f} |"
+                     for k, r in report.resistance.items()])
     imp = report.imprint[(report.imprint["feature"] != "(intercept)")].copy()
     for target in ("score", "reward_diff"):
         t = imp[imp["target"] == target].reindex(
             imp[imp["target"] == target]["coef"].abs().sort_values(ascending=False).index)
-        lines += ["", f"## Top feature imprints on {target}", "",
-                  "| feature | kind | coef | 95% CI |", "|---|---|---|---|"]
-        for _, r in t.head(top_k).iterrows():
-            lines.append(f"| {r.feature} | {r.kind} | {r.coef:+.3f} | "
-                         f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] |")
+        lines += _table(f"Top feature imprints on {target}", ["feature", "kind", "coef", "95% CI"],
+                        [f"| {r.feature} | {r.kind} | {r.coef:+.3f} | "
+                         f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] |" for _, r in t.head(top_k).iterrows()])
     if report.text_robustness is not None and len(report.text_robustness):
-        lines += ["", "## Text robustness (preference flips)", "",
-                  "| perturbation | side | changed | flip rate | mean delta |",
-                  "|---|---|---|---|---|"]
-        for _, r in report.text_robustness.iterrows():
-            lines.append(f"| {r.perturbation} | {r.side} | {r.n_changed} | {r.flip_rate:.3f} | "
-                         f"{r.mean_delta:+.3f} |")
+        lines += _table("Text robustness (preference flips)",
+                        ["perturbation", "side", "changed", "flip rate", "mean delta"],
+                        [f"| {r.perturbation} | {r.side} | {r.n_changed} | {r.flip_rate:.3f} | "
+                         f"{r.mean_delta:+.3f} |" for _, r in report.text_robustness.iterrows()])
     if report.activation_robustness is not None and len(report.activation_robustness):
-        lines += ["", "## Activation robustness by layer", "",
-                  "| sweep | site | agreement before | after | flip rate | mean abs delta |",
-                  "|---|---|---|---|---|---|"]
         sw = report.activation_robustness
-        for _, r in sw.iterrows():
-            name = r["sweep"] if "sweep" in sw.columns else r["mode"]
-            lines.append(f"| {name} | {r.site} | {r.agreement_before:.3f} | "
-                         f"{r.agreement_after:.3f} | {r.flip_rate:.3f} | {r.mean_abs_delta:.3f} |")
+        lines += _table("Activation robustness by layer",
+                        ["sweep", "site", "agreement before", "after", "flip rate",
+                         "mean abs delta"],
+                        [f"| {r['sweep'] if 'sweep' in sw.columns else r['mode']} | {r.site} | "
+                         f"{r.agreement_before:.3f} | {r.agreement_after:.3f} | {r.flip_rate:.3f} | "
+                         f"{r.mean_abs_delta:.3f} |" for _, r in sw.iterrows()])
     return "\n".join(lines) + "\n"
 
 

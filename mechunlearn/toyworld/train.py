@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError, EmptyDataError, check_finite
-from mechunlearn.lm import response_logprobs
+from mechunlearn.lm_scores import response_logprobs
 from mechunlearn.tokens import TokenBatch
 from mechunlearn.toyworld.config import WorldConfig
 from mechunlearn.toyworld.format import BOS, EOS, PAD, UNK, encode_pairs, format_prompt
@@ -100,6 +100,17 @@ def _batches(n: int, bs: int, epochs: int, seed: int) -> list[Tensor]:
     return out
 
 
+def _phase(model: Any, n: int, batch_size: int, epochs: int, seed: int, lr: float, wd: float
+           ) -> tuple[list[Tensor], torch.optim.AdamW, Callable[[int], None]]:
+    """One training phase's shuffled batches, AdamW (``lr``, weight decay ``wd``) and its
+    schedule; puts ``model`` in train mode (shared by :func:`sft` and :func:`dpo`)."""
+    batches = _batches(n, batch_size, epochs, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    sched = _schedule(opt, len(batches), lr)
+    model.train()
+    return batches, opt, sched
+
+
 def sft(model: Any, tokenizer: Any, examples: Sequence[tuple[str, str]], cfg: WorldConfig,
         progress: Progress | None = None) -> list[float]:
     """Supervised fine-tuning (in place) on (prompt, response) examples; returns batch losses."""
@@ -107,10 +118,8 @@ def sft(model: Any, tokenizer: Any, examples: Sequence[tuple[str, str]], cfg: Wo
         raise EmptyDataError("sft() got no examples.")
     tb = encode_pairs(tokenizer, [p for p, _ in examples], [r for _, r in examples])
     _check_len(tb, cfg)
-    batches = _batches(len(tb), cfg.batch_size, cfg.sft_epochs, cfg.seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
-    sched = _schedule(opt, len(batches), cfg.sft_lr)
-    model.train()
+    batches, opt, sched = _phase(model, len(tb), cfg.batch_size, cfg.sft_epochs, cfg.seed + 1,
+                                 cfg.sft_lr, 0.01)
     losses: list[float] = []
     for i, idx in enumerate(batches):
         sched(i)
@@ -138,10 +147,8 @@ def dpo(model: Any, ref: Any, tokenizer: Any, pairs: Sequence[tuple[str, str, st
     with torch.no_grad():
         ref_c = torch.cat([token_logprobs(ref, ch[i:i + 128])[0] for i in range(0, len(ch), 128)])
         ref_r = torch.cat([token_logprobs(ref, rj[i:i + 128])[0] for i in range(0, len(rj), 128)])
-    batches = _batches(len(pairs), cfg.batch_size, cfg.dpo_epochs, cfg.seed + 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.dpo_lr, weight_decay=0.0)
-    sched = _schedule(opt, len(batches), cfg.dpo_lr)
-    model.train()
+    batches, opt, sched = _phase(model, len(pairs), cfg.batch_size, cfg.dpo_epochs, cfg.seed + 2,
+                                 cfg.dpo_lr, 0.0)
     losses: list[float] = []
     for i, idx in enumerate(batches):
         sched(i)
