@@ -11,7 +11,8 @@ to ``--dim`` dims (``gradient_features(params=..., projection_dim=...)``, the co
 dot product), ``cos`` (cosine), ``cos_centered`` (training mean removed; the library
 default), ``whitened`` (centred, then ``(G^T G / N + lambda tr/d I)^(-1/2)``, the damped Gauss-Newton / TRAK inverse-Gram term,
 ridge ``lambda`` 1e-2 and 1), ``cos_centered@1024`` (the same sketch folded to 1,024 dims:
-sensitivity to the sketch size) -- each per query and pooled with its neighbours (``+pool``, k chosen by
+sensitivity to the sketch size), ``train_grad_norm`` (the training gradient's norm alone, the
+same for every query: the query-independent part of ``dot``) -- each per query and pooled with its neighbours (``+pool``, k chosen by
 ``attribution.pooling.choose_pooling``). Ground-truth-free criteria reported per row:
 split-half stability of the set ranking (top 32) and the leave-one-out pooling gain at the
 chosen k. Metrics as in ``eval_attribution_contrast.py``.
@@ -79,6 +80,8 @@ def score_variants(G: torch.Tensor, Q: torch.Tensor) -> dict[str, torch.Tensor]:
     for lam in (1e-2, 1.0):
         w = evecs * (evals.clamp_min(0) + lam * evals.clamp_min(0).mean()).rsqrt()
         out[f"whitened{lam:g}"] = _unit(B @ w) @ _unit(A @ w).T
+    # a query-independent score: the training gradient's norm (what dot products inherit)
+    out["train_grad_norm"] = G.norm(dim=1).expand(len(Q), -1).clone()
     fold = 1024
     if G.shape[1] > fold and G.shape[1] % fold == 0:  # a count sketch folded mod 1024
         gf = G.view(len(G), -1, fold).sum(1)
@@ -99,7 +102,9 @@ def evaluate(preset: str, seed: int, dim: int, cache: str | None) -> pd.DataFram
     rows = []
     for name, S in score_variants(d["train"], d["query"]).items():
         pc = choose_pooling(S)
-        for variant, M in ((name, S), (f"{name}+pool", pc.scores)):
+        variants = ((name, S),) if name == "train_grad_norm" else ((name, S),
+                                                                   (f"{name}+pool", pc.scores))
+        for variant, M in variants:
             per = [ranking_metrics(s, pos, [10, n]) for s in M]
             st = ranking_metrics(M.mean(0), pos, [n])
             rows.append({"world": f"{preset}:{seed}", "method": f"param_dpo_{variant}",
@@ -110,8 +115,10 @@ def evaluate(preset: str, seed: int, dim: int, cache: str | None) -> pd.DataFram
                          "stability": split_half_stability(M.float(), m=32),
                          "pool_k": pc.k if variant.endswith("+pool") else 0,
                          "loo_gain": pc.gains[pc.k], "n_queries": len(S), "dim": dim})
-    print(f"[{preset}:{seed}] {len(d['prompts'])} queries, {time.perf_counter() - t0:.0f}s",
-          flush=True)
+    norm = d["train"].double().norm(dim=1)
+    print(f"[{preset}:{seed}] {len(d['prompts'])} queries, {time.perf_counter() - t0:.0f}s; "
+          f"mean gradient norm poisoned {float(norm[pos].mean()):.3f}, others "
+          f"{float(norm[~pos].mean()):.3f}", flush=True)
     return pd.DataFrame(rows)
 
 

@@ -11,7 +11,8 @@ scores over the kept pairs): ``mechunlearn.studies.lds`` (Park et al., TRAK,
 arXiv:2303.14186). Methods go through ``explain_preferences`` (Sites chosen by split-half
 stability where a method has a Site) plus centred RepSim, random scores and, as a ceiling that
 uses the planted truth, the poisoned-pair indicator. ``--actual-cache FILE`` keeps the retrained
-margins so a rerun only rescoring the methods costs seconds.
+margins (the first subsets of a larger ``--subsets`` are the same, so a rerun retrains only
+the new ones).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ import torch
 
 def scores_by_method(w, prompts, bad, good):
     """{method: [Q, N] scores} and {method: chosen Site key}."""
-    from mechunlearn.attribution import RepSim, choose_by_stability, explain_preferences
+    from mechunlearn.attribution import (
+        GradSim,
+        RepSim,
+        choose_by_stability,
+        explain_preferences,
+        gradient_features,
+    )
     from mechunlearn.features import extract
     from mechunlearn.sites import Site
     from mechunlearn.toyworld import encode_pairs
@@ -62,6 +69,15 @@ def scores_by_method(w, prompts, bad, good):
     out["repsim_centered"], chosen["repsim_centered"] = cand[best], best
     par = explain_preferences(w.model, None, train, bd, space="parameters", **common)
     out["dpo_param_gradient"], chosen["dpo_param_gradient"] = stack(par), "parameters"
+    # TracIn's dot product of the same (count-sketched) gradients, the additive estimate
+    names = [n for n, p_ in w.model.named_parameters() if p_.requires_grad]
+    kw = dict(loss="dpo", ref_model=w.sft_model, beta=w.config.beta, params=names,
+              projection_dim=4096)
+    gs = GradSim(gradient_features(w.model, train, **kw), k=10, metric="dot")
+    qg = gradient_features(w.model, [(p, b, g) for (p, b), g in zip(bd, gd)], **kw)
+    out["dpo_param_gradient (dot)"] = torch.stack([a.scores.double()
+                                                   for a in gs.attribute_many(qg)])
+    chosen["dpo_param_gradient (dot)"] = "parameters"
     pooled = explain_preferences(w.model, None, train, bd, space="parameters", pool="auto",
                                  **common)
     out["dpo_param_gradient+pool"] = stack(pooled)
@@ -97,14 +113,17 @@ def main() -> None:
     prompts = [p.prompt for p in qp]
     good = toyworld.generate_text(w.sft_model, qp)
     masks = random_subsets(len(w.train), args.subsets, args.frac, seed=args.seed)
-    actual = None
+    done = masks[:0]
+    actual = torch.zeros(0, len(prompts), dtype=torch.float64)
     if args.actual_cache and os.path.exists(args.actual_cache):
         saved = torch.load(args.actual_cache)
-        if torch.equal(saved["masks"], masks) and saved["prompts"] == prompts:
-            actual = saved["actual"]
-            print(f"[lds] reusing retrained margins from {args.actual_cache}", flush=True)
-    if actual is None:
-        actual = retrain_effects(w, masks, prompts, bad, good, progress=print)
+        m = min(len(saved["masks"]), len(masks))
+        if saved["prompts"] == prompts and torch.equal(saved["masks"][:m], masks[:m]):
+            done, actual = masks[:m], saved["actual"][:m]
+            print(f"[lds] reusing {m} retrained subsets from {args.actual_cache}", flush=True)
+    if len(done) < len(masks):
+        more = retrain_effects(w, masks[len(done):], prompts, bad, good, progress=print)
+        actual = torch.cat([actual, more])
         if args.actual_cache:
             atomic_write(args.actual_cache, lambda p: torch.save(
                 {"masks": masks, "prompts": prompts, "actual": actual}, p))

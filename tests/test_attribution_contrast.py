@@ -200,14 +200,17 @@ def test_explain_preferences_one_call(tiny_bridge):
     assert res.combined.ids[0] == "b"          # the same lesson as the bad answer
     assert len(res.per_query) == 1 and res.combined.method == "contrast_cosine_set"
     both = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
-                               ref_model=tiny_bridge, k=2, max_new_tokens=3)
+                               ref_model=tiny_bridge, k=2, max_new_tokens=3, space="both")
     assert both.combined.method == "contrast+dpo_set" and len(both.combined.scores) == 3
+    default = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
+                                  ref_model=tiny_bridge, k=2, max_new_tokens=3)
+    assert default.combined.method == "dpo_param_gradient_set"
     # "both" is the mean of the two views' z-scores
     grads = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
                                 good=[" fox jumps"], ref_model=tiny_bridge, k=2,
                                 space="gradients")
     both = explain_preferences(tiny_bridge, site, train, [("the lazy", " dog")],
-                               good=[" fox jumps"], ref_model=tiny_bridge, k=2)
+                               good=[" fox jumps"], ref_model=tiny_bridge, k=2, space="both")
     z = [(s - s.mean()) / s.std() for s in (res.combined.scores, grads.combined.scores)]
     torch.testing.assert_close(both.combined.scores, (z[0] + z[1]) / 2)
     assert grads.per_query[0].method == "dpo_gradient"
