@@ -29,8 +29,7 @@ def _time(fn, repeats: int) -> tuple[float, list[str]]:
 
 def main() -> None:
     from mechunlearn import toyworld
-    from mechunlearn.hooks import apply
-    from mechunlearn.interventions import Project
+    from mechunlearn.interventions import Project, apply
     from mechunlearn.sites import Site
     from mechunlearn.toyworld import metrics as M
 

@@ -57,9 +57,9 @@ def texts(n: int) -> list[str]:
 
 def extract_worker(args: argparse.Namespace) -> None:
     """Runs inside torchrun (or alone): times extract_distributed only."""
-    from mechunlearn.distributed import barrier, extract_distributed, process_group
     from mechunlearn.models import load_minilm
     from mechunlearn.sites import Site
+    from mechunlearn.storage.distributed import barrier, extract_distributed, process_group
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -102,7 +102,7 @@ def extract_bench(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- retrieval
 def build_store(path: Path, n: int, d: int, seed: int = 0):
     from mechunlearn.sites import Site
-    from mechunlearn.store import FeatureStore
+    from mechunlearn.storage import FeatureStore
 
     store = FeatureStore.create(path, Site(HOOK, "mean"), "random", d, shard_size=4096)
     if len(store) == n:
@@ -121,7 +121,7 @@ def build_store(path: Path, n: int, d: int, seed: int = 0):
 
 
 def retrieval_bench(args: argparse.Namespace) -> None:
-    from mechunlearn.retrieval import FaissIndex, attribute_store, topk
+    from mechunlearn.storage import FaissIndex, attribute_store, topk
 
     torch.set_num_threads(1)
     try:
@@ -175,8 +175,7 @@ def _vm_kb(field: str) -> int:
 
 def memory_worker(args: argparse.Namespace) -> None:
     from mechunlearn.errors import StoreError
-    from mechunlearn.retrieval import topk
-    from mechunlearn.store import FeatureStore
+    from mechunlearn.storage import FeatureStore, topk
 
     torch.set_num_threads(1)
     store = FeatureStore.open(args.store)

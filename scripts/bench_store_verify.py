@@ -16,7 +16,7 @@ import time
 import torch
 
 from mechunlearn.sites import Site
-from mechunlearn.store import FeatureStore
+from mechunlearn.storage import FeatureStore
 
 
 def main() -> None:

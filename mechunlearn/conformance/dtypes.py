@@ -38,7 +38,7 @@ def bf16_model(ctx: Context) -> Any:
 def _forward(model: Any, ctx: Context, names: list[str], *ivs: Any) -> dict[str, Tensor]:
     from contextlib import nullcontext
 
-    from mechunlearn.hooks import apply
+    from mechunlearn.interventions import apply
 
     with apply(model, *ivs) if ivs else nullcontext(), torch.no_grad():
         logits, cache = model.run_with_cache(ctx.ids.to(ctx.device),

@@ -22,7 +22,7 @@ from mechunlearn.errors import ArchitectureError
 
 
 def _run(ctx: Context, names: list[str], *interventions: object) -> dict[str, Tensor]:
-    from mechunlearn.hooks import apply
+    from mechunlearn.interventions import apply
 
     with apply(ctx.model, *interventions), torch.no_grad():
         logits, cache = ctx.model.run_with_cache(ctx.ids.to(ctx.device),
@@ -135,8 +135,7 @@ def check_kv_cache(ctx: Context) -> list[Row]:
 def _generate_row(ctx: Context) -> Row:
     """:func:`mechunlearn.lm.greedy` with ``kv_cache=True`` vs ``False`` under a Project
     hook at every ``hook_resid_post`` (a position-free edit, where caching is exact)."""
-    from mechunlearn.hooks import apply
-    from mechunlearn.interventions import Project
+    from mechunlearn.interventions import Project, apply
     from mechunlearn.lm import greedy
     from mechunlearn.sites import Site
     from mechunlearn.tokens import model_tokenizer, pad_id, tokenize

@@ -3,7 +3,7 @@
 An edit is one of:
 
 * ``None``: the unedited model (the reference row);
-* an :class:`~mechunlearn.hooks.Intervention` (``Project``, ``Erase``, ``Compose`` of edits
+* an :class:`~mechunlearn.interventions.Intervention` (``Project``, ``Erase``, ``Compose`` of edits
   at several Sites, ...): applied at run time with :func:`mechunlearn.apply`;
 * a :class:`WeightEdit`: an in-place weight edit (``weights.orthogonalize_``) made on entry
   and undone bit for bit on exit;
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mechunlearn.errors import ConfigError
-from mechunlearn.hooks import Intervention, apply
+from mechunlearn.interventions import Intervention, apply
 
 Edit = Any  # None | Intervention | WeightEdit | callable model -> context manager
 

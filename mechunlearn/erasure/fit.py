@@ -44,8 +44,7 @@ from mechunlearn.directions.leace import fit_eraser
 from mechunlearn.erasure.probes import probe_accuracy
 from mechunlearn.erasure.report import Contrast, _contrast, edited_features
 from mechunlearn.errors import ConfigError, EmptyDataError
-from mechunlearn.hooks import Compose, Intervention
-from mechunlearn.interventions import Erase, Project
+from mechunlearn.interventions import Compose, Erase, Intervention, Project
 from mechunlearn.sites import Site
 
 

@@ -104,6 +104,19 @@ class Intervention(abc.ABC):
         return torch.where(mask.unsqueeze(-1), edited, act)
 
 
+def _leaves(items: tuple[Intervention, ...], who: str) -> list[Intervention]:
+    """The leaf interventions of ``items`` in order (``Compose`` flattened); :class:`ConfigError`
+    naming ``who`` for a non-Intervention or an empty list."""
+    flat: list[Intervention] = []
+    for iv in items:
+        if not isinstance(iv, Intervention):
+            raise ConfigError(f"{who} takes Interventions, got {type(iv).__name__}.")
+        flat.extend(iv.interventions())
+    if not flat:
+        raise ConfigError(f"{who} needs at least one intervention.")
+    return flat
+
+
 @dataclass(frozen=True)
 class Compose(Intervention):
     """Several interventions applied together; at one hook point, in the order given."""
@@ -113,13 +126,7 @@ class Compose(Intervention):
     positions: Positions = field(default="all", init=False, repr=False)
 
     def __init__(self, *parts: Intervention) -> None:
-        flat: list[Intervention] = []
-        for p in parts:
-            if not isinstance(p, Intervention):
-                raise ConfigError(f"Compose takes Interventions, got {type(p).__name__}.")
-            flat.extend(p.interventions())
-        if not flat:
-            raise ConfigError("Compose needs at least one intervention.")
+        flat = _leaves(parts, "Compose")
         object.__setattr__(self, "parts", tuple(flat))
         object.__setattr__(self, "site", flat[0].site)
         object.__setattr__(self, "positions", "all")
@@ -179,13 +186,7 @@ def apply(
 
     Works with ``model(...)``, ``run_with_cache``, ``run_with_hooks`` and ``generate``.
     """
-    leaves: list[Intervention] = []
-    for iv in interventions:
-        if not isinstance(iv, Intervention):
-            raise ConfigError(f"apply() takes Interventions, got {type(iv).__name__}.")
-        leaves.extend(iv.interventions())
-    if not leaves:
-        raise ConfigError("apply() needs at least one intervention.")
+    leaves = _leaves(interventions, "apply()")
     for iv in leaves:
         iv.site.resolve(model)
         check_same_model(getattr(iv, "fingerprint", None), model,

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from mechunlearn.errors import ConfigError, ShapeError
 from mechunlearn.features import Features, model_fingerprint
-from mechunlearn.hooks import Intervention, apply
+from mechunlearn.interventions import Intervention, apply
 from mechunlearn.seal.data import PreferencePair
 from mechunlearn.seal.errors import BodyMismatchError, SiteMismatchError
 from mechunlearn.seal.featurize import (
@@ -208,8 +208,8 @@ class RewardModel:
         ``config.json`` into folder ``folder`` via :func:`mechunlearn.outputs.output_folder`
         (atomic; a previous saved reward model there is replaced, a folder holding other
         files is refused; ``.mechunlearn.json`` records the package versions)."""
-        from mechunlearn.outputs import output_folder
         from mechunlearn.atomic import atomic_write_json
+        from mechunlearn.outputs import output_folder
 
         with output_folder(folder, "reward-model", overwrite=overwrite,
                            legacy=_legacy_files) as p:
