@@ -34,6 +34,7 @@ from mechunlearn.directions.base import _make_eraser, orthonormalize
 from mechunlearn.errors import ConfigError, NonFiniteError, ShapeError, check_finite
 from mechunlearn.interventions.base import Intervention
 from mechunlearn.interventions.codec import _encode, from_dict, register
+from mechunlearn.linalg import project_out
 from mechunlearn.masks import Positions
 from mechunlearn.sites import Site
 
@@ -152,8 +153,7 @@ class Project(_Serialisable):
     def edit(self, x: Tensor) -> Tensor:
         """``x [..., d]`` minus its component in the span (low rank: ``[.., k]`` coords)."""
         _check_d("Project", x, self.basis.shape[1])
-        B = self.basis.to(x.device, x.dtype)
-        return x - (x @ B.T) @ B
+        return project_out(x, self.basis)
 
     @staticmethod
     def union(*projects: Project) -> Project:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from mechunlearn.errors import ConfigError, ShapeError, check_finite
+from mechunlearn.linalg import project_out  # noqa: F401 (part of this package's API)
 from mechunlearn.weights.export import (  # noqa: F401 (part of this package's API)
     PER_HEAD_QKV,
     _check_export,
@@ -92,11 +93,6 @@ def as_basis(directions: Any, d_model: int) -> Tensor:
         raise ShapeError(f"directions {tuple(u.shape)} are linearly dependent (or zero).")
     return q.T.contiguous()
 
-
-def project_out(x: Tensor, basis: Tensor) -> Tensor:
-    """``x - (x U^T) U`` for ``x [..., d]`` and orthonormal ``U [k, d]`` (dtype follows x)."""
-    u = basis.to(x.dtype)
-    return x - (x @ u.T) @ u
 
 
 
