@@ -156,11 +156,17 @@ class ConvexAttributor(Attributor):
         pool; ``""``: stopped by tol/budget) and ``history`` (relative residual after each
         accepted step of the returned solution; non-increasing). After a pricing round at the
         budget the greedy restarts on the enlarged pool and the better of the two solutions
-        is kept.
+        is kept. An all-zero query raises :class:`EmptyDataError` (nothing to decompose).
         """
-        t0 = time.perf_counter()
-        q = self._prep(as_query(query, self.d, self.site, self.fingerprint))
-        return self._drive([q], t0)[0]
+        return self._drive([self._query(query)], time.perf_counter())[0]
+
+    def _query(self, query: Any) -> Tensor:
+        """A checked, preprocessed query; an all-zero one raises :class:`EmptyDataError`."""
+        q = as_query(query, self.d, self.site, self.fingerprint)
+        if not bool(q.ne(0).any()):
+            raise EmptyDataError("A query's features are all zero (norm 0): a zero-norm query "
+                                 "cannot be decomposed; check its Site and sample.")
+        return self._prep(q)
 
     def attribute_many(self, queries: Any) -> list[Attribution]:
         """Attribute each row of ``queries [m, d]`` (Tensor or Features), in blocks.
@@ -175,7 +181,7 @@ class ConvexAttributor(Attributor):
         result is the block's time divided by its size.
         """
         rows = query_rows(queries)
-        qs = [self._prep(as_query(q, self.d, self.site, self.fingerprint)) for q in rows]
+        qs = [self._query(q) for q in rows]
         if len(qs) < 2 or not fastpath.self_check(
                 "convex_blocked", lambda: self._check_blocked(qs[:2]),
                 "Blocked convex attribution (one matrix product per pass for many queries)"):
