@@ -41,14 +41,20 @@ def extract_to_store(model: Any, data: Data, site: Site, path: str | os.PathLike
         raise ShapeError(f"Got {len(id_list)} ids for {n} samples.")
     site.resolve(model)
     d = _site_dim(model, site, tb)
+    dh = data_hash(tb, id_list)
     store = FeatureStore.create(path, site, model_fingerprint(model), d, shard_size=shard_size,
-                                data=data_hash(tb, id_list))
+                                data=dh)
     done = len(store)
     if done > n or store.ids != id_list[:done]:
         raise StoreMismatchError(
             f"Store at {path} holds {done} rows whose ids do not match the first {done} of "
             "this data; it belongs to another dataset. Use another folder."
         )
+    if store.data_hash not in (None, dh):
+        raise StoreMismatchError(
+            f"Store at {path} was extracted from other data (hash {store.data_hash}) than "
+            f"this data (hash {dh}); resuming would mix their rows. Use another folder, or the "
+            "data the store was started with.")
     step = max(batch_size, shard_size)
     for start in range(done, n, step):
         stop = min(n, start + step)

@@ -67,10 +67,10 @@ class FeatureStore:
                exist_ok: bool = True, data: str | None = None) -> FeatureStore:
         """Create a store (or reopen a compatible existing one when ``exist_ok``).
 
-        ``data``: a hash of the samples the rows come from (``extract_to_store`` passes
-        one), recorded in the manifest. Raises :class:`StoreMismatchError` if an existing
-        store holds another site, model, dimension or dtype, or rows of other data (both
-        hashes named; a store written without a hash is not checked).
+        ``data``: a hash of the samples the rows come from, recorded in a new store's
+        manifest (:attr:`data_hash`; ``extract_to_store`` compares it on resume). Raises
+        :class:`StoreMismatchError` if an existing store holds another site, model,
+        dimension or dtype.
         """
         if d < 1 or shard_size < 1:
             raise ConfigError(f"d and shard_size must be >= 1, got d={d}, shard_size={shard_size}.")
@@ -87,11 +87,6 @@ class FeatureStore:
                         f"Store at {p} holds {k}={store._m[k]!r}, not {v!r}: features from "
                         "different models/sites/dims are never mixed. Use another folder."
                     )
-            if data is not None and store._m.get("data") not in (None, data):
-                raise StoreMismatchError(
-                    f"Store at {p} was extracted from other data (hash {store._m['data']}) "
-                    f"than this data (hash {data}); resuming would mix their rows. Use another "
-                    "folder, or the data file the store was started with.")
             return store
         from mechunlearn.outputs import output_folder
 
@@ -143,6 +138,11 @@ class FeatureStore:
     def site(self) -> Site:
         """Site the features were read at."""
         return Site.from_dict(self._m["site"])
+
+    @property
+    def data_hash(self) -> str | None:
+        """Hash of the data the store was started with (``None``: not recorded)."""
+        return self._m.get("data")
 
     @property
     def fingerprint(self) -> str:
