@@ -14,7 +14,7 @@ import warnings
 from mechunlearn.storage import distributed as _new
 
 if __name__ == "__main__":  # pragma: no cover - exercised through torchrun in tests
-    from mechunlearn.distributed_cli import main
+    from mechunlearn.cli.distributed import main
 
     raise SystemExit(main())
 

@@ -230,3 +230,14 @@ def test_python_dash_m_usage_error_is_one_stderr_line():
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "--pos" in lines[0]
+
+
+def test_python_dash_m_distributed_errors_are_one_line():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mechunlearn.distributed", "merge"],
+                       capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and "Missing argument 'src'" in lines[0]

@@ -21,12 +21,13 @@ from typing import Annotated, Any
 
 import typer
 
+from mechunlearn.cli.base import OneLineGroup
 from mechunlearn.cli.options import BatchSize, Model, position_value
 from mechunlearn.errors import ConfigError
 
 distributed_app = typer.Typer(help="Data-parallel extraction under torchrun (run with "
                               "`torchrun --nproc_per_node=N -m mechunlearn distributed ...`).",
-                              no_args_is_help=True)
+                              no_args_is_help=True, cls=OneLineGroup)  # one-line errors alone too
 _DTYPES = ("float32", "float16", "bfloat16")
 
 Data = Annotated[Path, typer.Option(help="JSONL file (see `mechunlearn distributed --help`).")]
@@ -128,11 +129,12 @@ def stats_cmd(store: Annotated[Path, typer.Argument(help="Store (plain or sharde
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``mechunlearn distributed`` with ``argv``; returns the exit code. Errors propagate
-    as exceptions (the ``mechunlearn`` command prints them as one line)."""
+    """Run ``mechunlearn distributed`` with ``argv``; returns the exit code and lets errors
+    propagate as exceptions. ``argv=None`` (``python -m mechunlearn.distributed``): the
+    process arguments, with one-line errors and the exit code as ``mechunlearn`` gives them."""
     from typer.main import get_command
 
     rv = get_command(distributed_app).main(args=list(argv) if argv is not None else None,
                                            prog_name="python -m mechunlearn.distributed",
-                                           standalone_mode=False)
+                                           standalone_mode=argv is None)
     return rv if isinstance(rv, int) else 0
