@@ -202,7 +202,7 @@ def test_table_rows_columns_and_restores(pair):
     assert same(m, s)
 
 
-def test_table_refuses_bad_inputs(pair):
+def test_table_refuses_bad_inputs(pair, monkeypatch):
     m, c = pair
     ok = {"p": Edit.runtime(m, _project(m, 0))}
     base = logits(m, _prompts(m).input_ids, _prompts(m).attention_mask)
@@ -218,6 +218,12 @@ def test_table_refuses_bad_inputs(pair):
         robustness_table(m, ok, [], data, judge)
     with pytest.raises(ConfigError, match="Unknown"):
         robustness_table(m, ok, PROMPTS, data, judge, schemes=("int2",))
+    with pytest.raises(ConfigError, match="modes"):
+        robustness_table(m, ok, PROMPTS, data, judge, modes=())
+    monkeypatch.setattr("mechunlearn.robustness.table.has_bitsandbytes", lambda: False)
+    with pytest.raises(ConfigError, match="bitsandbytes"):
+        robustness_table(m, ok, PROMPTS, data, judge, schemes=("int8", "nf4"))
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="Interventions"):
         Edit.runtime(m, "project")
     with pytest.raises(JudgeError, match="bool"):

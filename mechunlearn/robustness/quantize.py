@@ -35,6 +35,13 @@ Scheme = Literal["int8", "nf4"]
 SCHEMES: tuple[str, ...] = ("int8", "nf4")
 
 
+def has_bitsandbytes() -> bool:
+    """Whether the optional ``bitsandbytes`` (the ``nf4`` scheme) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def _conv1d_type() -> type | None:
     try:
         from transformers.pytorch_utils import Conv1D

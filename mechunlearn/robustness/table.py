@@ -30,7 +30,7 @@ from mechunlearn.robustness.ablation_attack import MODES, ablation_attack, stron
 from mechunlearn.robustness.behaviour import BadRate, EncodePrompts, judged
 from mechunlearn.robustness.depth import patch_depth
 from mechunlearn.robustness.edit import Edit, check_edits
-from mechunlearn.robustness.quantize import SCHEMES, quantized
+from mechunlearn.robustness.quantize import SCHEMES, has_bitsandbytes, quantized
 from mechunlearn.robustness.relearn import relearn_attack
 from mechunlearn.tokens import TokenBatch, model_tokenizer, tokenize
 
@@ -54,7 +54,7 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
                      encode_prompts: EncodePrompts | None = None,
                      encode: PairEncode | None = None, relearn_steps: int = 20,
                      relearn_lr: float = 3e-4, relearn_batch_size: int = 4,
-                     schemes: Sequence[str] = SCHEMES, modes: Sequence[str] = MODES,
+                     schemes: Sequence[str] | None = None, modes: Sequence[str] = MODES,
                      max_new_tokens: int = 16, kv_cache: bool | None = None,
                      seed: int = 0, say: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every edit under every attack (see the module docstring).
@@ -75,7 +75,9 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
         encode_prompts, encode: prompt and (prompt, response) encoders (default plain
             tokenization), e.g. a chat template.
         relearn_steps, relearn_lr, relearn_batch_size, seed: the relearning attack.
-        schemes: quantisation schemes (``"int8"``, ``"nf4"``); modes: ablation modes.
+        schemes: quantisation schemes (``"int8"``, ``"nf4"``; default both, ``"int8"`` only
+            with a warning when the optional ``bitsandbytes`` is missing); modes: ablation
+            modes (``"project"``, ``"clamp"``).
         max_new_tokens, kv_cache: greedy decoding of the judged responses.
         say: progress callback.
 
@@ -105,9 +107,20 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
     if not adjacent_samples:
         raise EmptyDataError("adjacent_samples is empty: the relearning attack needs a few "
                              "forget-adjacent samples.")
+    if schemes is None:
+        schemes = SCHEMES if has_bitsandbytes() else ("int8",)
+        if "nf4" not in schemes:
+            warnings.warn("bitsandbytes is not installed: no 4-bit (nf4) column (pip install "
+                          "'mechunlearn[quant4]').", stacklevel=2)
     bad = [s for s in schemes if s not in SCHEMES] + [m for m in modes if m not in MODES]
-    if bad:
-        raise ConfigError(f"Unknown schemes/modes {bad}; schemes: {SCHEMES}, modes: {MODES}.")
+    if bad or not modes:
+        raise ConfigError(f"Unknown schemes/modes {bad or list(modes)}; schemes: {SCHEMES}, "
+                          f"modes (at least one): {MODES}.")
+    if "nf4" in schemes and not has_bitsandbytes():
+        raise ConfigError("scheme 'nf4' needs bitsandbytes: pip install 'mechunlearn[quant4]' "
+                          "(or bitsandbytes>=0.50), or leave it out of schemes.")
+    if isinstance(reference, Edit):
+        check_edits(original, {"reference": reference})
     rate = BadRate(forget_prompts, judge, encode_prompts, max_new_tokens, kv_cache)
     tok = model_tokenizer(original)
     prompts_tb = (encode_prompts or (lambda t, ps: tokenize(t, ps)))(tok, list(rate.prompts))
