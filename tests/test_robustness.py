@@ -256,3 +256,11 @@ def test_diagnose_report_has_a_robustness_section_only_with_the_columns():
     none = Report("t")
     _robustness(none, SimpleNamespace(edits=edits[["variant"]], info={"config": {}}))
     assert none.parts == []
+
+
+def test_adjacent_by_rank_skips_the_forget_set():
+    from mechunlearn.studies.robustness import adjacent_by_rank
+
+    train = [f"pair{i}" for i in range(10)]
+    assert adjacent_by_rank(train, [3, 1, 4, 0, 5, 9], forget=[3, 4], n=3) == [
+        "pair1", "pair0", "pair5"]

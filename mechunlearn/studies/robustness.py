@@ -79,6 +79,16 @@ def adjacent_pairs(world: Any, n: int = 8) -> list[Any]:
             and not p.poisoned][:n]
 
 
+def adjacent_by_rank(train: Sequence[Any], ranked: Sequence[int], forget: Sequence[int],
+                     n: int = 8) -> list[Any]:
+    """Forget-adjacent samples without ground truth: the ``n`` best-ranked training rows
+    (``ranked``: rows by attribution, best first, e.g. ``AttributionResult.top``) that are not
+    in the forget set: what the attribution found *near* the bad behaviour but did not unlearn.
+    For :func:`robustness_extra` inside :func:`~mechunlearn.studies.diagnose.diagnose`."""
+    f = set(forget)
+    return [train[i] for i in ranked if i not in f][:n]
+
+
 def robustness_toyworld(world: Any, original: Any, methods: Sequence[str] = (
         "project", "orthogonalize", "unlearn", "u2a"), n_adjacent: int = 8,
         say: Callable[[str], None] | None = None, **table_kwargs: Any) -> Any:
