@@ -5,21 +5,27 @@
 
 For every world: the bad answers of the tuned model on held-out trigger prompts (queries) and
 all training pairs get the gradient of their DPO loss (query: "bad preferred over the SFT
-model's greedy answer"; reference model = SFT) w.r.t. every trainable parameter, count-sketched
-to ``--dim`` dims (``gradient_features(params=..., projection_dim=...)``, the computation of
-``explain_preferences(space="parameters")``). Normalisations compared: ``dot`` (TracIn's
-dot product), ``cos`` (cosine), ``cos_centered`` (training mean removed; the library
-default), ``whitened`` (centred, then ``(G^T G / N + lambda tr/d I)^(-1/2)``, the damped Gauss-Newton / TRAK inverse-Gram term,
-ridge ``lambda`` 1e-2 and 1), ``cos_centered@1024`` (the same sketch folded to 1,024 dims:
-sensitivity to the sketch size), ``train_grad_norm`` (the training gradient's norm alone, the
-same for every query: the query-independent part of ``dot``) -- each per query and pooled with its neighbours (``+pool``, k chosen by
+model's greedy answer"; reference model = SFT) w.r.t. every trainable parameter,
+count-sketched to ``--dim`` dims (``gradient_features(params=..., projection_dim=...)``, the
+computation of ``explain_preferences(space="parameters")``). Normalisations compared:
+
+* ``dot`` (TracIn's dot product), ``cos`` (cosine), ``cos_centered`` (training mean removed;
+  the library default);
+* ``whitened`` (centred, then ``(G^T G / N + lambda tr/d I)^(-1/2)``, the damped Gauss-Newton /
+  TRAK inverse-Gram term, ridge ``lambda`` 1e-2 and 1);
+* ``cos_centered@1024`` (the same sketch folded to 1,024 dims: sensitivity to the sketch size);
+* ``train_grad_norm`` (the training gradient's norm alone, the same for every query: the
+  query-independent part of ``dot``);
+
+each per query and pooled with its neighbours (``+pool``, k chosen by
 ``attribution.pooling.choose_pooling``). Ground-truth-free criteria reported per row:
 split-half stability of the set ranking (top 32) and the leave-one-out pooling gain at the
 chosen k. Metrics as in ``eval_attribution_contrast.py``.
 
-Writes ``<out>/attribution_params_<preset>_s<seed>.csv`` and ``<out>/attribution_params_summary.csv``
-(refused if they exist, unless ``--overwrite``). ``--features-cache DIR`` keeps the gradients
-(``dpo_param_grads_<preset>_s<seed>_p<dim>.pt``) so a rerun costs seconds.
+Writes ``<out>/attribution_params_<preset>_s<seed>.csv`` and ``<out>/<--summary>`` (default
+``attribution_params_summary.csv``; refused if they exist, unless ``--overwrite``).
+``--features-cache DIR`` keeps the gradients (``dpo_param_grads_<preset>_s<seed>_p<dim>.pt``)
+so a rerun costs seconds.
 """
 
 from __future__ import annotations
@@ -128,6 +134,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--out", default="docs")
     ap.add_argument("--features-cache", default=None)
+    ap.add_argument("--summary", default="attribution_params_summary.csv",
+                    help="file name of the summary in --out")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -137,8 +145,8 @@ def main() -> None:
     specs = [s.split(":") if ":" in s else (s, "0") for s in args.worlds.split(",")]
     paths = [check_output_file(os.path.join(args.out, f"attribution_params_{p}_s{s}.csv"),
                                overwrite=args.overwrite) for p, s in specs]
-    summary = check_output_file(os.path.join(args.out, "attribution_params_summary.csv"),
-                                overwrite=args.overwrite)
+    summary = check_output_file(os.path.join(args.out, args.summary), overwrite=args.overwrite,
+                                suffixes=[".csv"])
     pd.set_option("display.width", 250)
     frames = []
     for (preset, seed), path in zip(specs, paths):
