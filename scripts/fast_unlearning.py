@@ -10,10 +10,10 @@ Per seed: load the cached ``hard`` world, run the diagnose chain exactly as ``me
 demo`` does (bad cases -> attribution -> forget set -> ``unlearn``, ``selective``, ``u2a``
 with default settings, measured on held-out prompts), then retrain the gold model (SFT +
 DPO on the pairs without the poison, the world's own recipe) in the same process, so both
-times are measured under the same load. Writes ``<out>/unlearning_fast_hard_s<seed>.csv``;
+times are measured side by side (wall seconds, and the process's CPU seconds, which do not
+depend on the machine's load). Writes ``<out>/unlearning_fast_hard_s<seed>.csv``;
 ``--plot`` draws KL to gold (x the tuned model's) against the gap closed, one point per
-variant and seed, with the step-by-step trajectory of the ``unlearn`` edit on seed 0, to
-``<out>/unlearning_fast_hard.png``.
+variant and seed, to ``<out>/unlearning_fast_hard.png``.
 """
 
 from __future__ import annotations
@@ -28,17 +28,20 @@ import torch
 TARGETS = "gap >= 0.95, trigger good >= 0.9x gold, ordinary good >= 0.98x tuned, KL <= 1.2x tuned, time <= 0.1x gold retrain"
 
 
-def gold_retrain_seconds(world) -> float:
-    """Wall seconds of the gold model's DPO retrain (the world's build recipe)."""
+def gold_retrain_seconds(world) -> tuple[float, float]:
+    """Wall and CPU seconds of the gold model's DPO retrain (the world's build recipe)."""
     from mechunlearn.toyworld.train import dpo, new_model
 
-    t0 = time.perf_counter()
-    sft = world.sft_model.original_model
+    from transformers import GPT2LMHeadModel
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    sft = GPT2LMHeadModel.from_pretrained(str(world.model_path("sft")))  # plain HF, as built
+    sft.eval()
     m = new_model(world.config, world.tokenizer)
     m.load_state_dict(sft.state_dict())
     pairs = [(p.prompt, p.chosen, p.rejected) for p in world.train if not p.poisoned]
     dpo(m, sft, world.tokenizer, pairs, world.config)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run(seed: int, out: str) -> None:
@@ -54,17 +57,21 @@ def run(seed: int, out: str) -> None:
     res = diagnose_toyworld(w, DiagnoseConfig(methods=("unlearn", "selective", "u2a")),
                             say=lambda s: print(f"[s{seed}] {s}", flush=True))
     t_diag = time.perf_counter() - t0
-    gold_s = gold_retrain_seconds(w)
+    print(res.edits[["variant", "bad_rate_heldout", "trigger_good", "good_rate_ordinary",
+                     "kl_gold_ordinary", "seconds", "detail"]].to_string(), flush=True)
+    gold_s, gold_cpu = gold_retrain_seconds(w)
     e = against_gold(w, res.edits)
     e.loc[e.variant == "gold", "seconds"] = gold_s
+    e.loc[e.variant == "gold", "cpu_seconds"] = gold_cpu
     e["seconds_vs_gold_retrain"] = e["seconds"] / gold_s
+    e["cpu_vs_gold_retrain"] = e["cpu_seconds"] / gold_cpu
     by = e.set_index("variant")
     e["trigger_good_vs_gold"] = e["trigger_good"] / by.loc["gold", "trigger_good"]
     e["ordinary_good_vs_tuned"] = e["good_rate_ordinary"] / by.loc["unedited", "good_rate_ordinary"]
     e["kl_gold_vs_tuned"] = e["kl_gold_ordinary"] / by.loc["unedited", "kl_gold_ordinary"]
     e["meets_targets"] = ((e.gap_closed >= 0.95) & (e.trigger_good_vs_gold >= 0.9)
                           & (e.ordinary_good_vs_tuned >= 0.98) & (e.kl_gold_vs_tuned <= 1.2)
-                          & (e.seconds_vs_gold_retrain <= 0.1))
+                          & (e.cpu_vs_gold_retrain <= 0.1))
     e["seed"] = seed
     e["attribution_seconds"] = res.timings.get("attribution", float("nan"))
     e["n_forget"] = res.info["n_forget"]
@@ -74,10 +81,11 @@ def run(seed: int, out: str) -> None:
     atomic_write(path, lambda p: e.to_csv(p, index=False))
     cols = ["variant", "bad_rate_heldout", "gap_closed", "trigger_good", "good_rate_ordinary",
             "kl_gold_ordinary", "kl_gold_vs_tuned", "seconds", "seconds_vs_gold_retrain",
+            "cpu_seconds", "cpu_vs_gold_retrain",
             "meets_targets", "detail"]
     print(e[cols].to_string())
     print(f"seed {seed}: diagnose {t_diag:.0f} s (attribution {e.attribution_seconds.iloc[0]:.0f} s), "
-          f"gold retrain {gold_s:.0f} s, forget {e.n_forget.iloc[0]} pairs "
+          f"gold retrain {gold_s:.0f} s wall / {gold_cpu:.0f} s CPU, forget {e.n_forget.iloc[0]} pairs "
           f"({e.n_forget_poisoned.iloc[0]} poisoned); targets: {TARGETS}; wrote {path}")
 
 

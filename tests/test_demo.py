@@ -37,10 +37,12 @@ def test_demo_end_to_end(tiny_world, tmp_path):
     # edits: the unlearning edits lower the held-out bad rate, each is undone, gold is a row
     e = pd.read_csv(folder / "data" / "edits.csv").set_index("variant")
     assert e.loc["unedited", "bad_rate_heldout"] > e.loc["gold", "bad_rate_heldout"]
-    for v in ("unlearn", "u2a"):
+    for v in ("unlearn", "selective", "u2a"):
         assert e.loc[v, "bad_rate_heldout"] < e.loc["unedited", "bad_rate_heldout"], v
         assert e.loc[v, "gap_closed"] > 0.5 and e.loc[v, "good_rate_ordinary"] >= 0.9, v
         assert e.loc[v, "trigger_good"] > e.loc["unedited", "trigger_good"], v
+    # each unlearning edit says how it stopped and how many times it decoded
+    assert "decodes" in e.loc["unlearn", "detail"] and "stopped" in e.loc["unlearn", "detail"]
     measured = e[e.status == "measured"]
     assert measured.restored.astype(bool).all()
     for col in ("trigger_good", "bias", "kl_gold_ordinary", "kl_ordinary", "seconds"):

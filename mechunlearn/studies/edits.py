@@ -7,8 +7,11 @@
   every residual writer (undone by its handle; an architecture it refuses gives a skipped
   row with the reason);
 * ``unlearn``: the top attributed training pairs are the forget set, a sample of the rest
-  the retain set; objective ``flip`` (train on the rejected response instead) when the data
-  are preference triples, else ``npo``; early stopping on the attribution-half bad prompts;
+  whose chosen response the judge accepts the retain set (:func:`keep_rows`); objective
+  :data:`EDIT_OBJECTIVE` (flip without its NLL term: train on the rejected response instead)
+  when the data are preference triples, else ``npo``; the forget phase stops when no
+  attribution-half bad prompt is answered badly (:class:`~.stopping.BadAnswerTracker`:
+  teacher-forced checks, greedy decoding only to confirm), then repairs;
 * ``selective``: attribute -> unlearn -> re-check rounds (the selective forgetting of Liu et
   al., "Explainable reinforcement learning from human feedback to improve alignment",
   arXiv:2512.13837; :func:`mechunlearn.unlearn.selective_forget`);
@@ -122,7 +125,8 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
     """Measure the unedited model, then each method in ``methods`` (edit, measure, undo).
 
     Returns rows (``variant, bad_rate_heldout, good_rate_ordinary, kl_ordinary, seconds,
-    restored, status, detail``) and the held-out greedy responses per variant.
+    cpu_seconds`` (this process's CPU time: comparable under a varying machine load),
+    ``restored, status, detail``) and the held-out greedy responses per variant.
     """
     from mechunlearn.unlearn import selective_forget, u2a_weights, unlearn
 
@@ -135,7 +139,8 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
         m, resp = verifier.measure(model, ctx, kv)
         gens[name] = resp
         rows.append({"variant": name, **m, "seconds": time.perf_counter() - t0,
-                     "status": "measured", **extra})
+                     "cpu_seconds": time.process_time() - c0[0], "status": "measured",
+                     **extra})
         say(f"      {name}: bad rate {m['bad_rate_heldout']:.2f}, ordinary good "
             f"{m['good_rate_ordinary']:.2f}, KL {m['kl_ordinary']:.4f}")
 
@@ -143,13 +148,14 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
         rows.append({"variant": name, "status": "skipped", "detail": why})
         say(f"      {name}: skipped ({why[:100]})")
 
+    c0 = [time.process_time()]  # CPU seconds of this process (load-independent), per edit
     record("unedited", time.perf_counter(), restored=True)
     forget = [plan.train[i] for i in plan.forget]
     retain = [plan.train[i] for i in keep_rows(plan)]
     triples = all(p.rejected is not None for p in forget)
     objective = (plan.objective or EDIT_OBJECTIVE) if triples else "npo"
     for m in methods:
-        t0 = time.perf_counter()
+        t0, c0[0] = time.perf_counter(), time.process_time()
         if m in ("project", "orthogonalize") and plan.direction is None:
             skip(m, plan.why_no_direction)
             continue
