@@ -99,7 +99,9 @@ def explain_preferences(
       after z-scoring each over the training set (equal weights, no tuning).
 
     ``"parameters"`` is the default: on three hard toy worlds it reached per-query AUC
-    0.97-1.00 where ``"both"`` reached 0.95-0.97 (docs/attribution.md).
+    0.97-1.00 where ``"both"`` reached 0.95-0.97; on the easy world, where the poisoned pairs
+    are fully learned and their final-checkpoint gradients vanish, it is below ``"both"``
+    (AUC 0.98 vs 1.00; docs/attribution.md).
 
     Args:
         model: the tuned TransformerBridge (the model that gives the bad responses).
