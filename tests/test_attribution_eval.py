@@ -65,11 +65,10 @@ def test_evaluate_on_tiny_world(tiny_world, tmp_path):
 
 
 def test_registry_methods_in_the_evaluation(tiny_world):
-    # contrast methods (the SFT model's answer as the good alternative), the contrast+DPO
-    # ensemble and centred gradients come from attribution.METHODS like the baselines
+    # contrast methods (the SFT model's answer as the good alternative) come from
+    # attribution.METHODS like the baselines (contrast+dpo with a model: test_attribute_sweep)
     trig = list(tiny_world.eval["trigger"])[:2]
-    methods = ("repsim", "repsim_centered", "contrast", "contrast_convex", "contrast+dpo",
-               "gradsim_centered")
+    methods = ("repsim", "repsim_centered", "contrast", "contrast_convex")
     cfg = EvalConfig(methods=methods, layers=(1,), positions=("response_mean",))
     df = evaluate_world(tiny_world, cfg, queries=(trig, [p.bad for p in trig]), progress=False)
     assert set(df["method"]) == set(methods) and len(df) == 2 * len(methods)
