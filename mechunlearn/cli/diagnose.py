@@ -9,6 +9,7 @@ import typer
 
 from mechunlearn.cli.options import Threads, check_distinct, set_threads
 from mechunlearn.errors import ConfigError
+from mechunlearn.unlearn.loop import UnlearnConfig
 
 
 def _ints(spec: str, what: str) -> tuple[int, ...] | None:
@@ -62,7 +63,8 @@ def diagnose_cmd(
                                 help="Edits to run."),
     k: int = typer.Option(8, min=1, help="Convex budget per bad case."),
     n_forget: int = typer.Option(16, min=1, help="Attributed pairs to unlearn."),
-    steps: int = typer.Option(100, min=1, help="Unlearning steps (forget phase)."),
+    steps: int = typer.Option(UnlearnConfig().steps, min=1,
+                              help="Unlearning steps (forget phase, at most)."),
     gradients: bool = typer.Option(True, "--gradients/--no-gradients",
                                    help="Add gradient-similarity methods to the sweep."),
     resume: bool = typer.Option(False, "--resume", help="Cache training features in "
@@ -80,7 +82,6 @@ def diagnose_cmd(
     """
     from mechunlearn.outputs import check_destination
     from mechunlearn.studies.diagnose import DiagnoseConfig, diagnose
-    from mechunlearn.unlearn.loop import UnlearnConfig
 
     check_destination(out, "report", overwrite)  # refuse a bad --out before any work
     layer_list = _ints(layers, "--layers")

@@ -9,6 +9,9 @@ import typer
 
 from mechunlearn.cli.options import Model, OverwriteFolder
 from mechunlearn.errors import ConfigError
+from mechunlearn.unlearn.loop import UnlearnConfig
+
+_DEFAULT = UnlearnConfig()  # the CLI's defaults are the library's
 
 _HOW = ("orthogonalize", "unlearn")
 FLIP_FORMAT = ("prompt/chosen/rejected records, chosen = the response to unlearn and "
@@ -57,10 +60,11 @@ def edit_cmd(
     objective: Annotated[str, typer.Option(help="ga | graddiff | npo | simnpo | rmu | "
                                            "flip.")] = "npo",
     steps: Annotated[int, typer.Option(min=1, help="Forget-phase steps (at most; it stops "
-                                       "early once the forget set is unlearned).")] = 100,
+                                       "early once the forget set is unlearned).")]
+    = _DEFAULT.steps,
     repair_steps: Annotated[int, typer.Option(min=0, help="Repair steps after the forget "
                                               "phase (retain term; reported "
-                                              "separately).")] = 30,
+                                              "separately).")] = _DEFAULT.repair_steps,
     overwrite: OverwriteFolder = False,
 ) -> None:
     """Edit weights: orthogonalise against saved directions, or unlearn a forget set.
@@ -113,7 +117,7 @@ def _orthogonalize(model: Path, directions: Path, allow_foreign: bool) -> Any:
 
 def _unlearn(bridge: Any, forget: list[Any], retain: list[Any], objective: str, steps: int,
              repair_steps: int) -> None:
-    from mechunlearn.unlearn.loop import UnlearnConfig, unlearn
+    from mechunlearn.unlearn.loop import unlearn
 
     res = unlearn(bridge, forget, retain, objective,
                   UnlearnConfig(steps=steps, repair_steps=repair_steps))
