@@ -18,14 +18,17 @@ from mechunlearn.cli.options import (
     make_site,
 )
 
-_METHODS = ("convex", "repsim", "random")
+def _methods() -> tuple[str, ...]:
+    """Methods that take plain features: ``mechunlearn.attribution.methods("features")``."""
+    from mechunlearn.attribution import methods
+
+    return methods("features")
 
 
 def _attributor(method: str, train: Any, k: int) -> Any:
-    from mechunlearn.attribution import ConvexAttributor, RandomAttributor, RepSim
+    from mechunlearn.attribution import make
 
-    return {"convex": ConvexAttributor, "repsim": RepSim, "random": RandomAttributor}[method](
-        train, k=k)
+    return make(method, train, k=k)
 
 
 def attribute_cmd(
@@ -39,7 +42,7 @@ def attribute_cmd(
                                         "(JSONL).")],
     hook: Hook,
     position: Position = "response_mean",
-    method: Annotated[str, typer.Option(help="convex | repsim | random.")] = "convex",
+    method: Annotated[str, typer.Option(help="A feature-space method of mechunlearn.attribution.METHODS: convex, convex_local, repsim, repsim_centered, repsim_whitened, random.")] = "convex",
     k: Annotated[int, typer.Option(min=1, help="Samples to select per query (at most the "
                                    "number of training samples).")] = 16,
     field: Annotated[str, typer.Option(help="For preference --train records: chosen | "
@@ -64,7 +67,7 @@ def attribute_cmd(
     from mechunlearn.models import load_bridge
     from mechunlearn.outputs import check_output_file, write_output_file
 
-    check_method(method, dict.fromkeys(_METHODS))
+    check_method(method, dict.fromkeys(_methods()))
     if field not in ("chosen", "rejected"):
         raise ConfigError(f"--field must be chosen or rejected, got {field!r}.")
     check_output_file(out, overwrite, (".csv",))
