@@ -53,7 +53,7 @@ def main() -> None:
                     help="a built world folder to use as is (its own config from manifest.json), "
                          "e.g. one built before the presets changed")
     ap.add_argument("--max-queries", type=int, default=64)
-    ap.add_argument("--methods", default=None, help="comma-separated subset of METHODS")
+    ap.add_argument("--methods", default=None, help="comma-separated names from mechunlearn.attribution.METHODS (default: DEFAULT_METHODS, no EK-FAC)")
     ap.add_argument("--grad-loss", default="dpo", choices=["dpo", "nll"])
     ap.add_argument("--convex-grad-locality", type=float, default=0.0,
                     help="locality (mu) of the convex decomposition on gradient features")
@@ -72,6 +72,7 @@ def main() -> None:
 
     from mechunlearn import toyworld
     from mechunlearn.studies.attribution_eval import (
+        DEFAULT_METHODS,
         METHODS,
         EvalConfig,
         bad_queries,
@@ -92,7 +93,7 @@ def main() -> None:
     print(f"world {args.world} ({world.path.name}) loaded in {time.perf_counter() - t0:.0f}s; "
           f"build metrics: trigger/bad tuned={world.metrics['tuned'].get('trigger/bad')} "
           f"gold={world.metrics['gold'].get('trigger/bad')}")
-    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    methods = tuple(args.methods.split(",")) if args.methods else DEFAULT_METHODS
     from mechunlearn.attribution import ConvexConfig
 
     cfg = EvalConfig(methods=methods, max_queries=args.max_queries, grad_loss=args.grad_loss,
