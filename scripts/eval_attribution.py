@@ -73,7 +73,6 @@ def main() -> None:
     from mechunlearn import toyworld
     from mechunlearn.studies.attribution_eval import (
         DEFAULT_METHODS,
-        METHODS,
         EvalConfig,
         bad_queries,
         best_sites,
