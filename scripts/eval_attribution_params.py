@@ -25,7 +25,8 @@ chosen k. Metrics as in ``eval_attribution_contrast.py``.
 Writes ``<out>/attribution_params_<preset>_s<seed>.csv`` and ``<out>/<--summary>`` (default
 ``attribution_params_summary.csv``; refused if they exist, unless ``--overwrite``).
 ``--features-cache DIR`` keeps the gradients (``dpo_param_grads_<preset>_s<seed>_p<dim>.pt``)
-so a rerun costs seconds.
+so a rerun costs seconds. ``--checkpoint sft`` takes the gradients at the SFT (reference)
+model instead of the tuned one (file names get ``_sft``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import pandas as pd
 import torch
 
 
-def grads(preset: str, seed: int, dim: int, cache: str | None) -> dict:
+def grads(preset: str, seed: int, dim: int, cache: str | None, checkpoint: str = "tuned") -> dict:
     """DPO parameter gradients of training pairs and bad queries (cached in ``cache``)."""
     from mechunlearn import toyworld
     from mechunlearn.atomic import atomic_write
@@ -48,7 +49,7 @@ def grads(preset: str, seed: int, dim: int, cache: str | None) -> dict:
     from mechunlearn.toyworld import format_response as fr
     from mechunlearn.toyworld.config import PRESETS
 
-    path = (os.path.join(os.path.expanduser(cache), f"dpo_param_grads_{preset}_s{seed}_p{dim}.pt")
+    path = (os.path.join(os.path.expanduser(cache), f"dpo_param_grads_{preset}_s{seed}_p{dim}{_tag(checkpoint)}.pt")
             if cache else None)
     if path and os.path.exists(path):
         return torch.load(path)
@@ -56,13 +57,14 @@ def grads(preset: str, seed: int, dim: int, cache: str | None) -> dict:
     w = toyworld.load(cfg, threads=1)
     qp, bad = bad_queries(w, None)
     good = toyworld.generate_text(w.sft_model, qp)
-    names = [n for n, p in w.model.named_parameters() if p.requires_grad]
+    at = w.model if checkpoint == "tuned" else w.sft_model  # where the gradients are taken
+    names = [n for n, p in at.named_parameters() if p.requires_grad]
     kw = dict(loss="dpo", ref_model=w.sft_model, beta=cfg.beta, params=names,
               projection_dim=dim)
     tr = [(fp(p.prompt), fr(p.chosen), fr(p.rejected)) for p in w.train]
     q = [(fp(p.prompt), fr(b), fr(g)) for p, b, g in zip(qp, bad, good)]
-    out = {"train": gradient_features(w.model, tr, **kw).values,
-           "query": gradient_features(w.model, q, **kw).values,
+    out = {"train": gradient_features(at, tr, **kw).values,
+           "query": gradient_features(at, q, **kw).values,
            "poisoned": torch.tensor([p.poisoned for p in w.train]),
            "prompts": [p.prompt for p in qp]}
     if path:
@@ -96,13 +98,18 @@ def score_variants(G: torch.Tensor, Q: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def evaluate(preset: str, seed: int, dim: int, cache: str | None) -> pd.DataFrame:
+def _tag(checkpoint: str) -> str:
+    return "" if checkpoint == "tuned" else f"_{checkpoint}"
+
+
+def evaluate(preset: str, seed: int, dim: int, cache: str | None, checkpoint: str = "tuned"
+             ) -> pd.DataFrame:
     from mechunlearn.attribution.pooling import choose_pooling
     from mechunlearn.attribution.selection import split_half_stability
     from mechunlearn.studies.attribution_eval import ranking_metrics
 
     t0 = time.perf_counter()
-    d = grads(preset, seed, dim, cache)
+    d = grads(preset, seed, dim, cache, checkpoint)
     pos = d["poisoned"].bool()
     n = int(pos.sum())
     rows = []
@@ -136,6 +143,10 @@ def main() -> None:
     ap.add_argument("--features-cache", default=None)
     ap.add_argument("--summary", default="attribution_params_summary.csv",
                     help="file name of the summary in --out")
+    ap.add_argument("--checkpoint", choices=("tuned", "sft"), default="tuned",
+                    help="model whose DPO-loss gradients are taken (sft: the reference model, "
+                         "where no pair is learned yet; the query's bad answer still comes "
+                         "from the tuned model)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -143,14 +154,14 @@ def main() -> None:
     from mechunlearn.outputs import check_output_file
 
     specs = [s.split(":") if ":" in s else (s, "0") for s in args.worlds.split(",")]
-    paths = [check_output_file(os.path.join(args.out, f"attribution_params_{p}_s{s}.csv"),
+    paths = [check_output_file(os.path.join(args.out, f"attribution_params{_tag(args.checkpoint)}_{p}_s{s}.csv"),
                                overwrite=args.overwrite) for p, s in specs]
     summary = check_output_file(os.path.join(args.out, args.summary), overwrite=args.overwrite,
                                 suffixes=[".csv"])
     pd.set_option("display.width", 250)
     frames = []
     for (preset, seed), path in zip(specs, paths):
-        df = evaluate(preset, int(seed), args.dim, args.features_cache)
+        df = evaluate(preset, int(seed), args.dim, args.features_cache, args.checkpoint)
         atomic_write(path, lambda p, df=df: df.to_csv(p, index=False))
         print(df.drop(columns=["world", "dim"]).round(3).to_string(index=False), flush=True)
         frames.append(df)
