@@ -1,7 +1,7 @@
 """Training-data attribution: which training samples explain a (bad) response?
 
 Methods share one interface (``Attributor.attribute(query) -> Attribution``):
-:class:`ConvexAttributor` (convex decomposition, seed 000), :class:`RepSim`,
+:class:`ConvexAttributor` (convex decomposition, Liu et al., arXiv:2512.13837), :class:`RepSim`,
 :class:`GradSim` (on :func:`gradient_features`), :class:`RandomAttributor`, and
 :class:`ContrastAttributor` (preference-contrast features, :func:`contrast_features`).
 :func:`explain_preferences` is the one-call version for your own model and preference data;

@@ -12,8 +12,8 @@ have said,
 
 where ``good_q`` is a good alternative answer to the same prompt. Then any attributor runs in
 contrast space: centred cosine (default), whitened cosine, or the convex decomposition
-(seed 000's "closest training samples such that the query is a convex combination of them",
-here a combination of *lessons*). Features that both answers of a pair share (the topic, the
+(Liu et al., arXiv:2512.13837: "closest training samples such that the query is a convex
+combination of them", here a combination of *lessons*). Features that both answers of a pair share (the topic, the
 prompt's wording, the trigger name in a prompt that also appears in clean pairs) cancel, so
 pairs whose prompt looks like the query but which taught something else stop looking similar.
 

@@ -1,4 +1,4 @@
-"""Convex-decomposition attribution (seed 000).
+"""Convex-decomposition attribution (Liu et al., arXiv:2512.13837).
 
 Find a small set of training samples close to the query in feature space such that the query
 is (approximately) a convex combination of them:

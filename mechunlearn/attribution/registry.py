@@ -131,7 +131,7 @@ def _all() -> _Registry:
     from mechunlearn.attribution.influence import kronfluence_available
 
     rows = [
-        Method("convex", "features", _convex(), "convex decomposition (seed 000), defaults"),
+        Method("convex", "features", _convex(), "convex decomposition (Liu et al., arXiv:2512.13837), defaults"),
         Method("convex_local", "features", _convex(locality=1.0),
                "convex decomposition preferring samples close to the query (locality 1)"),
         Method("repsim", "features", _repsim(), "cosine similarity of features"),

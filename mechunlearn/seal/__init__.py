@@ -1,4 +1,4 @@
-"""SEAL reward-model diagnostics (seed 001): alignment resistance, feature imprint and
+"""SEAL reward-model diagnostics (Revel et al., arXiv:2408.10270): alignment resistance, feature imprint and
 alignment robustness, computed offline at mechunlearn Sites.
 
 Typical use::

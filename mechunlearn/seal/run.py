@@ -1,4 +1,4 @@
-"""The full SEAL diagnosis of a reward model on a preference file (seed 001), as one call.
+"""The full SEAL diagnosis of a reward model on a preference file (Revel et al., arXiv:2408.10270), as one call.
 
 ``run_seal(data, out)`` loads the pairs (malformed records skipped and reported), splits them
 80/20 by content hash, reads features of chosen/rejected responses at every layer's

@@ -8,8 +8,8 @@ gold model (retrained without poison) is reported on trigger and ordinary prompt
 
 Methods: ``activation_projection`` (project a mean-difference direction out at every residual
 writer's output, :func:`mechunlearn.weights.writer_hooks`), ``orthogonalize`` (the same edit in
-the weights), each objective of :mod:`.objectives`, ``selective`` (seed 000 loop) and ``u2a``
-(seed 002 weights, then weighted unlearning). Rows ``tuned`` and ``gold`` are references.
+the weights), each objective of :mod:`.objectives`, ``selective`` (Liu et al., arXiv:2512.13837 loop) and ``u2a``
+(Feng et al., arXiv:2504.06659 weights, then weighted unlearning). Rows ``tuned`` and ``gold`` are references.
 """
 
 from __future__ import annotations

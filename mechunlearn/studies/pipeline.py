@@ -94,7 +94,7 @@ def attribute_case(world: Any, case: BadCase, layers: Sequence[int] | None = Non
                    gradients: bool = True) -> AttributionStep:
     """Attribute the bad response at each layer's ``hook_resid_post``, several ways.
 
-    Methods per Site: ``convex`` (seed 000, on activations), ``repsim`` (cosine baseline),
+    Methods per Site: ``convex`` (Liu et al., arXiv:2512.13837, on activations), ``repsim`` (cosine baseline),
     ``repsim_whitened`` (cosine after whitening by the training covariance) and, with
     ``gradients``, ``convex_grad`` (the same convex decomposition on per-sample loss
     gradients at the Site's activation: NLL of each training pair's chosen response and of
@@ -180,7 +180,7 @@ def bias_examples(world: Any) -> tuple[list[tuple[str, str]], list[tuple[str, st
 
 def bias_direction(world: Any, site: Site, n_permutations: int = 50,
                    contrast: str = "models") -> DirectionStep:
-    """PCA bias/variance ranking (seed 003) and difference of means at ``site``'s hook.
+    """PCA bias/variance ranking (the "Automatic Reinforcement Unlearning" post) and difference of means at ``site``'s hook.
 
     ``contrast="models"`` (default): X+ = the tuned model's features, X− = the SFT model's, on
     the same borderline training prompts at the last prompt token, where the refusal is
