@@ -18,6 +18,7 @@ from mechunlearn.cli.options import (
     make_site,
 )
 
+
 def _methods() -> tuple[str, ...]:
     """Methods that take plain features: ``mechunlearn.attribution.methods("features")``."""
     from mechunlearn.attribution import methods

@@ -144,8 +144,7 @@ def _records_from(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
             raise ConfigError(f"Preference file {path!r} does not exist.")
         yield from jsonl_lines(path)  # the one JSONL reader (gzip, BOM, bad lines)
     else:
-        for n, rec in enumerate(source, start=1):
-            yield n, rec
+        yield from enumerate(source, start=1)
 
 
 def load_preferences(
