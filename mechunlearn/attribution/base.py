@@ -6,7 +6,7 @@ simplex), a relative residual (``nan`` for methods that do not reconstruct the q
 score for every training sample so the whole training set can be ranked.
 
 Inputs may be plain tensors ``[N, d]``, :class:`mechunlearn.features.Features`, or a
-:class:`mechunlearn.store.FeatureStore` (anything with ``iter_shards()``). When both the query
+:class:`mechunlearn.storage.FeatureStore` (anything with ``iter_shards()``). When both the query
 and the training set carry a Site and a model fingerprint, they must agree
 (:class:`FeatureMismatchError` otherwise).
 """

@@ -27,8 +27,7 @@ import pandas as pd
 from mechunlearn.directions import Directions, mean_diff
 from mechunlearn.errors import ConfigError
 from mechunlearn.features import extract
-from mechunlearn.hooks import Compose, apply
-from mechunlearn.interventions import Clamp, Project
+from mechunlearn.interventions import Clamp, Compose, Project, apply
 from mechunlearn.robustness.edit import Edit
 from mechunlearn.sites import Site
 from mechunlearn.tokens import TokenBatch

@@ -34,9 +34,10 @@ import torch
 from torch import Tensor
 
 from mechunlearn.errors import ConfigError
-from mechunlearn.hooks import add_hooks, apply, forward_masks
-from mechunlearn.interventions import Patch
+from mechunlearn.hooks import add_hooks
+from mechunlearn.interventions import Patch, apply
 from mechunlearn.lm import response_logprobs
+from mechunlearn.masks import forward_masks
 from mechunlearn.robustness.edit import Edit
 from mechunlearn.sites import Site
 from mechunlearn.tokens import TokenBatch

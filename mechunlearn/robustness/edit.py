@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mechunlearn.errors import ConfigError
-from mechunlearn.hooks import Intervention, apply
+from mechunlearn.interventions import Intervention, apply
 
 Kind = Literal["weights", "runtime", "reference"]
 

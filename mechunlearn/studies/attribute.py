@@ -103,7 +103,7 @@ def _train_features(model: Any, tb: Any, sites: list[Site], ids: list[str],
     """One forward pass for all Sites, or per-Site resumable FeatureStores under ``cache``."""
     if cache is None:
         return extract(model, tb, sites, batch_size=batch_size, ids=ids)
-    from mechunlearn.store import extract_to_store
+    from mechunlearn.storage import extract_to_store
 
     out = {}
     for s in sites:

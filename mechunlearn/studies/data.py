@@ -1,5 +1,5 @@
 """The user's inputs to ``diagnose``, normalised: training pairs, bad cases, plain prompts and
-ground-truth ids, from JSONL paths (:mod:`mechunlearn.datasets`) or Python lists."""
+ground-truth ids, from JSONL paths (:mod:`mechunlearn.data`) or Python lists."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechunlearn.datasets import DataFileError, read_jsonl
+from mechunlearn.data import DataFileError, read_jsonl
 from mechunlearn.errors import ConfigError, EmptyDataError
 
 PathLike = str | os.PathLike[str]
