@@ -31,8 +31,18 @@ _CONTEXT: contextvars.ContextVar[dict[str, Tensor | None] | None] = contextvars.
 @contextmanager
 def edit_masks(attention_mask: Tensor | None, response_mask: Tensor | None) -> Iterator[None]:
     """Make ``attention_mask`` / ``response_mask`` (``[batch, pos]``, bool or 0/1) the masks
-    that :func:`position_mask` reads inside the block (``apply`` uses this)."""
-    token = _CONTEXT.set({"attention_mask": attention_mask, "response_mask": response_mask})
+    that :func:`position_mask` reads inside the block (``apply`` uses this).
+
+    Nested blocks inherit: a mask given as ``None`` inside an enclosing block keeps the
+    enclosing block's mask (a nested ``apply`` without masks runs on the same forward pass,
+    so blanking the outer masks would move the outer edits onto padding)."""
+    outer = _CONTEXT.get() or {}
+    token = _CONTEXT.set({
+        "attention_mask": attention_mask if attention_mask is not None
+        else outer.get("attention_mask"),
+        "response_mask": response_mask if response_mask is not None
+        else outer.get("response_mask"),
+    })
     try:
         yield
     finally:

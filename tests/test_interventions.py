@@ -199,3 +199,23 @@ def test_head_site_edits_only_that_head():
     out = Project(u, site)(act)
     torch.testing.assert_close(out[:, :, 0], act[:, :, 0])
     assert float((out[:, :, 1] @ u).abs().max()) < 1e-6
+
+
+def test_nested_apply_without_masks_keeps_the_outer_masks(tiny_bridge):
+    """A nested ``apply`` without masks runs on the same forward pass: the outer block's
+    response-only projection must keep acting on the response positions only."""
+    model = tiny_bridge
+    tokens = torch.tensor([[5, 9, 17, 23, 41, 7]])
+    resp = torch.tensor([[False, False, False, True, True, True]])
+    site, other = resid(1, "pre"), resid(0, "post")
+    basis = rand_basis(5, 1, model.cfg.d_model)
+    b = Project(basis, site).basis
+    seen = {}
+    outer = Project(basis, site, positions="response")
+    inner = Steer(torch.zeros(model.cfg.d_model), 0.0, other)
+    with torch.no_grad(), apply(model, outer, response_mask=resp), apply(model, inner):
+        model.run_with_hooks(tokens, fwd_hooks=[(site.hook_name,
+                                                 lambda a, hook: seen.setdefault("a", a))])
+    a = seen["a"][0]
+    assert float((a[3:] @ b.T).abs().max()) < 1e-5      # response: projected out
+    assert float((a[:3] @ b.T).abs().max()) > 1e-3      # prompt: untouched
