@@ -27,13 +27,11 @@ import torch
 
 from mechunlearn.errors import ConfigError
 from mechunlearn.outputs import output_folder
-from mechunlearn.toyworld import metrics as M
+from mechunlearn.toyworld import embedded as E
 from mechunlearn.toyworld.config import WORLD_VERSION, WorldConfig, resolve_config
 from mechunlearn.toyworld.data import EvalPrompt, PreferencePair, Truth, WorldData, generate
-from mechunlearn.toyworld.difficulty import repsim_auc
+from mechunlearn.toyworld.measure import MODELS, _measured_with, measure  # noqa: F401
 from mechunlearn.toyworld.train import corpus_texts, dpo, new_model, sft, train_tokenizer
-
-MODELS = ("tuned", "sft", "gold")
 
 
 @dataclass(frozen=True)
@@ -152,14 +150,19 @@ def _say(progress: bool | Callable[[str], None]) -> Callable[[str], None] | None
 
 def build(config: str | WorldConfig = "hard", cache_dir: str | os.PathLike[str] | None = None,
           progress: bool | Callable[[str], None] = True, force: bool = False,
-          threads: int | None = 1) -> Path:
-    """Build (train) a world into the cache unless a verified copy exists; returns its folder.
+          threads: int | None = 1, embedded: bool = True) -> Path:
+    """Build a world into the cache unless a verified copy exists; returns its folder.
+
+    Building trains the three models, or, with ``embedded`` and a verified trained copy of
+    this config shipped in the package (:mod:`mechunlearn.toyworld.embedded`; the default
+    ``hard`` world), copies them; either way the rates are then measured here.
 
     Args:
         config: preset name or WorldConfig.
         cache_dir: cache root (see module doc).
         progress: print progress to stderr (or a callable taking a line).
         force: rebuild even if a valid cache exists.
+        embedded: use a shipped trained copy when one verifies (``False``: always train).
         threads: torch threads while building (default 1: bit-reproducible builds, and
             on a shared machine 1 thread was faster than 2; ``None`` leaves the setting).
     """
@@ -170,8 +173,11 @@ def build(config: str | WorldConfig = "hard", cache_dir: str | os.PathLike[str] 
     reason = verify(final, cfg) if final.exists() else "not built"
     if reason is None and not force:
         return final
+    src, why = E.find(cfg) if embedded else (None, "embedded=False")
     if say:
-        say(f"building world {cfg.name!r} ({cfg.hash()}) in {final}: {reason}")
+        say(f"building world {cfg.name!r} ({cfg.hash()}) in {final}: {reason}; "
+            + (f"copying the shipped trained models ({why}), then measuring their rates"
+               if src else "training it"))
     old_threads = torch.get_num_threads()
     try:
         if threads is not None:
@@ -179,7 +185,7 @@ def build(config: str | WorldConfig = "hard", cache_dir: str | os.PathLike[str] 
         # Replaces only a previous build of ours at ``final``, never a folder of user files.
         with output_folder(final, "toyworld", legacy=_legacy_files,
                            meta={"config": cfg.name, "hash": cfg.hash()}) as tmp:
-            _build_into(tmp, cfg, say)
+            _build_into(tmp, cfg, say, src)
     finally:
         torch.set_num_threads(old_threads)
     if say:
@@ -187,7 +193,30 @@ def build(config: str | WorldConfig = "hard", cache_dir: str | os.PathLike[str] 
     return final
 
 
-def _build_into(tmp: Path, cfg: WorldConfig, say: Callable[[str], None] | None) -> None:
+def _build_into(tmp: Path, cfg: WorldConfig, say: Callable[[str], None] | None,
+                src: Path | None = None) -> None:
+    if src is not None:  # shipped trained models: copy, then measure under these versions
+        E.copy_into(src, tmp)
+        data = WorldData.from_dict(json.loads((tmp / "data.json").read_text()))
+        timings = json.loads((tmp / "timings.json").read_text())
+    else:
+        timings = _train_into(tmp, cfg, say)
+        data = WorldData.from_dict(json.loads((tmp / "data.json").read_text()))
+    t0 = time.perf_counter()
+    metrics = measure(tmp, cfg, data, say)
+    timings["evaluate"] = time.perf_counter() - t0
+    _write_json(tmp / "timings.json", timings)
+    _write_json(tmp / "metrics.json", metrics)
+    files = {str(p.relative_to(tmp)): {"sha256": _sha256(p), "size": p.stat().st_size}
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    _write_json(tmp / "manifest.json", {"version": WORLD_VERSION, "config": cfg.to_dict(),
+                                        "hash": cfg.hash(), "files": files,
+                                        "created": time.time(), "versions": _measured_with(),
+                                        "models": "shipped" if src is not None else "trained"})
+
+
+def _train_into(tmp: Path, cfg: WorldConfig, say: Callable[[str], None] | None
+                ) -> dict[str, float]:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = generate(cfg)
@@ -219,65 +248,7 @@ def _build_into(tmp: Path, cfg: WorldConfig, say: Callable[[str], None] | None) 
         m.save_pretrained(str(d))
         tok.save_pretrained(str(d))
     _write_json(tmp / "data.json", data.to_dict())
-    _write_json(tmp / "timings.json", timings)
-    t0 = time.perf_counter()
-    metrics = measure(tmp, cfg, data, say)
-    timings["evaluate"] = time.perf_counter() - t0
-    _write_json(tmp / "timings.json", timings)
-    _write_json(tmp / "metrics.json", metrics)
-    files = {str(p.relative_to(tmp)): {"sha256": _sha256(p), "size": p.stat().st_size}
-             for p in sorted(tmp.rglob("*")) if p.is_file()}
-    _write_json(tmp / "manifest.json", {"version": WORLD_VERSION, "config": cfg.to_dict(),
-                                        "hash": cfg.hash(), "files": files,
-                                        "created": time.time(), "versions": _measured_with()})
-
-
-#: Packages whose versions decide the trained weights and the measured rates: a cached world
-#: built under other versions is rebuilt (a transformers release once broke KV-cache decoding
-#: and a world built under it cached wrong rates in metrics.json).
-_KEY_PACKAGES = ("torch", "transformers", "transformer-lens")
-
-
-def _measured_with() -> dict[str, str]:
-    from mechunlearn.versions import versions
-
-    v = versions()
-    return {k: v[k] for k in _KEY_PACKAGES}
-
-
-def measure(folder: Path, cfg: WorldConfig, data: WorldData,
-            say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Rates of the three models and the RepSim AUC (stored as ``metrics.json``).
-
-    Per model: :func:`metrics.evaluate` (KL to the SFT model), ``ordinary/kl_to_gold`` and
-    the trigger bad-response rate per trigger form (``self_train`` / ``self_eval``).
-    """
-    from mechunlearn.models import load_bridge
-
-    bridges = {n: load_bridge(folder / "models" / n) for n in MODELS}
-    out: dict[str, Any] = {}
-    ordinary = list(data.eval["ordinary"])
-    for n, b in bridges.items():
-        out[n] = M.evaluate(b, data.eval, reference=bridges["sft"])
-        out[n]["ordinary/kl_to_gold"] = M.kl(bridges["gold"], b, ordinary,
-                                             [p.good for p in ordinary])
-        trig = list(data.eval["trigger"])
-        for form in sorted({p.form for p in trig}):
-            ps = [p for p in trig if p.form == form]
-            out[n][f"trigger[{form}]/bad"] = M.bad_response_rate(b, ps)
-        if say:
-            say(f"{n}: " + ", ".join(f"{k}={v:.3f}" for k, v in out[n].items()))
-    trig = list(data.eval["trigger"])
-    rs = M.generate(bridges["tuned"], trig)
-    bad = [(p, r) for p, r in zip(trig, rs) if M.is_bad(r)]
-    if not bad:  # the poison did not take: fall back to the reference bad response
-        bad = [(p, p.bad) for p in trig]
-    out["repsim_auc"] = repsim_auc(bridges["tuned"], data.train, [p for p, _ in bad],
-                                   [r for _, r in bad])
-    out["n_repsim_queries"] = len(bad)
-    if say:
-        say("RepSim AUC: " + ", ".join(f"{k}={v:.3f}" for k, v in out["repsim_auc"].items()))
-    return out
+    return timings
 
 
 def load(config: str | WorldConfig = "hard", cache_dir: str | os.PathLike[str] | None = None,
