@@ -40,10 +40,14 @@ def toyworld_build(
     world: Annotated[str, typer.Argument(help="Preset: hard | easy | tiny.")] = "hard",
     cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a valid cache exists.")] = False,
+    train: Annotated[bool, typer.Option(help="Train the models even when the package ships "
+                                        "a trained copy of this world (the default hard "
+                                        "world).")] = False,
 ) -> None:
-    """Generate the world's data and train its SFT, tuned and gold models (cached)."""
+    """Generate the world's data and train its SFT, tuned and gold models, or copy the shipped
+    trained models of the default world; then measure the rates (cached)."""
     from mechunlearn import toyworld
 
     folder = toyworld.build(world, cache_dir=cache_dir, progress=lambda m: typer.echo(m),
-                            force=force)
+                            force=force, embedded=not train)
     typer.echo(f"World {world!r} ready at {folder}")
