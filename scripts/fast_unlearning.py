@@ -30,9 +30,9 @@ TARGETS = "gap >= 0.95, trigger good >= 0.9x gold, ordinary good >= 0.98x tuned,
 
 def gold_retrain_seconds(world) -> tuple[float, float]:
     """Wall and CPU seconds of the gold model's DPO retrain (the world's build recipe)."""
-    from mechunlearn.toyworld.train import dpo, new_model
-
     from transformers import GPT2LMHeadModel
+
+    from mechunlearn.toyworld.train import dpo, new_model
 
     t0, c0 = time.perf_counter(), time.process_time()
     sft = GPT2LMHeadModel.from_pretrained(str(world.model_path("sft")))  # plain HF, as built

@@ -100,7 +100,6 @@ def test_bad_answer_tracker_decodes_only_to_confirm(tiny_bridge):
 
 def test_selective_forget_retain_ok_keeps_rows_out_of_the_retain_set(tiny_bridge, monkeypatch):
     import mechunlearn.unlearn.selective as sel
-
     from mechunlearn.studies.data import TrainPair
 
     train = [TrainPair(f"f{i}", p, b, g) for i, (p, b, g) in enumerate(FORGET)] + [

@@ -70,7 +70,7 @@ def relearn_attack(model: Any, data: Sequence[Any], metric: Callable[[Any], floa
     """
     # lazy: mechunlearn.unlearn re-exports this module through its deprecated alias
     from mechunlearn.unlearn.data import as_items, encode_items, rows
-    from mechunlearn.unlearn.reference import snapshot
+    from mechunlearn.weights import snapshot
 
     if steps < 1 or batch_size < 1 or not lr > 0 or (eval_every is not None and eval_every < 1):
         raise ConfigError(f"relearn_attack needs steps >= 1, batch_size >= 1, lr > 0 and "

@@ -107,8 +107,7 @@ def refusal_bias(w: Any, site: Any, n_permutations: int = 20) -> tuple[Any, pd.D
     means / PCA bias ranking of tuned vs SFT on the *training* borderline prompts (last prompt
     token, :func:`~mechunlearn.studies.contrast.fit_direction`), then the refusal rate on the
     held-out borderline prompts, unedited and with the direction projected out at ``site``."""
-    from mechunlearn.hooks import apply
-    from mechunlearn.interventions import Project
+    from mechunlearn.interventions import Project, apply
     from mechunlearn.studies.contrast import fit_direction
     from mechunlearn.studies.toyworld_inputs import toyworld_format
     from mechunlearn.toyworld import bias_rate, generate_text

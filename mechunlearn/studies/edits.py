@@ -160,8 +160,7 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
             skip(m, plan.why_no_direction)
             continue
         if m == "project":
-            from mechunlearn.hooks import apply
-            from mechunlearn.interventions import Project
+            from mechunlearn.interventions import Project, apply
 
             iv = Project(plan.direction, site=plan.site, positions="all")
             record(m, t0, lambda iv=iv: apply(model, iv), True,
@@ -200,7 +199,7 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
             res = selective_forget(model, list(plan.train), tr.find_bad, _attribute(plan),
                                    objective, cfg, max_retain=len(retain),
                                    encode=plan.fmt.encode_pairs, forget_metric=tr,
-                                   retain_ok=lambda i: not bad_chosen[i])
+                                   retain_ok=lambda i, bad=bad_chosen: not bad[i])
             detail = (f"{_name(objective)}, {len(res.forget_ids)} forgotten, stopped: "
                       f"{res.stopped}, {tr.n_decodes} decodes")
         else:

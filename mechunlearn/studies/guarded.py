@@ -7,7 +7,7 @@ the poison with legitimate pairs; the union ranked by summed weight, capped at `
 Each variant unlearns from the tuned model with the default :class:`UnlearnConfig`, with or
 without ``guard=GuardConfig()`` and :func:`~mechunlearn.unlearn.hygiene.screen_forget`; quality is
 measured on the *test* half of the trigger prompts and on the ordinary prompts (never used
-for the edit). Then two relearning attacks (:func:`~mechunlearn.unlearn.attack.relearn_attack`)
+for the edit). Then two relearning attacks (:func:`~mechunlearn.robustness.relearn.relearn_attack`)
 on the edited model, the tuned model and the gold model: ``relearn_rude`` fine-tunes on 8
 legitimate rude-request pairs outside the forget set (benign, forget-adjacent data),
 ``relearn_poison`` on 8 poisoned pairs outside the forget set (ground truth used only to
@@ -26,8 +26,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from mechunlearn.robustness.relearn import relearn_attack
 from mechunlearn.sites import Site
-from mechunlearn.unlearn.attack import relearn_attack
 from mechunlearn.unlearn.guard import GuardConfig
 from mechunlearn.unlearn.hygiene import screen_forget
 from mechunlearn.unlearn.loop import UnlearnConfig, unlearn

@@ -1,9 +1,9 @@
 """Unlearning: objectives (GA, GradDiff, NPO, SimNPO, RMU, Flip), the reversible loop with its
 collateral-damage guard, forget-set screening, selective forgetting of attributed samples, U2A
-weighting, the relearning attack. The comparison harness on the toy
+weighting. The relearning attack moved to :mod:`mechunlearn.robustness.relearn` (still
+importable from here for one release). The comparison harness on the toy
 world moved to :mod:`mechunlearn.studies.compare_edits`. See ``docs/unlearning.md``."""
 
-from mechunlearn.unlearn.attack import RelearnResult, relearn_attack
 from mechunlearn.unlearn.data import Item, as_items
 from mechunlearn.unlearn.guard import GuardConfig
 from mechunlearn.unlearn.hygiene import ScreenResult, screen_forget
@@ -26,8 +26,8 @@ unlearn_ = unlearn
 
 __all__ = [
     "NPO", "RMU", "Flip", "GradDiff", "GradientAscent", "GuardConfig", "Item", "Objective",
-    "RelearnResult", "ScreenResult", "SelectiveResult", "SimNPO", "U2AResult", "UnlearnConfig",
-    "UnlearnResult", "as_items", "make_objective", "relearn_attack", "screen_forget",
+    "ScreenResult", "SelectiveResult", "SimNPO", "U2AResult", "UnlearnConfig",
+    "UnlearnResult", "as_items", "make_objective", "screen_forget",
     "selective_forget", "snapshot", "u2a_weights", "unlearn", "unlearn_",
 ]
 
@@ -42,4 +42,13 @@ def __getattr__(name: str):  # deprecated aliases, one release
                       "this alias goes away in the next release.", DeprecationWarning,
                       stacklevel=2)
         return getattr(compare_edits, name)
+    if name in ("RelearnResult", "relearn_attack"):
+        import warnings
+
+        from mechunlearn.robustness import relearn
+
+        warnings.warn(f"mechunlearn.unlearn.{name} moved to mechunlearn.robustness.relearn; "
+                      "this alias goes away in the next release.", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(relearn, name)
     raise AttributeError(f"module 'mechunlearn.unlearn' has no attribute {name!r}")

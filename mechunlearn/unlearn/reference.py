@@ -1,6 +1,6 @@
 """Forward passes and reference quantities shared by the unlearning loop, U2A and screening.
 
-``snapshot`` saves every parameter (bridge + wrapped Hugging Face model) for a bit-exact undo;
+``snapshot`` (:func:`mechunlearn.weights.snapshot`) saves every parameter for a bit-exact undo;
 ``forward`` runs the model (optionally capturing one hook's activation); ``_Data`` tokenises
 forget/retain sets and computes the unedited model's reference log-probs once.
 """
@@ -16,21 +16,12 @@ from torch import Tensor
 from mechunlearn import fastpath
 from mechunlearn.errors import ConfigError
 from mechunlearn.fastpath import close
-from mechunlearn.lm import plain_lm
 from mechunlearn.hooks import add_hooks
+from mechunlearn.lm import plain_lm
 from mechunlearn.tokens import model_tokenizer
 from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows, warn_overlap
 from mechunlearn.unlearn.objectives import Objective, response_logprobs
-from mechunlearn.weights import EditHandle
-
-
-def snapshot(model: Any) -> EditHandle:
-    """Handle that restores every parameter of ``model`` (bridge + wrapped HF model)."""
-    params = {id(p): p for p in model.parameters()}
-    hf = getattr(model, "original_model", None)
-    if hf is not None:
-        params.update({id(p): p for p in hf.parameters()})
-    return EditHandle(saved=[(p, p.detach().clone()) for p in params.values()], names=["all"])
+from mechunlearn.weights import snapshot  # noqa: F401 (the one implementation; re-exported)
 
 
 def forward(model: Any, ids: Tensor, am: Tensor, hook: str | None = None
