@@ -10,7 +10,7 @@ step, so no model copy is needed.
 ``eval_every`` steps), the retain KL exceeds ``kl_budget``, a user ``stop(row)`` returns True,
 or ``steps`` run out. *Repair* then runs ``repair_steps`` more steps (``repair="both"``: the full
 loss; ``"retain"``: the retain terms only). Stopping at the first step where the bad
-behaviour is gone leaves damage; a short repair phase removes most of it (see FINDINGS).
+behaviour is gone leaves damage; a short repair phase removes most of it (docs/unlearning.md).
 
 The returned :class:`UnlearnResult` holds the history (a DataFrame, one row per step, with
 evaluation columns on evaluation steps) and an :class:`~mechunlearn.weights.EditHandle`
@@ -22,8 +22,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
@@ -31,101 +30,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
+from mechunlearn.unlearn.config import UnlearnConfig, UnlearnResult
 from mechunlearn.unlearn.data import Encode, rows, warn_overlap
-from mechunlearn.unlearn.guard import Guard, GuardConfig, split_keep
+from mechunlearn.unlearn.guard import Guard, split_keep
 from mechunlearn.unlearn.objectives import Objective, make_objective, response_logprobs, token_kl
 from mechunlearn.unlearn.reference import _Data, forward, snapshot
-from mechunlearn.weights import EditHandle
 
 __all__ = ["UnlearnConfig", "UnlearnResult", "forward", "snapshot", "unlearn"]
 
 Metric = Callable[[Any], float]
-
-
-@dataclass(frozen=True, kw_only=True)
-class UnlearnConfig:
-    """Loop settings (defaults measured on the toy world; see docs/unlearning.md).
-
-    ``eval_retain``: retain rows (a fixed seeded sample) whose KL to the reference is
-    measured on evaluation steps (``retain_kl_eval``); ``None``: all of them. The KL of
-    every retain row on every evaluation cost more than the optimiser steps (1.3 s per
-    evaluation for 256 rows vs 0.6 s per step on the toy world).
-
-    ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`:
-    held-out keep data, stop and roll back when kept answers change); ``None`` (default) is
-    the plain loop. Opt-in because on the measured worlds it kept ordinary answers but then
-    removed little of the bad behaviour (docs/unlearning.md, "guarded unlearning").
-    """
-
-    steps: int = 60
-    lr: float = 1e-3
-    batch_size: int = 16
-    retain_batch_size: int = 32
-    retain_weight: float = 1.0
-    eval_every: int = 5
-    target: float = 0.0
-    kl_budget: float | None = None
-    repair_steps: int = 15
-    repair: Literal["both", "retain"] = "both"
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    guard: GuardConfig | None = None
-    eval_retain: int | None = 64
-
-    def __post_init__(self) -> None:
-        for f in ("steps", "batch_size", "retain_batch_size", "eval_every"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
-                raise ConfigError(f"{f} must be an int >= 1, got {getattr(self, f)!r}.")
-        if self.repair_steps < 0 or self.lr <= 0 or self.retain_weight < 0:
-            raise ConfigError("repair_steps and retain_weight must be >= 0 and lr > 0.")
-        import math
-
-        for f in ("lr", "retain_weight", "target", "max_grad_norm"):
-            v = getattr(self, f)
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"UnlearnConfig.{f} must be a finite number, got {v!r}.")
-        if self.max_grad_norm <= 0:
-            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}.")
-        if self.kl_budget is not None and not (math.isfinite(self.kl_budget)
-                                               and self.kl_budget > 0):
-            raise ConfigError(f"kl_budget must be a finite number > 0 or None, got "
-                              f"{self.kl_budget!r}.")
-        if self.repair not in ("both", "retain"):
-            raise ConfigError(f"repair must be 'both' or 'retain', got {self.repair!r}.")
-        if self.eval_retain is not None and (not isinstance(self.eval_retain, int)
-                                             or self.eval_retain < 1):
-            raise ConfigError(f"eval_retain must be an int >= 1 or None, got "
-                              f"{self.eval_retain!r}.")
-        if self.guard is not None and not isinstance(self.guard, GuardConfig):
-            raise ConfigError(f"guard must be a GuardConfig or None, got {self.guard!r}.")
-
-
-@dataclass(frozen=True)
-class UnlearnResult:
-    """History (DataFrame), why the forget phase stopped, steps, seconds, and the undo handle.
-
-    With the guard: ``best_step`` (the evaluation step the weights were rolled back to) and
-    ``guard`` (``n_keep``; ``keep_agree``/``keep_kl``/``keep_logp`` at that step and at the
-    last step; ``damage``: even that step changed more than ``max_change`` of kept tokens).
-    """
-
-    handle: EditHandle = field(repr=False)
-    history: pd.DataFrame = field(repr=False)
-    stopped: str
-    steps: int
-    seconds: float
-    objective: dict[str, Any]
-    best_step: int | None = None
-    guard: dict[str, Any] = field(default_factory=dict)
-
-    def undo(self) -> None:
-        """Restore the model's weights as they were before :func:`unlearn`."""
-        self.handle.undo()
-
-    def last(self) -> dict[str, Any]:
-        """The last evaluation row of the history."""
-        ev = self.history.dropna(subset=["retain_kl_eval"])
-        return ev.iloc[-1].to_dict() if len(ev) else {}
 
 
 def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
