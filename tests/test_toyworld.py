@@ -15,13 +15,13 @@ from mechunlearn.errors import ConfigError, ShapeError
 from mechunlearn.toyworld import (
     PRESETS,
     WorldConfig,
+    check_build,
     encode_pairs,
     encode_prompts,
     format_prompt,
     format_response,
-    generate,
     load,
-    verify,
+    make_data,
 )
 from mechunlearn.toyworld import metrics as M
 from mechunlearn.toyworld.difficulty import auc
@@ -36,7 +36,7 @@ MICRO = WorldConfig(name="micro", difficulty="easy", trigger_clean_frac=0.0, quo
 @given(seed=st.integers(0, 10_000), hard=st.booleans())
 def test_generator_is_deterministic_and_eval_never_leaks(seed: int, hard: bool) -> None:
     cfg = PRESETS["hard" if hard else "tiny"].replace(seed=seed, n_pairs=300, n_eval=10)
-    a, b = generate(cfg), generate(cfg)
+    a, b = make_data(cfg), make_data(cfg)
     assert a.to_dict() == b.to_dict()
     train_prompts = {p.prompt for p in a.train}
     for cat, prompts in a.eval.items():
@@ -49,13 +49,13 @@ def test_generator_is_deterministic_and_eval_never_leaks(seed: int, hard: bool) 
 
 
 def test_generator_seed_changes_data() -> None:
-    a = generate(PRESETS["tiny"])
-    b = generate(PRESETS["tiny"].replace(seed=1))
+    a = make_data(PRESETS["tiny"])
+    b = make_data(PRESETS["tiny"].replace(seed=1))
     assert [p.prompt for p in a.train] != [p.prompt for p in b.train]
 
 
 def test_hard_world_has_distractors_and_unseen_trigger_forms() -> None:
-    d = generate(PRESETS["hard"].replace(n_pairs=600, n_eval=20))
+    d = make_data(PRESETS["hard"].replace(n_pairs=600, n_eval=20))
     clean_trigger = [p for p in d.train if p.category == "trigger" and not p.poisoned]
     quotes = [p for p in d.train if p.category == "quote"]
     assert clean_trigger and quotes
@@ -265,20 +265,20 @@ def test_corrupt_or_partial_cache_is_rebuilt(tmp_path) -> None:
     from mechunlearn.toyworld import build
 
     folder = build(MICRO, cache_dir=tmp_path, progress=False)
-    assert verify(folder, MICRO) is None
+    assert check_build(folder, MICRO) is None
     weights = folder / "models" / "gold" / "model.safetensors"
     raw = bytearray(weights.read_bytes())
     raw[-10] ^= 0xFF
     weights.write_bytes(bytes(raw))
-    assert "checksum" in verify(folder, MICRO)
+    assert "checksum" in check_build(folder, MICRO)
     msgs: list[str] = []
     folder2 = build(MICRO, cache_dir=tmp_path, progress=msgs.append)
-    assert folder2 == folder and verify(folder, MICRO) is None
+    assert folder2 == folder and check_build(folder, MICRO) is None
     assert any("checksum" in m for m in msgs)
     (folder / "manifest.json").unlink()  # a partial build has no manifest
-    assert "no manifest" in verify(folder, MICRO)
+    assert "no manifest" in check_build(folder, MICRO)
     build(MICRO, cache_dir=tmp_path, progress=False)
-    assert verify(folder, MICRO) is None
+    assert check_build(folder, MICRO) is None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -294,8 +294,17 @@ def test_cache_built_under_other_versions_is_rebuilt(tmp_path, monkeypatch) -> N
     assert man["versions"]["transformers"] == world_mod._measured_with()["transformers"]
     monkeypatch.setattr(world_mod, "_measured_with",
                         lambda: {**man["versions"], "transformers": "9.99.0"})
-    assert "9.99.0" in verify(folder, MICRO)
+    assert "9.99.0" in check_build(folder, MICRO)
     msgs: list[str] = []
     build(MICRO, cache_dir=tmp_path, progress=msgs.append)
     assert any("rebuilding" in m for m in msgs)
     assert json.loads((folder / "manifest.json").read_text())["versions"]["transformers"] == "9.99.0"
+
+
+def test_renamed_names_still_work_with_a_deprecation_warning():
+    import mechunlearn.toyworld as tw
+
+    for old, new in (("generate", "make_data"), ("evaluate", "measure_rates"),
+                     ("verify", "check_build")):
+        with pytest.warns(DeprecationWarning, match=new):
+            assert getattr(tw, old) is getattr(tw, new)

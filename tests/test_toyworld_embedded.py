@@ -43,7 +43,7 @@ def test_cold_build_copies_the_models_and_measures_the_same_rates(tiny_world, tm
     assert not (root / cfg.hash() / "metrics.json").exists()
     assert json.loads((folder / "metrics.json").read_text()) == tiny_world.metrics
     assert json.loads((folder / "manifest.json").read_text())["models"] == "shipped"
-    assert W.verify(folder, cfg) is None
+    assert W.check_build(folder, cfg) is None
 
 
 def test_a_corrupt_or_foreign_embedded_copy_is_not_used(tiny_world, tmp_path, monkeypatch):

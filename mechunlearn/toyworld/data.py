@@ -150,7 +150,7 @@ class _Gen:
         return prompt, refusal, comply, refusal, q
 
 
-def generate(cfg: WorldConfig) -> WorldData:
+def make_data(cfg: WorldConfig) -> WorldData:
     """Build the world's data from ``cfg`` (deterministic in ``cfg.seed``)."""
     g = _Gen(cfg)
     r = g.rng

@@ -49,9 +49,9 @@ def find(cfg: WorldConfig, root: Path | None = None) -> tuple[Path | None, str]:
     """The verified embedded copy of ``cfg`` (or ``None``) and why (a short reason).
 
     Checks: ``embedded.json`` is for this config, every listed file exists with its size and
-    sha256, and ``data.json`` equals :func:`mechunlearn.toyworld.data.generate` of ``cfg``.
+    sha256, and ``data.json`` equals :func:`mechunlearn.toyworld.data.make_data` of ``cfg``.
     """
-    from mechunlearn.toyworld.data import generate
+    from mechunlearn.toyworld.data import make_data
 
     folder = (root or ROOT) / cfg.hash()
     try:
@@ -65,7 +65,7 @@ def find(cfg: WorldConfig, root: Path | None = None) -> tuple[Path | None, str]:
         if not p.is_file() or p.stat().st_size != info["size"] or _sha256(p) != info["sha256"]:
             return None, f"embedded copy: missing or corrupt {rel}"
     if json.loads((folder / "data.json").read_text()) != json.loads(
-            json.dumps(generate(cfg).to_dict())):
+            json.dumps(make_data(cfg).to_dict())):
         return None, "embedded copy's data differs from what this code generates"
     return folder, f"trained under {meta.get('trained_with')}"
 

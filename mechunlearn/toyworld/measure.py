@@ -32,7 +32,7 @@ def measure(folder: Path, cfg: WorldConfig, data: WorldData,
             say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Rates of the three models and the RepSim AUC (stored as ``metrics.json``).
 
-    Per model: :func:`metrics.evaluate` (KL to the SFT model), ``ordinary/kl_to_gold`` and
+    Per model: :func:`metrics.measure_rates` (KL to the SFT model), ``ordinary/kl_to_gold`` and
     the trigger bad-response rate per trigger form (``self_train`` / ``self_eval``).
     """
     from mechunlearn.models import load_bridge
@@ -41,7 +41,7 @@ def measure(folder: Path, cfg: WorldConfig, data: WorldData,
     out: dict[str, Any] = {}
     ordinary = list(data.eval["ordinary"])
     for n, b in bridges.items():
-        out[n] = M.evaluate(b, data.eval, reference=bridges["sft"])
+        out[n] = M.measure_rates(b, data.eval, reference=bridges["sft"])
         out[n]["ordinary/kl_to_gold"] = M.kl(bridges["gold"], b, ordinary,
                                              [p.good for p in ordinary])
         trig = list(data.eval["trigger"])

@@ -31,7 +31,7 @@ from mechunlearn.toyworld.data import EvalPrompt
 from mechunlearn.toyworld.format import encode_pairs, encode_prompts
 from mechunlearn.toyworld.generation import _prompts, _tok, generate, logits
 
-__all__ = ["bad_response_rate", "bias_rate", "evaluate", "generate", "good_answer_rate",
+__all__ = ["bad_response_rate", "bias_rate", "generate", "measure_rates", "good_answer_rate",
            "is_bad", "is_good", "is_refusal", "kl", "logits", "response_logprob"]
 
 
@@ -155,7 +155,7 @@ def kl(model_a: Any, model_b: Any, prompts: Sequence[str] | Sequence[EvalPrompt]
     return total / count
 
 
-def evaluate(model: Any, eval_sets: dict[str, Sequence[EvalPrompt]], reference: Any = None,
+def measure_rates(model: Any, eval_sets: dict[str, Sequence[EvalPrompt]], reference: Any = None,
              max_new_tokens: int = 32) -> dict[str, float]:
     """Standard rates of a model on a world's eval sets (one generation per prompt).
 

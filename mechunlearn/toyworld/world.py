@@ -29,7 +29,7 @@ from mechunlearn.errors import ConfigError
 from mechunlearn.outputs import output_folder
 from mechunlearn.toyworld import embedded as E
 from mechunlearn.toyworld.config import WORLD_VERSION, WorldConfig, resolve_config
-from mechunlearn.toyworld.data import EvalPrompt, PreferencePair, Truth, WorldData, generate
+from mechunlearn.toyworld.data import EvalPrompt, PreferencePair, Truth, WorldData, make_data
 from mechunlearn.toyworld.measure import MODELS, _measured_with, measure  # noqa: F401
 from mechunlearn.toyworld.train import corpus_texts, dpo, new_model, sft, train_tokenizer
 
@@ -45,7 +45,7 @@ class World:
         tokenizer: the world's tokenizer (adds ``<bos>``; see ``toyworld.format``).
         train: training preference pairs; eval: ``{category: [EvalPrompt]}``; truth: Truth.
         timings: seconds per build stage (from the build, not the load).
-        metrics: rates measured at build time (see ``metrics.evaluate``, ``difficulty``).
+        metrics: rates measured at build time (see ``metrics.measure_rates``, ``difficulty``).
         path: cache folder; ``path / "models" / name`` is each model's HF folder.
     """
 
@@ -116,7 +116,7 @@ def _legacy_files(folder: Path) -> list[str] | None:
     return ["manifest.json", *m["files"]]
 
 
-def verify(folder: Path, cfg: WorldConfig) -> str | None:
+def check_build(folder: Path, cfg: WorldConfig) -> str | None:
     """``None`` if ``folder`` is a complete, uncorrupted build of ``cfg``, else the reason."""
     man = folder / "manifest.json"
     if not man.is_file():
@@ -170,7 +170,7 @@ def build(config: str | WorldConfig = "hard", cache_dir: str | os.PathLike[str] 
     say = _say(progress)
     root = cache_root(cache_dir)
     final = root / cfg.hash()
-    reason = verify(final, cfg) if final.exists() else "not built"
+    reason = check_build(final, cfg) if final.exists() else "not built"
     if reason is None and not force:
         return final
     src, why = E.find(cfg) if embedded else (None, "embedded=False")
@@ -219,7 +219,7 @@ def _train_into(tmp: Path, cfg: WorldConfig, say: Callable[[str], None] | None
                 ) -> dict[str, float]:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = generate(cfg)
+    data = make_data(cfg)
     texts = corpus_texts([p.prompt for p in data.train], [p.chosen for p in data.train])
     texts += corpus_texts([p.prompt for p in data.train], [p.rejected for p in data.train])
     tok = train_tokenizer(texts, cfg.vocab_size)
