@@ -14,25 +14,17 @@ Written by ``scripts/embed_world.py`` from a built cache folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from mechunlearn.atomic import sha256_file
 from mechunlearn.toyworld.config import WorldConfig
 
 ROOT = Path(__file__).resolve().parent / "embedded"
 #: files copied from a built world (everything but the measured rates and the manifest)
 COPIED = ("data.json", "timings.json", "models")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(folder: Path) -> dict[str, dict[str, Any]]:
@@ -41,7 +33,7 @@ def _files(folder: Path) -> dict[str, dict[str, Any]]:
         p = folder / name
         for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
             if f.is_file():
-                out[str(f.relative_to(folder))] = {"sha256": _sha256(f), "size": f.stat().st_size}
+                out[str(f.relative_to(folder))] = {"sha256": sha256_file(f), "size": f.stat().st_size}
     return out
 
 
@@ -62,7 +54,7 @@ def find(cfg: WorldConfig, root: Path | None = None) -> tuple[Path | None, str]:
         return None, "embedded copy is for another config"
     for rel, info in meta.get("files", {}).items():
         p = folder / rel
-        if not p.is_file() or p.stat().st_size != info["size"] or _sha256(p) != info["sha256"]:
+        if not p.is_file() or p.stat().st_size != info["size"] or sha256_file(p) != info["sha256"]:
             return None, f"embedded copy: missing or corrupt {rel}"
     if json.loads((folder / "data.json").read_text()) != json.loads(
             json.dumps(make_data(cfg).to_dict())):

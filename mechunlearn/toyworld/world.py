@@ -13,7 +13,6 @@ Root: ``cache_dir`` argument, else ``$MECHUNLEARN_CACHE/toyworld``, else
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from mechunlearn.atomic import sha256_file
 from mechunlearn.errors import ConfigError
 from mechunlearn.outputs import output_folder
 from mechunlearn.toyworld import embedded as E
@@ -91,14 +91,6 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "mechunlearn" / "toyworld"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
@@ -135,7 +127,7 @@ def check_build(folder: Path, cfg: WorldConfig) -> str | None:
         p = folder / rel
         if not p.is_file():
             return f"missing file {rel}"
-        if p.stat().st_size != info["size"] or _sha256(p) != info["sha256"]:
+        if p.stat().st_size != info["size"] or sha256_file(p) != info["sha256"]:
             return f"checksum mismatch in {rel}"
     return None
 
@@ -207,7 +199,7 @@ def _build_into(tmp: Path, cfg: WorldConfig, say: Callable[[str], None] | None,
     timings["evaluate"] = time.perf_counter() - t0
     _write_json(tmp / "timings.json", timings)
     _write_json(tmp / "metrics.json", metrics)
-    files = {str(p.relative_to(tmp)): {"sha256": _sha256(p), "size": p.stat().st_size}
+    files = {str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size}
              for p in sorted(tmp.rglob("*")) if p.is_file()}
     _write_json(tmp / "manifest.json", {"version": WORLD_VERSION, "config": cfg.to_dict(),
                                         "hash": cfg.hash(), "files": files,
