@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 
 import mechunlearn.distributed as D
 from mechunlearn.distributed_cli import main
-from mechunlearn.errors import ConfigError, StoreError, StoreMismatchError
+from mechunlearn.errors import (
+    ConfigError,
+    OutputExistsError,
+    OutputPathError,
+    StoreError,
+    StoreMismatchError,
+)
 from mechunlearn.sharded_store import (
     ShardedStore,
     WorldSizeMismatchError,
@@ -148,6 +154,14 @@ def test_cli_single_process_extract_merge_stats(run, single, capsys):
     assert main(["merge", str(out), str(run.tmp / "cli_merged")]) == 0
     assert main(["stats", str(run.tmp / "cli_merged"), "--out", str(run.tmp / "s.pt")]) == 0
     assert torch.load(run.tmp / "s.pt")["n"] == 100
+    # an existing file is never replaced silently (a new-user run lost its data file here)
+    mine = run.tmp / "mine.pt"
+    mine.write_bytes(b"my own bytes")
+    with pytest.raises(OutputExistsError):
+        main(["stats", str(run.tmp / "cli_merged"), "--out", str(mine)])
+    assert mine.read_bytes() == b"my own bytes"
+    with pytest.raises(OutputPathError):  # a folder, or another suffix: refused before work
+        main(["stats", str(run.tmp / "cli_merged"), "--out", str(run.tmp / "data.jsonl")])
     assert "100 rows" in capsys.readouterr().out
     gargs = ["gradients", "--model", str(run.tmp / "model"), "--data",
              str(run.tmp / "data.jsonl"), "--site", HOOK, "--out", str(run.tmp / "cli_g"),

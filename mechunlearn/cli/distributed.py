@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from mechunlearn.cli.base import OneLineGroup
-from mechunlearn.cli.options import BatchSize, Model, position_value
+from mechunlearn.cli.options import BatchSize, Model, OverwriteFile, position_value
 from mechunlearn.errors import ConfigError
 
 distributed_app = typer.Typer(help="Data-parallel extraction under torchrun (run with "
@@ -113,18 +113,27 @@ def merge_cmd(src: Annotated[Path, typer.Argument(help="Sharded store.")],
 @distributed_app.command("stats")
 def stats_cmd(store: Annotated[Path, typer.Argument(help="Store (plain or sharded).")],
               out: Annotated[Path | None, typer.Option(
-                  help="Save {'mean','cov','n'} with torch.save.")] = None) -> None:
+                  help="Save {'mean','cov','n'} with torch.save (a .pt file; plus "
+                  "<out>.mechunlearn.json with the versions).")] = None,
+              overwrite: OverwriteFile = False) -> None:
     """Mean/covariance of a store, reduced across ranks."""
+    import io
+
     import torch
 
+    from mechunlearn.outputs import check_output_file, write_output_file
     from mechunlearn.storage.collectives import distributed_mean_cov, process_group
     from mechunlearn.storage.sharded import open_store
 
+    if out is not None:  # before any work: never replace a user's file silently
+        out = check_output_file(out, overwrite, suffixes=(".pt",))
     with process_group() as (rank, _):
         mean, cov, n = distributed_mean_cov(open_store(store))
         if rank == 0:
             if out is not None:
-                torch.save({"mean": mean, "cov": cov, "n": n}, out)
+                buf = io.BytesIO()
+                torch.save({"mean": mean, "cov": cov, "n": n}, buf)
+                write_output_file(out, buf.getvalue(), "moments", {"store": str(store)})
             typer.echo(f"n={n} d={mean.shape[0]} trace(cov)={float(cov.trace()):.6g}")
 
 
