@@ -403,3 +403,23 @@ def test_single_file_outputs_never_replace_a_user_file_silently(tmp_path) -> Non
     assert check_output_file(keep, overwrite=True) == keep.resolve()  # explicit opt-in
     assert check_output_file(tmp_path / "new.csv", suffixes=(".csv",)).name == "new.csv"
     assert keep.read_text() == "mine"
+
+
+def test_cli_edit_never_replaces_its_own_input_model(tmp_path, cli_model):
+    """A new-user run overwrote the source model in place (``--out`` == ``--model``), also
+    when chaining edits (``--model e1 --out e1``)."""
+    import shutil
+
+    src = tmp_path / "m_src"
+    shutil.copytree(cli_model / "model", src)
+    before = tree(tmp_path)
+    for out in (src, src / "sub", tmp_path):
+        r = runner.invoke(app, ["edit", "orthogonalize", "--model", str(src), "--directions",
+                                str(cli_model / "dirs"), "--out", str(out), "--allow-foreign",
+                                "--overwrite"])
+        assert r.exit_code != 0 and "Traceback" not in r.output
+    assert tree(tmp_path) == before
+    r = runner.invoke(app, ["edit", "orthogonalize", "--model", str(src), "--directions",
+                            str(cli_model / "dirs"), "--out", str(src), "--allow-foreign"])
+    assert "would replace the model it reads" in one_line_error(r)
+    assert tree(tmp_path) == before
