@@ -29,8 +29,9 @@ Pos = Annotated[Path, typer.Option("--pos", help="X+ samples (reinforced behavio
 Neg = Annotated[Path, typer.Option("--neg", help="X- samples (discouraged behaviour), JSONL.")]
 Permutations = Annotated[int, typer.Option("--permutations", min=0,
                                            help="Permutation-test rounds.")]
-Threads = Annotated[int, typer.Option("--threads", min=0,
-                                      help="torch threads (0: torch's default).")]
+Threads = Annotated[int, typer.Option("--threads", min=0, max=1024,
+                                      help="torch threads (0: torch's default; at most "
+                                      "1024).")]
 OverwriteFolder = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
 OverwriteFile = Annotated[bool, typer.Option("--overwrite", help="Replace existing output "
                                              "files (and their .mechunlearn.json sidecars).")]
