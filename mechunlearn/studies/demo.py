@@ -61,7 +61,7 @@ def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-rep
 
     check_destination(out, "report")  # refuse an unusable --out before minutes of work
     t0 = time.perf_counter()
-    say(f"[0/5] loading toy world {world!r} (trains and caches it on first use)")
+    say(f"[0/5] loading toy world {world!r} (first use: copies the shipped trained models or trains them, measures, caches)")
     w = toyworld.load(world, cache_dir=cache_dir, progress=say)
     t = {"load_world": time.perf_counter() - t0}
     res = diagnose_toyworld(w, DiagnoseConfig(methods=methods, n_permutations=n_permutations,
