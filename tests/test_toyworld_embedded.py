@@ -63,3 +63,20 @@ def test_a_corrupt_or_foreign_embedded_copy_is_not_used(tiny_world, tmp_path, mo
     monkeypatch.setattr(W, "_train_into", _no_training)
     with pytest.raises(AssertionError, match="trained although"):
         W.build(cfg, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_embed_replaces_only_its_own_copy(tiny_world, tmp_path):
+    from mechunlearn.errors import OutputExistsError
+
+    cfg = tiny_world.config
+    root = tmp_path / "embedded"
+    user = root / cfg.hash()
+    user.mkdir(parents=True)
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        E.embed(tiny_world.path, cfg, W._measured_with(), root=root)
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+    (user / "notes.txt").unlink()
+    src = E.embed(tiny_world.path, cfg, W._measured_with(), root=root)
+    again = E.embed(tiny_world.path, cfg, W._measured_with(), root=root)  # its own: replaced
+    assert again == src and E.find(cfg, root)[0] == src

@@ -72,21 +72,28 @@ def copy_into(src: Path, dest: Path) -> None:
             shutil.copyfile(s, dest / name)
 
 
+def _legacy(folder: Path) -> list[str] | None:
+    """Files of an embedded copy written before output manifests (``None``: not one)."""
+    try:
+        meta = json.loads((folder / "embedded.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ["embedded.json", *meta.get("files", {})] if isinstance(meta, dict) else None
+
+
 def embed(built: Path, cfg: WorldConfig, trained_with: dict[str, str],
           root: Path | None = None) -> Path:
-    """Write ``built`` (a verified cache folder of ``cfg``) as an embedded copy; returns it."""
+    """Write ``built`` (a verified cache folder of ``cfg``) as an embedded copy; returns it.
+
+    Written through :func:`mechunlearn.outputs.output_folder` (temporary sibling, rename;
+    only a previous embedded copy is replaced, never a folder holding other files).
+    """
+    from mechunlearn.outputs import output_folder
+
     dest = (root or ROOT) / cfg.hash()
-    tmp = dest.with_name(dest.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    copy_into(built, tmp)
-    meta = {"config": cfg.to_dict(), "hash": cfg.hash(), "trained_with": trained_with,
-            "files": _files(tmp)}
-    (tmp / "embedded.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-    if dest.exists():
-        if not (dest / "embedded.json").is_file():
-            raise FileExistsError(f"{dest} exists and is not an embedded world; not replacing it")
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    with output_folder(dest, "toyworld-embedded", legacy=_legacy) as tmp:
+        copy_into(built, tmp)
+        meta = {"config": cfg.to_dict(), "hash": cfg.hash(), "trained_with": trained_with,
+                "files": _files(tmp)}
+        (tmp / "embedded.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     return dest
