@@ -138,22 +138,26 @@ class Project(_Serialisable):
             linearly dependent rows raise).
         site: where to act (default: the source's site).
         positions: which tokens to edit.
+        strength: α in x ← x − α (x Bᵀ) B (finite; 1: the projection, 0: no change, 2 reflects).
     """
 
     basis: HasBasis | Tensor
     site: Site | None = None
     positions: Positions = "all"
     fingerprint: str | None = None
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         b, fallback = _unpack(self, self.basis, HasBasis, "basis")
         object.__setattr__(self, "basis", orthonormalize(b))
         object.__setattr__(self, "site", _site(self.site, fallback, "Project"))
+        object.__setattr__(self, "strength", _number("Project.strength", self.strength))
 
     def edit(self, x: Tensor) -> Tensor:
-        """``x [..., d]`` minus its component in the span (low rank: ``[.., k]`` coords)."""
+        """``x [..., d]`` minus ``strength`` x its span component (low rank: ``[.., k]``)."""
         _check_d("Project", x, self.basis.shape[1])
-        return project_out(x, self.basis)
+        out = project_out(x, self.basis)
+        return out if self.strength == 1.0 else x - self.strength * (x - out)
 
     @staticmethod
     def union(*projects: Project) -> Project:
@@ -163,10 +167,12 @@ class Project(_Serialisable):
         """
         if not projects:
             raise ConfigError("Project.union needs at least one Project.")
+        if len(alphas := {p.strength for p in projects}) > 1:
+            raise ConfigError(f"Project.union needs one strength, got {sorted(alphas)}.")
         basis = torch.cat([p.basis for p in projects])
         fps = {p.fingerprint for p in projects}
         return Project(basis, projects[0].site, projects[0].positions,
-                       fps.pop() if len(fps) == 1 else None)
+                       fps.pop() if len(fps) == 1 else None, projects[0].strength)
 
 
 @register
