@@ -9,8 +9,9 @@ Two decoders give the same tokens:
   (hooks see every position, as in ``run_with_hooks``);
 * the **fast path**, :func:`_greedy_cached`, left-pads internally and decodes with a KV cache,
   either on the Hugging Face model under a bridge (no hook attached) or through the bridge
-  (``kv_cache=True``: hooks see only each new position, exact for edits that act on every
-  position alike).
+  (``kv_cache=True``: hooks see only each new position; exact for edits that act on every
+  position alike and for int ``positions``, which :func:`mechunlearn.apply` counts over the
+  whole sequence from each pass's cache length, :func:`mechunlearn.masks.track_passes`).
 
 Every forward pass hands its padding mask to the interventions of an enclosing
 :func:`mechunlearn.apply` block (:func:`mechunlearn.masks.forward_masks`), so an edit at
@@ -62,7 +63,8 @@ def greedy(model: Any, batch: TokenBatch, max_new_tokens: int, eos_token_id: int
         kv_cache: ``None`` decodes with a KV cache only when no hook is attached (the wrapped
             Hugging Face model runs directly); ``True`` decodes with a KV cache through the
             bridge, hooks firing on each new position only (right for edits that act on every
-            position alike); ``False`` always re-runs the whole sequence. A fast path that
+            position alike or on int positions; not for ``"prompt"``/``"response"`` masks);
+            ``False`` always re-runs the whole sequence. A fast path that
             fails its first-use self-check falls back to ``False`` with a warning.
         batch_size: rows per decoding batch.
 

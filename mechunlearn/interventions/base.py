@@ -12,8 +12,10 @@ flattened in place); each sees the previous one's output. Interventions at diffe
 points run in the model's forward order.
 
 **Positions.** Each intervention edits the token positions named by its ``positions``
-(:mod:`mechunlearn.masks`). During ``generate`` with a KV cache each step sees one position:
-use ``"all"`` there.
+(:mod:`mechunlearn.masks`). Int positions index the whole sequence also when a pass continues a
+KV cache (TransformerLens ``generate``, ``mechunlearn.lm.greedy(kv_cache=True)``): ``apply``
+reads each pass's cache length and ``attention_mask`` (:func:`mechunlearn.masks.track_passes`),
+so ``positions=[0]`` stays on the prompt's first token instead of landing on every new token.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import Tensor
 from mechunlearn.errors import ConfigError, HookNotFiredError, ShapeError
 from mechunlearn.hooks import HookHandles, add_hooks
 from mechunlearn.layouts import from_pos_major, to_pos_major
-from mechunlearn.masks import Positions, edit_masks, position_mask
+from mechunlearn.masks import Positions, edit_masks, position_mask, track_passes
 from mechunlearn.provenance import check_same_model
 from mechunlearn.sites import Site
 
@@ -184,14 +186,19 @@ def apply(
     model with other weights (raises ``ModelMismatchError`` under
     :func:`mechunlearn.provenance.strict`).
 
-    Works with ``model(...)``, ``run_with_cache``, ``run_with_hooks`` and ``generate``.
+    Works with ``model(...)``, ``run_with_cache``, ``run_with_hooks`` and ``generate`` (with or
+    without a KV cache: int positions index the whole sequence, see
+    :func:`mechunlearn.masks.track_passes`).
+
+    Raises:
+        ConfigError: (inside the block) an int position outside every sequence of a pass.
     """
     leaves = _leaves(interventions, "apply()")
     for iv in leaves:
         iv.site.resolve(model)
         check_same_model(getattr(iv, "fingerprint", None), model,
                          f"{type(iv).__name__} at {iv.site.key}")
-    with edit_masks(attention_mask, response_mask):
+    with edit_masks(attention_mask, response_mask), track_passes(model):
         handles = add_hooks(model, [(iv.site.hook_name, iv) for iv in leaves])
         names = [e[2] for e in handles.entries]
         try:
