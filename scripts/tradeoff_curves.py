@@ -231,7 +231,11 @@ def plot(out: str) -> None:
     seeds = sorted(df.seed.unique())
     fig, axes = plt.subplots(1, len(seeds), figsize=(7 * len(seeds), 6), squeeze=False)
     methods = [m for m in dict.fromkeys(df.method) if m not in ("unedited", "gold")]
-    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    unl = [m for m in methods if df[df.method == m].family.iloc[0] == "unlearn"]
+    proj = [m for m in methods if df[df.method == m].family.iloc[0] == "project"]
+    colours = {**{m: f"C{i % 5}" for i, m in enumerate(unl)},
+               **{m: ("C5", "C6", "C7")[i % 3] for i, m in enumerate(proj)}}
+    kind_marks = iter("v<>dph" * 3)
     for ax, seed in zip(axes[0], seeds):
         d = df[df.seed == seed]
         for m in methods:
@@ -240,18 +244,28 @@ def plot(out: str) -> None:
                 continue
             fam = g.family.iloc[0]
             ls, mk = {"unlearn": ("-", "o"), "project": ("--", "s")}.get(fam, (":", "^"))
+            if fam == "orthogonalize" and (g.writers != "all").all():  # one writer kind: a point
+                mk = colours.setdefault(f"mark {m}", next(kind_marks))
+            c = colours.get(m, "C8" if mk == "^" else "C9")
             g = g.sort_values("step" if fam == "unlearn" else ("strength" if fam == "project" else "k"))
-            ax.plot(g.gap_closed, g.kl_gold_vs_tuned, ls=ls, marker=mk, ms=3.5, color=colours[m],
+            ax.plot(g.gap_closed, g.kl_gold_vs_tuned, ls=ls, marker=mk, ms=4, color=c,
                     label=m, lw=1.2)
+            for _, r in g.iterrows():  # knob values next to the points
+                lab = (f"k={int(r.k)}" if fam == "orthogonalize" and r.writers == "all" else
+                       f"α={r.strength:g}" if fam == "project" and r.k == 1 and r.strength > 0
+                       else None)
+                if lab:
+                    ax.annotate(lab, (r.gap_closed, r.kl_gold_vs_tuned), fontsize=6, color=c,
+                                xytext=(-22, 3), textcoords="offset points")
             if fam == "unlearn":  # the last step, and where the chain's default loop stops
                 last = g.iloc[-1]
                 ax.annotate(f"{int(last.step)}", (last.gap_closed, last.kl_gold_vs_tuned),
-                            fontsize=6, color=colours[m], xytext=(3, 0), textcoords="offset points")
+                            fontsize=6, color=c, xytext=(3, 0), textcoords="offset points")
                 stop = g[(g.step > 0) & (g.attr_half_bad <= 0)]
                 if len(stop):
                     r = stop.iloc[0]
                     ax.scatter(r.gap_closed, r.kl_gold_vs_tuned, s=70, facecolors="none",
-                               edgecolors=colours[m], lw=1.2)
+                               edgecolors=c, lw=1.2)
         r = d[d.method == "unedited"]
         if len(r):
             ax.scatter(r.gap_closed, r.kl_gold_vs_tuned, marker="X", s=80, color="k", zorder=5,
