@@ -12,6 +12,7 @@ DPO margin (Rafailov et al., arXiv:2305.18290).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -137,8 +138,14 @@ def explain_preferences(
         ConfigError: malformed items, unknown ``space``, neither ``good`` nor ``ref_model``
             given, no ``ref_model`` for gradients, no ``site`` for a Site-based view, or
             ``pool`` that is not ``None``, ``"auto"`` or an int in ``[0, m - 1]``.
-        ShapeError: ``len(good) != len(bad)``.
-        EmptyDataError: no training pairs or no bad responses.
+        ShapeError: ``len(good) != len(bad)`` or ``len(ids) != len(train)``.
+        EmptyDataError: no training pairs, no bad responses, or every training pair has
+            ``chosen == rejected``.
+
+    Pairs whose ``chosen`` equals their ``rejected`` carry no preference (their contrast is
+    zero and their DPO gradient vanishes), so they are left out of the ranking with one
+    ``UserWarning`` naming their ids: their ``scores`` are ``nan`` (they rank last and are
+    never selected) and ``indices`` / ``ids`` still refer to the full ``train`` list.
     """
     if space not in ("parameters", "both", "activations", "gradients"):
         raise ConfigError("space must be 'parameters', 'both', 'activations' or 'gradients', "
@@ -150,6 +157,23 @@ def explain_preferences(
     if not tr or not bd:
         raise EmptyDataError(f"explain_preferences() got {len(tr)} training pairs and "
                              f"{len(bd)} bad responses; both must be non-empty.")
+    if ids is not None and (isinstance(ids, str) or len(ids) != len(tr)):
+        raise ShapeError(f"ids must hold one id per training pair ({len(tr)}), got "
+                         f"{1 if isinstance(ids, str) else len(ids)}.")
+    all_ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(tr))]
+    keep = [i for i, (_, c, r) in enumerate(tr) if c != r]
+    if len(keep) < len(tr):
+        tie = [all_ids[i] for i in range(len(tr)) if tr[i][1] == tr[i][2]]
+        if not keep:
+            raise EmptyDataError(f"explain_preferences(): all {len(tr)} training pairs have "
+                                 "chosen == rejected, so none carries a preference to "
+                                 "attribute; pass (prompt, chosen, rejected) triples whose "
+                                 "responses differ.")
+        shown = tie[:20] + (["..."] if len(tie) > 20 else [])
+        warnings.warn(f"explain_preferences(): {len(tie)} of {len(tr)} training pairs have "
+                      f"chosen == rejected (no preference), ids {shown}; they are left out of "
+                      "the ranking (score nan, never selected).", UserWarning, stacklevel=2)
+        tr, ids = [tr[i] for i in keep], [all_ids[i] for i in keep]
     if space != "activations" and ref_model is None:
         raise ConfigError(f"space={space!r} needs ref_model= (the DPO loss of the gradients is "
                           "relative to the reference model); or use space='activations'.")
@@ -168,6 +192,18 @@ def explain_preferences(
                           f"responses), got {pool!r}.")
     if pool is not None and len(bd) < 2:
         raise ConfigError("pool= needs at least 2 bad responses (it averages over neighbours).")
+    res = _explain(model, site, tr, bd, good, ref_model, k, space, scorer, whiten, beta, ids,
+                   batch_size, pool, projection_dim, params)
+    return res if len(keep) == len(all_ids) else _expand_set(res, keep, len(all_ids))
+
+
+def _explain(model: Any, site: Site | None, tr: list[tuple[str, str, str]],
+             bd: list[tuple[str, str]], good: Sequence[str], ref_model: Any, k: int,
+             space: Space, scorer: Scorer, whiten: float | None, beta: float,
+             ids: Sequence[str] | None, batch_size: int, pool: int | str | None,
+             projection_dim: int, params: Sequence[str] | None) -> SetAttribution:
+    """The attribution of :func:`explain_preferences` on checked inputs."""
+    prompts = [p for p, _ in bd]
     qtrip = [(p, b, g) for (p, b), g in zip(bd, good)]
     if space == "parameters":
         names = list(params) if params is not None else [
@@ -200,6 +236,20 @@ def explain_preferences(
     views.append(gs.attribute_many(g_query))
     return _pooled([_mean_z(a, b, k, gs.ids, site) for a, b in zip(*views)], pool, k, gs.ids,
                    site)
+
+
+def _expand(a: Attribution, keep: list[int], n: int) -> Attribution:
+    """``a`` computed on the rows ``keep`` of ``n`` training pairs, in the full list's terms:
+    scores ``[n]`` with ``nan`` for the rows left out, indices into the full list."""
+    scores = torch.full((n,), float("nan"), dtype=torch.float64)
+    scores[keep] = a.scores.double()
+    return replace(a, indices=tuple(keep[i] for i in a.indices), scores=scores,
+                   info={**a.info, "n_excluded": n - len(keep)})
+
+
+def _expand_set(res: SetAttribution, keep: list[int], n: int) -> SetAttribution:
+    return SetAttribution(_expand(res.combined, keep, n),
+                          tuple(_expand(a, keep, n) for a in res.per_query))
 
 
 def _pooled(per: list[Attribution], pool: int | str | None, k: int, ids: tuple[str, ...],

@@ -45,12 +45,17 @@ class Method:
         inputs: what ``train`` and the queries are (see the module docstring).
         build: constructor.
         summary: one line for tables and ``--help``.
+        weighted: ``True`` when the results' ``weights`` are the method's own (a convex
+            decomposition's coefficients, with a ``residual``); ``False`` for score-based
+            methods, whose ``weights`` are a uniform ``1/k`` over the top ``k`` scores and whose
+            ``residual`` is ``nan`` (report their ``scores``, not weights).
     """
 
     name: str
     inputs: Inputs
     build: Callable[..., Attributor]
     summary: str
+    weighted: bool = False
 
 
 def _convex(**cfg: Any) -> Callable[..., Attributor]:
@@ -131,9 +136,11 @@ def _all() -> _Registry:
     from mechunlearn.attribution.influence import kronfluence_available
 
     rows = [
-        Method("convex", "features", _convex(), "convex decomposition (Liu et al., arXiv:2512.13837), defaults"),
+        Method("convex", "features", _convex(), "convex decomposition (Liu et al., "
+               "arXiv:2512.13837), defaults", weighted=True),
         Method("convex_local", "features", _convex(locality=1.0),
-               "convex decomposition preferring samples close to the query (locality 1)"),
+               "convex decomposition preferring samples close to the query (locality 1)",
+               weighted=True),
         Method("repsim", "features", _repsim(), "cosine similarity of features"),
         Method("repsim_centered", "features", _repsim(center=True),
                "cosine after subtracting the training mean"),
@@ -147,7 +154,7 @@ def _all() -> _Registry:
                "cosine of whitened loss gradients at the Site"),
         Method("convex_grad", "gradients",
                _convex(center=False, normalize="l2", pool_metric="cosine"),
-               "convex decomposition of unit-normalised loss gradients"),
+               "convex decomposition of unit-normalised loss gradients", weighted=True),
         Method("tracin", "param_gradients", _gradsim(),
                "cosine of count-sketched parameter gradients (TracIn, one checkpoint)"),
         Method("contrast", "contrast", _contrast(),
@@ -157,7 +164,7 @@ def _all() -> _Registry:
         Method("contrast_whitened", "contrast", _contrast(whiten=1e-2),
                "whitened cosine of preference contrasts"),
         Method("contrast_convex", "contrast", _contrast(scorer="convex"),
-               "convex decomposition of preference contrasts"),
+               "convex decomposition of preference contrasts", weighted=True),
         Method("contrast+dpo", "contrast+gradients", _contrast_dpo,
                "mean z-score of contrast and centred DPO-gradient cosines"),
     ]

@@ -28,7 +28,7 @@ from mechunlearn.attribution.base import (
     check_k,
     is_store,
 )
-from mechunlearn.errors import ConfigError, ShapeError, check_finite
+from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
 
 Metric = Literal["cosine", "dot", "euclidean"]
 
@@ -47,6 +47,12 @@ class RepSim(Attributor):
             score in that space (dot = Mahalanobis inner product, euclidean = Mahalanobis
             distance). Costs one ``[d, d]`` covariance and inverse (O(N d² + d³)).
         ids: training ids for raw tensors.
+
+    Raises:
+        ConfigError: bad ``metric`` / ``whiten``; with ``center`` (or ``whiten``) training
+            features that are all identical (zero variance).
+        EmptyDataError: (per query) a query whose features, centred if ``center``, are all
+            zero under ``"cosine"`` or ``"dot"``.
     """
 
     method = "repsim"
@@ -71,6 +77,8 @@ class RepSim(Attributor):
                 as_train(torch.empty(0, self.d))  # raises EmptyDataError
             if center:
                 mu, cov, _ = self._store.mean_cov()
+                if not float(torch.trace(cov.double())) > 0:
+                    raise ConfigError(_CONSTANT.format(n=self.n))
                 self._mu = mu.float()
                 self._L = _whitener(cov, whiten) if whiten is not None else None
             else:
@@ -81,7 +89,11 @@ class RepSim(Attributor):
             self.site, self.fingerprint, self.ids = tm.site, tm.fingerprint, tm.ids
             X = tm.values.float()
             self._mu = X.double().mean(0).float() if center else None
-            X = X - self._mu if center else X
+            if center:
+                scale = float(X.abs().amax())
+                X = X - self._mu
+                if not float(X.abs().amax()) > 1e-6 * scale:
+                    raise ConfigError(_CONSTANT.format(n=self.n))
             if whiten is not None:
                 Xd = X.double()
                 self._L = _whitener(Xd.T @ Xd / max(self.n - 1, 1), whiten)
@@ -107,8 +119,20 @@ class RepSim(Attributor):
         return -(x.double() - q.double()).norm(dim=1)
 
     def scores(self, query: Any) -> Tensor:
-        """Score of every training sample for one query. ``[d] -> [N]`` float64."""
-        q = self._map(as_query(query, self.d, self.site, self.fingerprint))
+        """Score of every training sample for one query. ``[d] -> [N]`` float64.
+
+        Raises :class:`EmptyDataError` for a query whose (centred) features are all zero under
+        ``"cosine"`` or ``"dot"``: every score would be 0 and the ranking arbitrary."""
+        raw = as_query(query, self.d, self.site, self.fingerprint)
+        q = self._map(raw)
+        if self.metric != "euclidean" and not float(q.abs().amax()) > 1e-6 * float(
+                raw.abs().amax()):
+            where = ("equals the training mean (its centred features are zero)"
+                     if self._mu is not None and bool(raw.ne(0).any())
+                     else "is all zero (norm 0)")
+            raise EmptyDataError(f"A query's features {where}: a zero-norm query has no "
+                                 f"{self.metric} similarity to any training sample, so the "
+                                 "ranking would be arbitrary; check its Site and sample.")
         if self._X is not None:
             return self._score_chunk(self._X, self._norm, q)
         parts = []
@@ -127,6 +151,11 @@ class RepSim(Attributor):
         return ranked_attribution(s, self.k, self.ids, self.method, self.site, t0,
                                   {"metric": self.metric, "center": self.center,
                                    "whiten": self.whiten})
+
+
+_CONSTANT = ("The {n} training features are all identical (zero variance): after subtracting "
+             "their mean every centred feature is zero, so cosine similarity is undefined. "
+             "Check the Site (does it vary across samples?) or use the uncentred 'repsim'.")
 
 
 def _whitener(cov: Tensor, ridge: float) -> Tensor:

@@ -48,7 +48,8 @@ def attribute_cmd(
                                    "number of training samples).")] = 16,
     field: Annotated[str, typer.Option(help="For preference --train records: chosen | "
                                        "rejected.")] = "chosen",
-    out: Annotated[Path, typer.Option(help="CSV: query, rank, id, weight, residual (plus "
+    out: Annotated[Path, typer.Option(help="CSV: query, rank, id, score, and for the convex "
+                                      "methods also weight and residual (plus "
                                       "<out>.mechunlearn.json with the versions).")]
     = Path("attribution.csv"),
     batch_size: BatchSize = 32,
@@ -57,7 +58,10 @@ def attribute_cmd(
     """Attribute each query to the training samples behind it (convex decomposition).
 
     Method: Liu et al., "Explainable reinforcement learning from human feedback to improve
-    alignment" (arXiv:2512.13837); RepSim and random are the baselines. For the
+    alignment" (arXiv:2512.13837); RepSim and random are the baselines. The CSV has one row
+    per (query, selected sample): its ``score`` (the method's; higher = more responsible) and,
+    for the convex methods only, its convex ``weight`` and the query's ``residual``
+    (score-based methods have no weights: they select the top ``k`` scores). For the
     preference-contrast view of prompt/chosen/rejected data use
     ``mechunlearn.attribution.explain_preferences`` (Python) or ``mechunlearn diagnose``.
     """
@@ -84,13 +88,20 @@ def attribute_cmd(
 
     ft = extract(bridge, items, site, batch_size=batch_size, ids=recs.ids, progress=True)
     fq = features(bridge, query, site, batch_size)
+    from mechunlearn.attribution import METHODS
+
     att = _attributor(method, ft, k)
-    rows = [{"query": qid, "rank": rank, "id": i, "weight": w, "residual": a.residual}
-            for qid, a in zip(fq.ids, att.attribute_many(fq))
-            for rank, (i, w) in enumerate(zip(a.ids, a.weights.tolist()))]
+    weighted = METHODS[method].weighted
+    rows = []
+    for qid, a in zip(fq.ids, att.attribute_many(fq)):
+        for rank, (j, i) in enumerate(zip(a.indices, a.ids)):
+            row = {"query": qid, "rank": rank, "id": i, "score": float(a.scores[j])}
+            if weighted:
+                row |= {"weight": float(a.weights[rank]), "residual": a.residual}
+            rows.append(row)
     df = pd.DataFrame(rows)
     write_output_file(out, df.to_csv(index=False).encode(), "attribution-csv",
                       {"method": method, "site": site.key, "k": k, "train": str(train),
-                       "query": str(query)})
+                       "query": str(query), "columns": list(df.columns)})
     typer.echo(df.head(3 * k).to_string(index=False))
     typer.echo(f"-> {out}")

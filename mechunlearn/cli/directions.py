@@ -27,12 +27,19 @@ from mechunlearn.errors import ConfigError
 
 
 def _check_pos_neg(pos: Path, neg: Path) -> None:
-    """Both files readable as texts or pairs, and not the same file (before any work)."""
+    """Both files readable as texts or pairs, not the same file, and not the same samples in
+    two files (in any order): with nothing to separate, every method would return noise with
+    at most a warning (before any work)."""
+    from collections import Counter
+
     from mechunlearn.data import model_inputs, read_jsonl
 
     check_distinct(pos, neg, "--pos and --neg")
-    for p in (pos, neg):
-        model_inputs(read_jsonl(p), None, None)
+    items = [model_inputs(read_jsonl(p), None, None) for p in (pos, neg)]
+    if Counter(map(repr, items[0])) == Counter(map(repr, items[1])):
+        raise ConfigError(f"--pos {pos} and --neg {neg} hold the same {len(items[0])} "
+                          "samples (in some order): there is nothing to separate, and any "
+                          "direction found would be noise; pass X+ and X- that differ.")
 
 
 def directions_cmd(
