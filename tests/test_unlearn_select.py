@@ -51,8 +51,10 @@ def test_selective_forget_fixes_and_undoes(tiny_bridge):
         calls.append(len(queries))
         return [0]  # attribution points at the poisoned pair
 
-    cfg = UnlearnConfig(steps=40, repair_steps=3, lr=1e-2, eval_every=2,
-                        guard=None)  # the rounds' logic; the guard: test_unlearn_guard.py
+    # the rounds' logic (the guard: test_unlearn_guard.py); no repair steps: on this 2-layer
+    # random model at lr 1e-2, 3 repair steps moved the pair's log-prob back across the
+    # threshold or not depending on float rounding (fused vs unfused GELU: 1e-8 apart)
+    cfg = UnlearnConfig(steps=40, repair_steps=0, lr=1e-2, eval_every=2, guard=None)
     res = selective_forget(tiny_bridge, TRAIN, find_bad, attribute, "flip", cfg, max_rounds=3)
     assert res.stopped == "fixed"
     assert res.forget_ids == ("p0",)

@@ -6,10 +6,11 @@ every ``eval_every`` steps). Judging greedy answers on every check decodes token
 seen and, on each check, runs **one teacher-forced forward pass** over them: a prompt is
 still answered badly for sure if the model's top-1 prediction still reproduces one of its
 remembered bad answers token for token (that is exactly what greedy decoding would emit).
-Only when no remembered answer is greedy any more does it decode and judge (the confirm),
-and any new bad answer found then is remembered too. So the value it returns is exact
-whenever it decodes, and a lower bound of the true share of bad prompts otherwise; it never
-reports "fixed" without a decode.
+Only when the share of prompts whose remembered answer is still greedy is at or below
+``target`` (0: none left) does it decode and judge (the confirm), and any new bad answer
+found then is remembered too. So the value it returns is exact whenever it decodes, and a
+lower bound of the true share of bad prompts otherwise (only returned when it is already
+above ``target``); it never reports "at or below target" without a decode.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class BadAnswerTracker:
         judge: ``response -> bool`` (True = bad).
         prompts: the bad prompts watched (duplicates are dropped).
         max_new_tokens: length of the confirming greedy decode.
+        target: the loop's stop target (``UnlearnConfig.target``, a share in [0, 1]); a
+            teacher-forced lower bound at or below it is confirmed by decoding.
 
     Attributes ``n_checks`` (teacher-forced checks) and ``n_decodes`` (confirming decodes)
     count the work done; :meth:`find_bad` returns the current bad ``(prompt, response)``
@@ -40,8 +43,8 @@ class BadAnswerTracker:
     """
 
     def __init__(self, fmt: PromptFormat, judge: Judge, prompts: Sequence[str],
-                 max_new_tokens: int = 16) -> None:
-        self.fmt, self.judge = fmt, judge
+                 max_new_tokens: int = 16, target: float = 0.0) -> None:
+        self.fmt, self.judge, self.target = fmt, judge, float(target)
         self.prompts = list(dict.fromkeys(prompts))
         self.max_new_tokens = max_new_tokens
         self.tracked: dict[str, list[list[int]]] = {}
@@ -51,9 +54,9 @@ class BadAnswerTracker:
     def __call__(self, model: Any) -> float:
         if self.tracked:
             self.n_checks += 1
-            still = self._still_greedy(model)
-            if still:
-                return len(still) / len(self.prompts)
+            share = len(self._still_greedy(model)) / len(self.prompts)
+            if share > self.target:  # a lower bound already above target: no decode needed
+                return share
         self.find_bad(model)
         return self.last_share
 

@@ -22,6 +22,15 @@ class UnlearnConfig:
     every retain row on every evaluation cost more than the optimiser steps (1.3 s per
     evaluation for 256 rows vs 0.6 s per step on the toy world).
 
+    ``target``: the forget phase stops at the first evaluation with ``forget_metric <=
+    target``. Default 0.05 (a share when the metric is a share of bad prompts, as in the
+    diagnose chain): on the toy world `hard` seed 0 the last 1 of 44 attribution-half bad
+    prompts took 25 of the 35 forget steps at target 0, while the repair phase (which keeps
+    the forget term, ``repair="both"``) and the held-out prompts did not need them (held-out
+    bad rate 0.00 either way). ``repair_steps``: 5 (was 15): ordinary-prompt KL to the gold
+    model 1.00x the tuned model's after 5, 1.05-1.15x after 10-15 on that seed
+    (scripts/fast_unlearning.py, docs/unlearning.md "Fast unlearning").
+
     ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`:
     held-out keep data, stop and roll back when kept answers change); ``None`` (default) is
     the plain loop. Opt-in because on the measured worlds it kept ordinary answers but then
@@ -34,9 +43,9 @@ class UnlearnConfig:
     retain_batch_size: int = 32
     retain_weight: float = 1.0
     eval_every: int = 5
-    target: float = 0.0
+    target: float = 0.05
     kl_budget: float | None = None
-    repair_steps: int = 15
+    repair_steps: int = 5
     repair: Literal["both", "retain"] = "both"
     max_grad_norm: float = 1.0
     seed: int = 0

@@ -4,7 +4,8 @@ Each step minimises ``objective.forget`` (weighted mean over a forget batch) plu
 ``retain_weight * KL(reference || model)`` on a retain batch (plus the objective's own retain
 term: GradDiff's NLL, RMU's activation match). Reference quantities (log-probs, retain
 distributions, RMU activations) are computed once from the unedited weights before the first
-step, so no model copy is needed.
+step, so no model copy is needed. While the loop runs, transformers' tanh-GELU modules are
+swapped for torch's fused kernel (:mod:`.fused`, self-checked, undone on exit).
 
 **Two phases.** *Forget* runs until ``forget_metric(model) <= target`` (checked every
 ``eval_every`` steps), the retain KL exceeds ``kl_budget``, a user ``stop(row)`` returns True,
@@ -22,6 +23,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import pandas as pd
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError, check_finite
 from mechunlearn.unlearn.config import UnlearnConfig, UnlearnResult
 from mechunlearn.unlearn.data import Encode, rows, warn_overlap
+from mechunlearn.unlearn.fused import fused_gelu
 from mechunlearn.unlearn.guard import Guard, split_keep
 from mechunlearn.unlearn.objectives import Objective, make_objective, response_logprobs, token_kl
 from mechunlearn.unlearn.reference import _Data, forward, snapshot
@@ -56,7 +59,8 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
         objective: an :class:`Objective` or its name (``ga``, ``graddiff``, ``npo``,
             ``simnpo``, ``rmu``, ``flip``).
         forget_metric: ``f(model) -> float`` to drive early stopping (``<= config.target``);
-            e.g. the bad-response rate on trigger prompts.
+            e.g. the bad-response rate on trigger prompts. Evaluated in the forget phase
+            only (and in repair when the guard needs it to rank checkpoints).
         metrics: extra ``name -> f(model)`` recorded on evaluation steps.
         stop: ``stop(row) -> bool`` on each evaluation row (quality-based stopping).
         weights: ``[n_forget]`` non-negative sample weights (U2A); batches are drawn with
@@ -99,7 +103,10 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
     stopped, total = "steps", cfg.steps + n_repair
     bar = tqdm(total=total, disable=not progress, desc=f"unlearn[{obj.name}]")
     step, phase = 0, "forget"
+    fast = ExitStack()
     try:
+        fast.enter_context(fused_gelu(model, *rows(data.rb, torch.arange(min(2, n_r)))[:2],
+                                      forward))  # self-checked; undone on exit
         while step < total:
             if phase == "forget" and step >= cfg.steps:
                 phase = "repair"
@@ -115,7 +122,10 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
             bar.update(1)
             row.update(step=step, phase=phase, seconds=time.perf_counter() - t0)
             if step % cfg.eval_every == 0 or step == total or (phase == "forget" and step == cfg.steps):
-                row.update(_evaluate(model, data, forget_metric, metrics, ev_rows))
+                # the stop metric stops the forget phase (and ranks the guard's
+                # checkpoints); the plain loop's repair phase does not need it
+                fm = forget_metric if phase == "forget" or guard is not None else None
+                row.update(_evaluate(model, data, fm, metrics, ev_rows))
                 if guard is not None:
                     row.update(guard.measure(model))
                     guard.consider(row, phase, cfg.target, step)
@@ -137,6 +147,7 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
         handle.undo()
         raise
     finally:
+        fast.close()
         bar.close()
         model.zero_grad(set_to_none=True)
     hist_df = pd.DataFrame(hist)

@@ -7,7 +7,8 @@ With ``screen=True``, the new candidates are screened before each round's unlear
 (:func:`.hygiene.screen_forget`; off by default: it inverted on one of two measured worlds):
 only pairs whose unlearning lowers the bad responses' likelihood more than the
 kept data's are unlearned; attribution is imprecise and unlearning legitimate pairs breaks
-ordinary answers. Stop when no bad response is left ("fixed"), when the KL to the *original* model on retain
+ordinary answers. Stop when no bad response is left ("fixed"; with a ``forget_metric``:
+when it is at or below ``config.target``, "target"), when the KL to the *original* model on retain
 data exceeds ``kl_budget`` ("budget"), or after ``max_rounds``. Keeping the other training
 data close to the original model is the "optimality-preserving" constraint of the seed
 paper, implemented as a KL penalty (each round) and budget (across rounds).
@@ -88,11 +89,15 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
         attribute: ``attribute(model, queries) -> Attribution | [Attribution] | [row]``.
         objective, config: passed to :func:`unlearn` each round (with its ``forget_metric``
             = number of bad queries, so a round stops once they are fixed, then repairs).
-        kl_budget: stop when mean KL(original || model) on the retain sample exceeds it.
+        kl_budget: stop when mean KL(original || model) on the retain probe exceeds it
+            (``retain_kl_orig`` per round: ``config.eval_retain`` random training rows, all
+            ``max_retain`` when that is None).
         max_retain: retain sample size (random, seeded) drawn from the unselected rows.
         forget_metric: the rounds' stop metric (``<= config.target`` stops a round's forget
-            phase); default ``len(find_bad(model))``, which decodes on every evaluation step
-            (e.g. :class:`mechunlearn.studies.stopping.BadAnswerTracker` decodes only to
+            phase, and, checked before each later round, the whole loop: ``stopped`` is
+            ``"fixed"`` at 0, else ``"target"``); default ``len(find_bad(model))``, which
+            decodes on every evaluation step, and then only an empty ``find_bad`` ends the
+            loop (e.g. :class:`mechunlearn.studies.stopping.BadAnswerTracker` decodes only to
             confirm).
         retain_ok: ``retain_ok(row) -> bool``: training rows that may be retain data
             (default all unselected rows); e.g. drop pairs whose chosen response the judge
@@ -108,15 +113,24 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
     handle = snapshot(model)
     g = torch.Generator().manual_seed(seed)
     ok = retain_ok or (lambda i: True)
-    probe = [items[int(i)] for i in torch.randperm(len(items), generator=g)[:max_retain]]
+    cfg = config or UnlearnConfig()
+    n_probe = max_retain if cfg.eval_retain is None else min(max_retain, cfg.eval_retain)
+    probe = [items[int(i)] for i in torch.randperm(len(items), generator=g)[:n_probe]]
     ref = _logprobs(model, probe, encode)
     chosen: list[int] = []
     dropped: list[int] = []
     obj = make_objective(objective)
     table: list[dict[str, Any]] = []
     stopped = "max_rounds"
+    target = cfg.target
     try:
         for r in range(max_rounds + 1):
+            if r > 0 and forget_metric is not None:
+                v = float(forget_metric(model))  # the rounds' own stop metric (cheap)
+                if v <= target:
+                    table.append({"round": r, "forget_metric": v})
+                    stopped = "fixed" if v == 0 else "target"
+                    break
             bad = list(find_bad(model))
             row: dict[str, Any] = {"round": r, "n_bad": len(bad),
                                    "retain_kl_orig": _kl(model, probe, ref, encode)}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import Tensor
 from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.tokens import model_tokenizer
 from mechunlearn.unlearn.data import Encode, as_items, encode_items, rows
+from mechunlearn.unlearn.fused import fused_gelu
 from mechunlearn.unlearn.loop import _Data, forward, snapshot
 from mechunlearn.unlearn.objectives import Objective, make_objective, response_logprobs
 
@@ -119,7 +121,10 @@ def u2a_weights(model: Any, candidates: Sequence[Any], heldout: Sequence[Any],
     params = [p for p, _ in handle.saved if p.requires_grad]
     acc = torch.zeros(n, dtype=torch.float64)
     margin0 = float("nan")
-    try:
+    fast = ExitStack()
+    try:  # fused tanh-GELU while scoring (self-checked; undone below)
+        fast.enter_context(fused_gelu(model, *rows(data.fb, torch.arange(min(2, n)))[:2],
+                                      forward))
         for r in range(rounds):
             margin = preference_margin(model, held)
             if r == 0:
@@ -134,6 +139,7 @@ def u2a_weights(model: Any, candidates: Sequence[Any], heldout: Sequence[Any],
             if r + 1 < rounds and inner_steps > 0:
                 _inner(model, data, obj, w, params, inner_steps, lr)
     finally:
+        fast.close()
         handle.undo()
         model.zero_grad(set_to_none=True)
     weights = acc / acc.sum() if float(acc.sum()) > 0 else acc
