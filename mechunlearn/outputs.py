@@ -9,6 +9,10 @@ we wrote), then moves the folder into place. The destination may be
   and the old folder's files, which are all ours, are deleted;
 - a previous mechunlearn output of another kind: replaced only with ``overwrite=True``.
 
+Which files of a folder are ours is decided by :mod:`mechunlearn.ownership`: those its manifest
+lists, and the nested outputs it lists as its own (a sharded store's rank sub-stores). Another
+mechunlearn output inside it (the user's FeatureStore in ``OUT/sub``) is not ours to delete.
+
 Anything else is refused with a typed error and nothing is touched: a folder holding any file
 mechunlearn did not write (``overwrite`` never deletes a user's file), an existing regular
 file or symbolic link, a path under a regular file, ``/``, the home folder, and the working
@@ -17,8 +21,6 @@ directory or any of its parents. Folders and files follow the user's umask.
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import os
 import shutil
 import tempfile
@@ -31,55 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from mechunlearn.atomic import atomic_write_bytes, atomic_write_json, chmod_default
-from mechunlearn.errors import OutputExistsError, OutputPathError
+from mechunlearn.errors import ConfigError, OutputExistsError, OutputPathError
+from mechunlearn.ownership import (  # noqa: F401 (MANIFEST, FORMAT, Legacy stay importable here)
+    FORMAT,
+    MANIFEST,
+    Legacy,
+    nested_outputs,
+    read_manifest,
+)
+from mechunlearn.ownership import files as _files
+from mechunlearn.ownership import foreign as _foreign
+from mechunlearn.ownership import read_json as _read_json
 from mechunlearn.versions import versions
-
-MANIFEST = ".mechunlearn.json"
-FORMAT = "mechunlearn-output"
-
-#: ``legacy(folder)`` lists the files an older mechunlearn wrote into ``folder`` (before
-#: manifests existed), or returns ``None`` if ``folder`` is not such an output.
-Legacy = Callable[[Path], Iterable[str] | None]
-
-
-def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Our manifest in ``folder``, or ``None`` if there is none (or it is not ours)."""
-    m = _read_json(Path(folder) / MANIFEST)
-    return m if m.get("format") == FORMAT else None
-
-
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() or p.is_symlink())
-
-
-def _foreign(folder: Path, legacy: Legacy | None) -> tuple[str | None, list[str]]:
-    """``(kind, files we did not write)`` of an existing folder (kind ``None``: not ours)."""
-    man = read_manifest(folder)
-    if man is not None:
-        kind: str | None = str(man.get("kind"))
-        owned, patterns = set(man.get("files", [])), list(man.get("patterns", []))
-    else:
-        listed = legacy(folder) if legacy is not None else None
-        if listed is None:
-            return None, _files(folder)
-        kind, owned, patterns = "legacy", set(listed), []
-    owned.add(MANIFEST)
-    foreign: list[str] = []
-    for entry in sorted(folder.iterdir()):
-        rel = entry.name
-        if entry.is_dir() and not entry.is_symlink():
-            sub_kind, sub_foreign = _foreign(entry, legacy)
-            if sub_kind is not None:  # a nested output of ours (e.g. a rank's sub-store)
-                foreign += [f"{rel}/{f}" for f in sub_foreign]
-                continue
-            for f in _files(entry):
-                path = f"{rel}/{f}"
-                if path not in owned and not any(fnmatch.fnmatch(path, p) for p in patterns):
-                    foreign.append(path)
-        elif rel not in owned and not any(fnmatch.fnmatch(rel, p) for p in patterns):
-            foreign.append(rel)
-    return kind, foreign
 
 
 def _refuse(path: Path, why: str, sub: bool = True) -> OutputPathError:
@@ -113,13 +78,7 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
     if a.is_dir() and any(a.iterdir()):
         found, foreign = _foreign(a, legacy)
         if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
-                                              else "")
-            raise OutputExistsError(
-                f"Output folder {given} already holds files mechunlearn did not write ({shown}). "
-                "mechunlearn never deletes your files, not even with overwrite: pick a new or "
-                "empty folder, or move those files away."
-            )
+            raise _foreign_error(given, a, found, foreign)
         if found not in (kind, "legacy") and not overwrite:
             raise OutputExistsError(
                 f"Output folder {given} holds a previous mechunlearn {found!r} output, not a "
@@ -127,6 +86,31 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
                 "replace it."
             )
     return a
+
+
+def _shown(items: list[str]) -> str:
+    return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+
+def _foreign_error(given: Path, a: Path, found: str | None,
+                   foreign: list[str]) -> OutputExistsError:
+    """The refusal of a folder holding files (or whole outputs) that are not this output's."""
+    nested = nested_outputs(a, foreign)
+    if not nested:
+        return OutputExistsError(
+            f"Output folder {given} already holds files mechunlearn did not write "
+            f"({_shown(foreign)}). mechunlearn never deletes your files, not even with "
+            "overwrite: pick a new or empty folder, or move those files away.")
+    subs = [s for s, _ in nested]
+    rest = [f for f in foreign if not any(f.startswith(s + "/") for s in subs)]
+    what = "; ".join(f"{given / s} (a separate mechunlearn {k!r} output)" for s, k in nested)
+    owner = f"the {found!r} output there" if found not in (None, "legacy") else "this folder"
+    also = f"; it also holds files mechunlearn did not write ({_shown(rest)})" if rest else ""
+    obj = "it" if len(nested) == 1 and not rest else "them"
+    return OutputExistsError(
+        f"Output folder {given} holds {what}, which {owner} did not write{also}. mechunlearn "
+        f"never deletes another output, not even with overwrite: move {obj} out of {given}, or "
+        "pick a new or empty folder (CLI: another --out).")
 
 
 def _refuse_under_file(given: Path, a: Path) -> None:
@@ -175,14 +159,6 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).with_name(Path(path).name + MANIFEST)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return m if isinstance(m, dict) else {}
-
-
 def write_sidecar(path: str | os.PathLike[str], kind: str,
                   meta: dict[str, Any] | None = None) -> Path:
     """Record kind, time and package versions of the output file ``path`` in its sidecar
@@ -221,13 +197,26 @@ def _delete_ours(folder: Path, legacy: Legacy | None) -> None:
         folder.rmdir()
 
 
+def _nested_names(nested: Iterable[str]) -> list[str]:
+    names = sorted(set(nested))
+    bad = [n for n in names if not n or "/" in n or n in (".", "..", MANIFEST)]
+    if bad:
+        raise ConfigError(f"nested outputs must be plain sub-folder names, got {bad}.")
+    return names
+
+
 def write_manifest(folder: Path, kind: str, patterns: Iterable[str] = (),
-                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write our manifest into ``folder``, listing every file now in it as ours."""
+                   meta: dict[str, Any] | None = None,
+                   nested: Iterable[str] = ()) -> dict[str, Any]:
+    """Write our manifest into ``folder``, listing every file now in it as ours (files of the
+    ``nested`` sub-folders excepted: each nested output is listed by its own manifest)."""
+    subs = _nested_names(nested)
     m = {"format": FORMAT, "kind": kind,
          "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
          "versions": versions(), **(meta or {}),
-         "files": [f for f in _files(folder) if f != MANIFEST], "patterns": list(patterns)}
+         "files": [f for f in _files(folder)
+                   if f != MANIFEST and f.split("/", 1)[0] not in subs],
+         "patterns": list(patterns), "nested": subs}
     atomic_write_json(folder / MANIFEST, m)
     return m
 
@@ -235,7 +224,7 @@ def write_manifest(folder: Path, kind: str, patterns: Iterable[str] = (),
 @contextmanager
 def output_folder(path: str | os.PathLike[str], kind: str, *, overwrite: bool = False,
                   patterns: Iterable[str] = (), meta: dict[str, Any] | None = None,
-                  legacy: Legacy | None = None) -> Iterator[Path]:
+                  legacy: Legacy | None = None, nested: Iterable[str] = ()) -> Iterator[Path]:
     """Yield an empty temporary folder to write an output into; on success move it to ``path``.
 
     Args:
@@ -247,10 +236,14 @@ def output_folder(path: str | os.PathLike[str], kind: str, *, overwrite: bool = 
             ``"shard_*.safetensors"`` for an appendable store); they count as ours.
         meta: extra keys for the manifest.
         legacy: recogniser of outputs written before manifests existed (see :data:`Legacy`).
+        nested: names of sub-folders in which the library writes whole outputs of their own
+            later (a sharded store's ``rank_00of02``, ...); they are replaced with this output.
+            Any other output found inside it is foreign: never deleted, the replacement is
+            refused (:class:`OutputExistsError` naming it).
 
     If the body raises, the temporary folder is deleted and the destination is untouched.
     """
-    patterns = list(patterns)
+    patterns, subs = list(patterns), _nested_names(nested)
     dest = check_destination(path, kind, overwrite, legacy)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
@@ -260,7 +253,7 @@ def output_folder(path: str | os.PathLike[str], kind: str, *, overwrite: bool = 
         for item in tmp.rglob("*"):  # writers such as safetensors/transformers leave 0600
             if not item.is_symlink():
                 chmod_default(item)
-        write_manifest(tmp, kind, patterns, meta)
+        write_manifest(tmp, kind, patterns, meta, subs)
         check_destination(dest, kind, overwrite, legacy)  # again: it may have changed meanwhile
         if not os.path.lexists(dest) or not any(dest.iterdir()):
             try:
@@ -284,7 +277,7 @@ def output_folder(path: str | os.PathLike[str], kind: str, *, overwrite: bool = 
 
 def ensure_output_folder(path: str | os.PathLike[str], kind: str, *,
                          patterns: Iterable[str] = (), meta: dict[str, Any] | None = None,
-                         legacy: Legacy | None = None,
+                         legacy: Legacy | None = None, nested: Iterable[str] = (),
                          init: Callable[[Path], Any] | None = None) -> tuple[Path, bool]:
     """Create an appendable output (e.g. a store) via :func:`output_folder`, or reuse ours.
 
@@ -294,7 +287,8 @@ def ensure_output_folder(path: str | os.PathLike[str], kind: str, *,
     dest = check_destination(path, kind, False, legacy)
     if dest.is_dir() and any(dest.iterdir()):
         return dest, False
-    with output_folder(dest, kind, patterns=patterns, meta=meta, legacy=legacy) as tmp:
+    with output_folder(dest, kind, patterns=patterns, meta=meta, legacy=legacy,
+                       nested=nested) as tmp:
         if init is not None:
             init(tmp)
     return dest, True

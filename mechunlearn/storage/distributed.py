@@ -67,10 +67,24 @@ def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
 
 
-def _rank_dirs_only(folder: Path) -> list[str] | None:
-    """``[]`` if ``folder`` holds only per-rank sub-store folders (each checked on its own)."""
-    ok = all(e.is_dir() and e.name.startswith("rank_") for e in folder.iterdir())
-    return [] if ok else None
+def _rank_dirs_only(world: int) -> Callable[[Path], list[str] | None]:
+    """Legacy recogniser of a folder holding only finished rank sub-stores of this run (the
+    other ranks were faster than rank 0): their files, or ``None`` if anything else is there."""
+    from mechunlearn.ownership import foreign
+
+    names = {rank_dir(r, world) for r in range(world)}
+
+    def listed(folder: Path) -> list[str] | None:
+        out: list[str] = []
+        for e in folder.iterdir():
+            kind, other = (foreign(e) if e.is_dir() and not e.is_symlink() and e.name in names
+                           else (None, []))
+            if kind != "featurestore" or other:
+                return None
+            out += [f"{e.name}/{f.relative_to(e)}" for f in e.rglob("*") if not f.is_dir()]
+        return out
+
+    return listed
 
 
 def _check_resume(old: dict[str, Any], want: dict[str, Any], out: Path) -> None:
@@ -131,12 +145,13 @@ def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fin
     elif rank == 0:
         from mechunlearn.outputs import check_destination, output_folder, write_manifest
 
+        ranks = [rank_dir(r, world) for r in range(world)]  # nested outputs of the store
         if p.is_dir() and any(p.iterdir()):  # other ranks' sub-stores only, never user files
-            check_destination(p, "sharded-store", legacy=_rank_dirs_only)
+            check_destination(p, "sharded-store", legacy=_rank_dirs_only(world))
             atomic_write_json(p / "manifest.json", {**want, "complete": False})
-            write_manifest(p, "sharded-store")
+            write_manifest(p, "sharded-store", nested=ranks)
         else:
-            with output_folder(p, "sharded-store") as tmp:
+            with output_folder(p, "sharded-store", nested=ranks) as tmp:
                 atomic_write_json(tmp / "manifest.json", {**want, "complete": False})
     barrier()
     sub = FeatureStore.create(p / rank_dir(rank, world), site, fingerprint, d, dtype=dtype,
