@@ -243,10 +243,12 @@ def _pass_context(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, An
     b, p = int(x.shape[0]), int(x.shape[1])
     am = kwargs.get("attention_mask")
     past = _cache_length(kwargs)
-    if isinstance(am, Tensor) and am.ndim == 2 and am.shape[0] == b and am.shape[1] >= p:
-        if past is None or am.shape[1] == past + p:
-            past = int(am.shape[1]) - p
-            cur["attention_mask"] = am
+    # The pass's own mask covers the cached positions and this pass (Hugging Face's
+    # convention); it wins over a cache's own count (a sliding-window cache may count less).
+    if (isinstance(am, Tensor) and am.ndim == 2 and am.shape[0] == b and am.shape[1] >= p
+            and (past != 0 or am.shape[1] == p)):
+        past = int(am.shape[1]) - p
+        cur["attention_mask"] = am
     own = cur.get("attention_mask")
     if past and isinstance(own, Tensor) and tuple(own.shape) == (b, past):  # prompt-only mask
         cur["attention_mask"] = torch.cat([own, own.new_ones(b, p)], 1)

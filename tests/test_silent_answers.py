@@ -57,6 +57,25 @@ def test_int_positions_under_transformerlens_kv_cache_generate(tiny_bridge, posi
     assert (ref_lg - plain_lg).abs().amax() > 1e-2  # the edit changes the output
 
 
+def test_int_positions_under_transformerlens_generate_batched(tiny_bridge):
+    """TL's generate on a list left-pads and passes its own attention_mask: position 0 is
+    each row's first real token, with or without the cache."""
+    texts = ["the quick brown fox", "the lazy dog", "over"]
+
+    def run(kv, iv=None):
+        def g():
+            return model.generate(texts, max_new_tokens=6, do_sample=False, verbose=False,
+                                  use_past_kv_cache=kv, return_type="tokens").tolist()
+        if iv is None:
+            return g()
+        with apply(model, iv):
+            return g()
+
+    model = tiny_bridge
+    iv = _steer([0])
+    assert run(True, iv) == run(False, iv) != run(False)
+
+
 def test_int_positions_under_kv_cache_batched_left_padded(tiny_bridge):
     """Batched, padded prompts: mechunlearn's own cached decoder through the bridge
     (``kv_cache=True``, left-padded internally) equals the reference at position 0 too, and
