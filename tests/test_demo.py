@@ -61,6 +61,15 @@ def test_demo_end_to_end(tiny_world, tmp_path):
     assert (folder / "figures" / "edit_rates.png").stat().st_size > 1000
     assert json.loads((folder / "data" / "config.json").read_text())["world"]["name"] == "tiny"
     assert any("report written" in m for m in lines)
+    # the robustness section (on by default): every measured variant attacked, numbers finite
+    assert "## Robustness" in md and "Relearning data:" in md
+    rob = pd.read_csv(folder / "data" / "robustness.csv").set_index("variant")
+    assert {"unedited", "project", "unlearn", "gold"} <= set(rob.index)
+    for v in rob.index:
+        for col in ("robustness_bad_rate", "relearn_bad_rate", "int8_bad_rate"):
+            assert math.isfinite(rob.loc[v, col]), (v, col)
+    assert rob.loc["unedited", "robustness_bad_rate"] > rob.loc["gold", "robustness_bad_rate"]
+    assert (folder / "data" / "robustness_layers.csv").exists()
 
 
 def test_report_is_atomic_and_keeps_old_on_failure(tmp_path):

@@ -41,7 +41,9 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-FAST = dict(n_permutations=19, unlearn=UnlearnConfig(steps=30, repair_steps=5, eval_every=5))
+# robustness checks: tests/test_diagnose_robustness.py
+FAST = dict(n_permutations=19, unlearn=UnlearnConfig(steps=30, repair_steps=5, eval_every=5),
+            robustness=False)
 
 
 def test_diagnose_end_to_end(example, tuned, tmp_path):
@@ -127,7 +129,7 @@ def test_orthogonalize_refused_by_architecture_is_a_skipped_row(example, tuned, 
     res = diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", judge="fool",
                    ordinary=example / "ordinary.jsonl",
                    config=DiagnoseConfig(layers=(1,), gradients=False, methods=("orthogonalize",),
-                                         n_permutations=0))
+                                         n_permutations=0, robustness=False))
     row = res.edits.set_index("variant").loc["orthogonalize"]
     assert row.status == "skipped" and "post-norm" in row.detail
     assert res.contrast.contrast.startswith("attributed")  # no reference, no files
@@ -156,7 +158,8 @@ def test_judges():
 def test_bad_inputs(example, tuned, tmp_path):
     from mechunlearn.cli import app
 
-    kw = dict(judge="fool", config=DiagnoseConfig(layers=(1,), gradients=False, methods=()))
+    kw = dict(judge="fool", config=DiagnoseConfig(layers=(1,), gradients=False, methods=(),
+                                                robustness=False))
     with pytest.raises(EmptyDataError, match="called none"):
         diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", **{**kw, "judge": "xyzzy"})
     with pytest.raises(JudgeError, match="ZeroDivisionError"):
@@ -208,7 +211,8 @@ def test_chat_format_wraps_prompts_and_keeps_one_start_token(tuned):
 
 def test_resume_reuses_the_feature_cache(example, tuned, tmp_path):
     kw = dict(judge="fool", cache=tmp_path / "feats",
-              config=DiagnoseConfig(layers=(1,), gradients=False, methods=()))
+              config=DiagnoseConfig(layers=(1,), gradients=False, methods=(),
+                                                robustness=False))
     first = diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", **kw)
     shards = sorted((tmp_path / "feats").rglob("shard_*.safetensors"))
     assert len(shards) == 1
@@ -226,7 +230,7 @@ def test_diagnose_on_the_toy_world(tiny_world):
 
     res = diagnose_toyworld(tiny_world, DiagnoseConfig(
         layers=(1,), gradients=False, methods=("project", "unlearn"), n_permutations=0,
-        unlearn=UnlearnConfig(steps=40, repair_steps=10)))
+        unlearn=UnlearnConfig(steps=40, repair_steps=10), robustness=False))
     sw = res.attribution.sweep.set_index("method")
     assert sw.loc["convex", "auc"] > 0.9
     e = res.edits.set_index("variant")

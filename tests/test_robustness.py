@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 import torch
@@ -264,3 +265,39 @@ def test_adjacent_by_rank_skips_the_forget_set():
     train = [f"pair{i}" for i in range(10)]
     assert adjacent_by_rank(train, [3, 1, 4, 0, 5, 9], forget=[3, 4], n=3) == [
         "pair1", "pair0", "pair5"]
+
+
+def test_a_failing_check_is_a_nan_cell_and_a_note(pair, monkeypatch):
+    """on_error="nan": NF4 without bitsandbytes and a broken int8 path give NaN cells and
+    notes; the other checks still run; "raise" (the default) still raises."""
+    import sys
+
+    import mechunlearn.robustness.table as T
+
+    m, c = pair
+    edits = {"project": Edit.runtime(m, _project(m, 1))}
+    data = [("the quick", " brown fox")]
+    kw = dict(relearn_steps=2, max_new_tokens=3)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if missing
+    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
+    real = T.quantized
+
+    def broken(model, scheme="int8"):
+        if scheme == "int8":
+            raise RuntimeError("no int8 kernel here")
+        return real(model, scheme)
+
+    monkeypatch.setattr(T, "quantized", broken)
+    monkeypatch.setattr(T, "has_bitsandbytes", lambda: False)
+    df = robustness_table(m, edits, PROMPTS[:3], data, lambda r: "the" in r, on_error="nan", **kw)
+    row = df.set_index("variant").loc["project"]
+    assert math.isnan(row.int8_bad_rate) and math.isnan(row.nf4_bad_rate)
+    assert not math.isnan(row.relearn_bad_rate) and not math.isnan(row.recovered_last)
+    notes = df.attrs["notes"]
+    assert any("int8" in n and "no int8 kernel" in n for n in notes)
+    assert any("nf4" in n and "bitsandbytes" in n for n in notes)
+    with pytest.raises(RuntimeError, match="no int8 kernel"):
+        robustness_table(m, edits, PROMPTS[:3], data, lambda r: "the" in r, schemes=("int8",),
+                         **kw)
+    with pytest.raises(ConfigError, match="on_error"):
+        robustness_table(m, edits, PROMPTS[:3], data, lambda r: True, on_error="skip", **kw)

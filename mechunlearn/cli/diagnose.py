@@ -24,7 +24,9 @@ def _ints(spec: str, what: str) -> tuple[int, ...] | None:
 def _check_files(model: Path, reference: Path | None, pos: Path | None, neg: Path | None,
                  layers: tuple[int, ...] | None) -> None:
     from mechunlearn.cli.checks import check_layers, check_same_tokenizer
+    from mechunlearn.studies.diagnose_checks import check_causal
 
+    check_causal(model, "--model")  # a masked LM (BERT) cannot answer: refuse before loading
     if (pos is None) != (neg is None):
         raise ConfigError("--pos and --neg go together: pass both (X+ and X- samples for "
                           "the direction) or neither (tuned vs reference or the bad cases).")
@@ -67,6 +69,12 @@ def diagnose_cmd(
                               help="Unlearning steps (forget phase, at most)."),
     gradients: bool = typer.Option(True, "--gradients/--no-gradients",
                                    help="Add gradient-similarity methods to the sweep."),
+    robustness: bool = typer.Option(True, "--robustness/--no-robustness",
+                                    help="Attack every variant (relearning on 8 "
+                                    "forget-adjacent training pairs, int8/NF4 quantisation, "
+                                    "direction ablation, depth by patching; UDS against "
+                                    "--reference): a report section, a second copy of the "
+                                    "model in memory, ~+13 % time."),
     resume: bool = typer.Option(False, "--resume", help="Cache training features in "
                                 "OUT.features/ and reuse them on a rerun."),
     threads: Threads = 0,
@@ -78,16 +86,21 @@ def diagnose_cmd(
     Finds the bad cases (judge), attributes them to training samples over a layer sweep,
     fits a bias direction, edits the model (projection, orthogonalisation, unlearning,
     selective forgetting, U2A), measures each edit on held-out bad prompts and ordinary
-    prompts, undoes it, and writes Markdown + PNG + CSV/JSON.
+    prompts, undoes it, attacks each variant (robustness checks; --no-robustness to skip)
+    and writes Markdown + PNG + CSV/JSON. Needs a causal LM (not a masked LM such as BERT).
     """
     from mechunlearn.outputs import check_destination
     from mechunlearn.studies.diagnose import DiagnoseConfig, diagnose
 
     check_destination(out, "report", overwrite)  # refuse a bad --out before any work
     layer_list = _ints(layers, "--layers")
+    method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if not method_list:
+        raise ConfigError(f"--methods {methods!r} names no edit; give a comma-separated subset "
+                          "of project,orthogonalize,unlearn,selective,u2a.")
     cfg = DiagnoseConfig(layers=layer_list, k=k, n_forget=n_forget, gradients=gradients,
-                         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-                         unlearn=UnlearnConfig(steps=steps))
+                         methods=method_list, unlearn=UnlearnConfig(steps=steps),
+                         robustness=robustness)
     _check_files(model, reference, pos, neg, layer_list)
     set_threads(threads)
     cache = out.with_name(out.name + ".features") if resume else None

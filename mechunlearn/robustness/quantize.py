@@ -22,6 +22,7 @@ Embeddings and norms stay in float32 in both (as with ``quantize_dynamic``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -84,12 +85,30 @@ def _int8(mod: nn.Module) -> nn.Module:
 
     lin = as_linear(mod)
     lin.qconfig = torch.ao.quantization.default_dynamic_qconfig
-    return QLinear.from_float(lin)
+    with warnings.catch_warnings():  # PyTorch's deprecation of quantised dtypes, known and
+        # documented (docs/robustness.md: the move to torchao); not the user's business
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
+        return QLinear.from_float(lin)
+
+
+def _import_bnb() -> Any:
+    """``bitsandbytes.functional``; its import-time warning about an optional CPU matmul
+    kernel (the ``kernels`` package) is silenced: quantise/dequantise do not use it."""
+    import logging
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes.functional as bnbf
+    finally:
+        log.setLevel(level)
+    return bnbf
 
 
 def _nf4(w: torch.Tensor, blocksize: int = 64) -> torch.Tensor:
     try:
-        import bitsandbytes.functional as bnbf
+        bnbf = _import_bnb()
     except ImportError as e:
         raise ConfigError("4-bit (nf4) quantisation needs bitsandbytes (CPU path): pip install "
                           "'mechunlearn[quant4]' (or bitsandbytes>=0.50), or use scheme "

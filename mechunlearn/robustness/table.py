@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from mechunlearn.errors import ConfigError, EmptyDataError
+from mechunlearn.errors import ConfigError, EmptyDataError, JudgeError
 from mechunlearn.robustness.ablation_attack import MODES, ablation_attack, strongest
 from mechunlearn.robustness.behaviour import BadRate, EncodePrompts, judged
 from mechunlearn.robustness.depth import patch_depth
@@ -35,6 +35,26 @@ from mechunlearn.robustness.relearn import relearn_attack
 from mechunlearn.tokens import TokenBatch, model_tokenizer, tokenize
 
 PairEncode = Callable[[Any, Sequence[str], Sequence[str]], TokenBatch]
+NAN = float("nan")
+
+
+def _attempt(what: str, fn: Callable[[], Any], notes: list[str] | None) -> Any:
+    """``fn()``; with ``notes`` (``on_error="nan"``) a failure other than the judge's is
+    recorded as a note and gives ``None`` (the caller writes NaN cells)."""
+    if notes is None:
+        return fn()
+    try:
+        return fn()
+    except JudgeError:
+        raise  # the user's judge is broken: every check would fail the same way
+    except Exception as e:  # noqa: BLE001 - one failed check must not lose the others
+        notes.append(f"{what} failed ({type(e).__name__}: {str(e)[:200]}); its cells are NaN.")
+        return None
+
+
+def _quant_rate(m: Any, scheme: str, rate: BadRate) -> float:
+    with quantized(m, scheme):
+        return rate(m)
 
 
 def _bad_pairs(original: Any, rate: BadRate, judge: Callable[[str], bool],
@@ -55,8 +75,10 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
                      encode: PairEncode | None = None, relearn_steps: int = 20,
                      relearn_lr: float = 3e-4, relearn_batch_size: int = 4,
                      schemes: Sequence[str] | None = None, modes: Sequence[str] = MODES,
+                     ablation_layers: Sequence[int] | None = None,
                      max_new_tokens: int = 16, kv_cache: bool | None = None,
-                     seed: int = 0, say: Callable[[str], None] | None = None) -> pd.DataFrame:
+                     seed: int = 0, on_error: str = "raise",
+                     say: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every edit under every attack (see the module docstring).
 
     Args:
@@ -77,8 +99,14 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
         relearn_steps, relearn_lr, relearn_batch_size, seed: the relearning attack.
         schemes: quantisation schemes (``"int8"``, ``"nf4"``; default both, ``"int8"`` only
             with a warning when the optional ``bitsandbytes`` is missing); modes: ablation
-            modes (``"project"``, ``"clamp"``).
+            modes (``"project"``, ``"clamp"``); ablation_layers: blocks the ablation attack
+            runs at (default all; the ``all`` row ablates these together).
         max_new_tokens, kv_cache: greedy decoding of the judged responses.
+        on_error: ``"raise"`` (default) or ``"nan"``: a check that fails (e.g. ``nf4``
+            without ``bitsandbytes``, an architecture int8 cannot quantise) gives NaN cells
+            and a sentence in ``df.attrs["notes"]`` instead of an exception (the judge's own
+            errors are still raised). With ``"nan"`` the default schemes are both, ``nf4``
+            NaN with a note when ``bitsandbytes`` is missing.
         say: progress callback.
 
     Returns:
@@ -86,7 +114,8 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
         relearn_bad_rate, <scheme>_bad_rate, ablation_<mode>_bad_rate`` (strongest layer),
         ``ablation_<mode>_where``, ``depth, recovered_last, effect, uds, seconds``. The
         per-layer numbers are in ``df.attrs["per_layer"]`` (a DataFrame: ``variant, layer,
-        recovered, drop, <mode>_bad_rate, ...``).
+        recovered, drop, <mode>_bad_rate, ...``); ``df.attrs["notes"]``: the checks that
+        failed under ``on_error="nan"`` (empty otherwise).
 
     Raises:
         ConfigError: bad edits (see :func:`~mechunlearn.robustness.edit.check_edits`), an
@@ -107,8 +136,11 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
     if not adjacent_samples:
         raise EmptyDataError("adjacent_samples is empty: the relearning attack needs a few "
                              "forget-adjacent samples.")
+    if on_error not in ("raise", "nan"):
+        raise ConfigError(f"on_error must be 'raise' or 'nan', got {on_error!r}.")
+    notes: list[str] | None = [] if on_error == "nan" else None
     if schemes is None:
-        schemes = SCHEMES if has_bitsandbytes() else ("int8",)
+        schemes = SCHEMES if has_bitsandbytes() or notes is not None else ("int8",)
         if "nf4" not in schemes:
             warnings.warn("bitsandbytes is not installed: no 4-bit (nf4) column (pip install "
                           "'mechunlearn[quant4]').", stacklevel=2)
@@ -116,7 +148,7 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
     if bad or not modes:
         raise ConfigError(f"Unknown schemes/modes {bad or list(modes)}; schemes: {SCHEMES}, "
                           f"modes (at least one): {MODES}.")
-    if "nf4" in schemes and not has_bitsandbytes():
+    if "nf4" in schemes and not has_bitsandbytes() and notes is None:
         raise ConfigError("scheme 'nf4' needs bitsandbytes: pip install 'mechunlearn[quant4]' "
                           "(or bitsandbytes>=0.50), or leave it out of schemes.")
     if isinstance(reference, Edit):
@@ -136,38 +168,52 @@ def robustness_table(original: Any, edits: dict[str, Edit], forget_prompts: Sequ
         row: dict[str, Any] = {"variant": name, "kind": "unedited" if e is None else e.kind}
         with (e.active() if e is not None else nullcontext(original)) as m:
             # hooks of a run-time edit stay on while the attacker fine-tunes
-            r = relearn_attack(m, adjacent_samples, rate, steps=relearn_steps, lr=relearn_lr,
-                               batch_size=relearn_batch_size, seed=seed, encode=encode)
-            row["bad_rate"], row["relearn_bad_rate"] = r.before, r.after
+            r = _attempt(f"{name}: relearning attack", lambda m=m: relearn_attack(
+                m, adjacent_samples, rate, steps=relearn_steps, lr=relearn_lr,
+                batch_size=relearn_batch_size, seed=seed, encode=encode), notes)
+            row["bad_rate"], row["relearn_bad_rate"] = (r.before, r.after) if r is not None else (
+                _attempt(f"{name}: bad rate", lambda m=m: rate(m), notes), NAN)
             for s in schemes:
-                with quantized(m, s):
-                    row[f"{s}_bad_rate"] = rate(m)
+                v = _attempt(f"{name}: {s} quantisation", lambda m=m, s=s: _quant_rate(
+                    m, s, rate), notes)
+                row[f"{s}_bad_rate"] = NAN if v is None else v
+        row["bad_rate"] = NAN if row["bad_rate"] is None else row["bad_rate"]
         say(f"      {name}: bad {row['bad_rate']:.2f}, relearned {row['relearn_bad_rate']:.2f}"
             + "".join(f", {s} {row[f'{s}_bad_rate']:.2f}" for s in schemes))
-        row.update(dict.fromkeys(("depth", "recovered_last", "effect", "uds"), float("nan")))
+        row.update(dict.fromkeys(("depth", "recovered_last", "effect", "uds"), NAN))
         if e is not None:
-            ab = ablation_attack(original, e, prompts_tb, rate, modes=modes)
             for mode in modes:
-                row[f"ablation_{mode}_bad_rate"], row[f"ablation_{mode}_where"] = \
-                    strongest(ab, mode)
-            layer_rows = ab.set_index("layer")
-            if pairs is not None:
-                dl, summary = patch_depth(original, e, pairs, reference=ref)
+                row[f"ablation_{mode}_bad_rate"], row[f"ablation_{mode}_where"] = NAN, ""
+            ab = _attempt(f"{name}: direction ablation", lambda e=e: ablation_attack(
+                original, e, prompts_tb, rate, layers=ablation_layers, modes=modes), notes)
+            layer_rows = pd.DataFrame()
+            if ab is not None:
+                for mode in modes:
+                    row[f"ablation_{mode}_bad_rate"], row[f"ablation_{mode}_where"] = \
+                        strongest(ab, mode)
+                layer_rows = ab.set_index("layer")
+            depth = None if pairs is None else _attempt(
+                f"{name}: depth (patching)", lambda e=e: patch_depth(original, e, pairs,
+                                                                     reference=ref), notes)
+            if depth is not None:
+                dl, summary = depth
                 row.update({k: summary[k] for k in ("depth", "recovered_last", "effect",
                                                     "uds")})
                 dl = dl.assign(layer=dl.layer.astype(str)).set_index("layer")
-                layer_rows = layer_rows.join(dl, how="outer")
-            per_layer.append(layer_rows.reset_index().assign(variant=name))
+                layer_rows = layer_rows.join(dl, how="outer") if len(layer_rows) else dl
+            if len(layer_rows):
+                per_layer.append(layer_rows.reset_index().assign(variant=name))
             say("        ablation: " + ", ".join(
                 f"{mode} {row[f'ablation_{mode}_bad_rate']:.2f} at "
                 f"{row[f'ablation_{mode}_where'] or '-'}" for mode in modes)
-                + (f"; depth {row.get('depth')}, UDS {row.get('uds', float('nan')):.2f}"
-                   if pairs is not None else ""))
+                + (f"; depth {row.get('depth')}, UDS {row.get('uds', NAN):.2f}"
+                   if depth is not None else ""))
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs["per_layer"] = (pd.concat(per_layer, ignore_index=True) if per_layer
                              else pd.DataFrame())
+    df.attrs["notes"] = list(dict.fromkeys(notes or []))
     return df
 
 

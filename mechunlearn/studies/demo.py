@@ -43,8 +43,15 @@ class DemoResult:
 def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-report",
              cache_dir: str | os.PathLike[str] | None = None,
              methods: tuple[str, ...] = EDIT_METHODS, n_permutations: int = 20,
-             n_forget: int = 16, say: Callable[[str], None] = print) -> DemoResult:
+             n_forget: int = 16, robustness: bool = True, robustness_prompts: int | None = 24,
+             say: Callable[[str], None] = print) -> DemoResult:
     """Diagnose the toy world ``world``'s tuned model and write the report to ``out``.
+
+    ``robustness``: run the robustness checks on every variant (``DiagnoseConfig.robustness``;
+    relearning on the world's benign quoting pairs, UDS against the SFT model), on the first
+    ``robustness_prompts`` held-out trigger prompts (24 of 50 on ``hard``), the ablation attack
+    at the first and last block only: with all prompts and blocks the checks took +70 % of
+    the demo's CPU time (``docs/robustness.md``).
 
     ``n_forget``: attributed pairs unlearned (``diagnose``'s default; on ``hard`` 64, the
     earlier demo's setting, was measured no better: unlearn 0.66, U2A 0.42 held-out bad rate
@@ -65,7 +72,10 @@ def run_demo(world: str = "hard", out: str | os.PathLike[str] = "mechunlearn-rep
     w = toyworld.load(world, cache_dir=cache_dir, progress=say)
     t = {"load_world": time.perf_counter() - t0}
     res = diagnose_toyworld(w, DiagnoseConfig(methods=methods, n_permutations=n_permutations,
-                                           n_forget=n_forget),
+                                              n_forget=n_forget, robustness=robustness,
+                                              robustness_prompts=robustness_prompts,
+                                              robustness_ablation_layers=tuple(sorted(
+                                                  {0, int(w.model.cfg.n_layers) - 1}))),
                             say=say)
     t.update({k: v for k, v in res.timings.items() if k != "total"})
     s = time.perf_counter()
@@ -129,8 +139,11 @@ def _intro(w: Any) -> str:
     return (f"Toy world `{w.config.name}` ({w.config.difficulty}): {len(w.train)} training "
             f"pairs, {len(w.truth.poisoned_ids)} planted poisoned pairs (the ground truth), "
             "models SFT, tuned (SFT + DPO on all pairs) and gold (the same without the poison). "
-            "Sections 1-5 are `mechunlearn diagnose` on the world's files; section 6 adds what "
-            "only a toy world has.")
+            "Sections 1-5 and the robustness section are `mechunlearn diagnose` on the world's "
+            "files, except that the relearning attack fine-tunes on the world's benign "
+            "forget-adjacent pairs when it has some (training pairs that legitimately quote the "
+            "insult, never poisoned) rather than on attribution-ranked ones (the robustness "
+            "section names the set used); section 6 adds what only a toy world has.")
 
 
 def _ground_truth(rep: Report, w: Any, res: Any, bias_dir: Any, bias_proj: pd.DataFrame) -> None:

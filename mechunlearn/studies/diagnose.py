@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mechunlearn.errors import ConfigError
+from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.studies.attribute import AttributionResult, attribute_sweep
 from mechunlearn.studies.cases import BadCases, find_bad_cases
 from mechunlearn.studies.contrast import ContrastResult, fit_direction
@@ -49,6 +49,19 @@ class DiagnoseConfig:
     gradient methods to the sweep; ``methods``: edits (subset of ``edits.METHODS``);
     ``heldout_fraction``: share of distinct bad prompts kept for verification only;
     ``max_ordinary``: ordinary prompts used; ``unlearn``: the unlearning loop's settings.
+
+    ``robustness`` (default on): every measured variant (the unedited model, each edit with
+    the edit in place, each ``compare_with`` model) also goes through the four robustness
+    checks of :func:`mechunlearn.robustness.robustness_table` on the held-out bad prompts
+    (relearning attack of ``robustness_relearn_steps`` Adam steps on
+    ``robustness_adjacent`` forget-adjacent samples, int8 and 4-bit NF4 quantisation,
+    direction ablation, depth by activation patching with the Unlearning Depth Score against
+    ``reference``); the report gets a robustness section. Cost: a second, unedited copy of
+    the model in memory, and about +12-13 % of the chain's time on the toy world
+    (``docs/robustness.md``); to save time, ``robustness_prompts`` (default all) attacks only
+    the first n held-out prompts and ``robustness_ablation_layers`` (default all) runs the
+    ablation attack at these blocks only. A check that fails (e.g. NF4 without ``bitsandbytes``)
+    is a NaN cell and a note.
     """
 
     layers: tuple[int, ...] | None = None
@@ -64,13 +77,22 @@ class DiagnoseConfig:
     n_examples: int = 4
     batch_size: int = 32
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    robustness: bool = True
+    robustness_adjacent: int = 8
+    robustness_relearn_steps: int = 20
+    robustness_prompts: int | None = None
+    robustness_ablation_layers: tuple[int, ...] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ConfigError(f"Unknown edit methods {bad}; choose from {METHODS}.")
-        for f in ("k", "n_forget", "max_retain", "max_new_tokens", "max_ordinary", "batch_size"):
+        if not isinstance(self.robustness, bool):
+            raise ConfigError(f"robustness must be True or False, got {self.robustness!r}.")
+        for f in ("k", "n_forget", "max_retain", "max_new_tokens", "max_ordinary", "batch_size",
+                  "robustness_adjacent", "robustness_relearn_steps") + (
+                      ("robustness_prompts",) if self.robustness_prompts is not None else ()):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{f} must be an int >= 1, got {v!r}.")
@@ -89,6 +111,8 @@ class DiagnoseResult:
     notes: list[str]
     timings: dict[str, float]
     info: dict[str, Any]
+    robustness_layers: pd.DataFrame | None = None
+    """Per-layer robustness numbers (ablation and patching per block and variant), if run."""
 
     def write_report(self, out: PathLike, overwrite: bool = False) -> Any:
         """Write the report folder (``report.md``, ``figures/``, ``data/``); returns report.md."""
@@ -114,6 +138,7 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
              format: str | PromptFormat = "raw", config: DiagnoseConfig | None = None,
              cache: PathLike | None = None, extra_metrics: ExtraMetrics | None = None,
              compare_with: dict[str, Any] | None = None,
+             adjacent: PathLike | Sequence[Any] | None = None,
              say: Callable[[str], None] | None = None) -> DiagnoseResult:
     """Diagnose a tuned model's bad responses end to end (see the module docstring).
 
@@ -136,10 +161,19 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
         compare_with: other models (name -> bridge or folder, e.g. a model retrained without
             the bad data) measured beside the edits by the same verifier (``status``
             ``"reference"``; never edited).
+        adjacent: the relearning attack's forget-adjacent samples (as ``train``; default the
+            ``robustness_adjacent`` best-attributed training pairs outside the forget set).
         say: progress callback (default: silent).
+
+    Raises:
+        NotCausalLMError: ``model`` cannot generate (a masked LM such as BERT), before any work.
+        ConfigError, EmptyDataError, DataFileError: bad settings, judge or data files.
     """
+    from mechunlearn.studies.diagnose_checks import check_causal
+
     cfg = config or DiagnoseConfig()
     say = say or (lambda s: None)
+    check_causal(model)
     t: dict[str, float] = {}
     t0 = s0 = time.perf_counter()
     judge_fn = parse_judge(judge) if isinstance(judge, str) else judge
@@ -152,7 +186,19 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
     contrast_neg = load_texts(neg) if neg is not None else None
     ordinary_prompts = (load_prompts(ordinary, "ordinary")[: cfg.max_ordinary]
                         if ordinary is not None else None)
+    try:
+        adjacent_pairs = load_train(adjacent) if adjacent is not None else None
+    except EmptyDataError:
+        raise EmptyDataError("adjacent is empty: give a few forget-adjacent samples for the "
+                             "relearning attack, or None (the best-attributed training pairs "
+                             "outside the forget set).") from None
     model, reference = _load_model(model), _load_model(reference)
+    check_causal(model)
+    original = None
+    if cfg.robustness:  # the unedited copy the checks compare with, before any backward pass
+        from mechunlearn.studies.robustness import original_copy
+
+        original = original_copy(model)
     fmt = make_format(format, model_tokenizer(model))
     notes: list[str] = []
 
@@ -199,8 +245,23 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
     retain = retain[: cfg.max_retain]
     say(f"[4/5] edits: {', '.join(cfg.methods)} (each measured on {len(cases.heldout)} held-out "
         f"bad and {len(ordinary_prompts)} ordinary prompts, then undone)")
+    checks = None
+    if original is not None:
+        from mechunlearn.studies.robustness import ChainChecks
+
+        checks = ChainChecks(original, tr, att.weights, {i for i, p in enumerate(tr)
+                                                         if (p.prompt, p.chosen) in sel},
+                             adjacent_pairs, judge_fn, fmt, reference, extra_metrics,
+                             cfg.robustness_adjacent, cfg.robustness_relearn_steps,
+                             cfg.robustness_prompts, cfg.robustness_ablation_layers)
+        if checks.adjacent:
+            say(f"      robustness checks on every variant; relearning on {checks.source}")
+        else:
+            notes.append("Robustness checks not run: no training pair outside the forget set "
+                         "to relearn on (pass adjacent=).")
+            checks = None
     verifier = Verifier(model, fmt, judge_fn, cases.heldout, ordinary_prompts, cfg.max_new_tokens,
-                        extra=extra_metrics)
+                        extra=checks.extra if checks else extra_metrics)
     plan = EditPlan(fmt, judge_fn, cases, tr, att.site, con.direction, con.why_none, forget,
                     retain, reference, cfg.unlearn, cfg.max_new_tokens, cfg.k, cfg.n_forget)
     rows, gens = run_edits(model, plan, verifier, cfg.methods, say)
@@ -210,6 +271,10 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
                      "detail": "another model, measured as given (not an edit)"})
         say(f"      {name} (reference): bad rate {m['bad_rate_heldout']:.2f}, ordinary good "
             f"{m['good_rate_ordinary']:.2f}, KL {m['kl_ordinary']:.4f}")
+    layers = None
+    if checks is not None:
+        layers, more = checks.finish(rows)
+        notes.extend(more)
     t["edit_and_verify"] = time.perf_counter() - s0
     t["total"] = time.perf_counter() - t0
     gen = pd.DataFrame({"prompt": cases.heldout, **gens}).head(cfg.n_examples)
@@ -219,8 +284,9 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
             "n_layers": int(model.cfg.n_layers), "d_model": int(model.cfg.d_model),
             "architecture": type(getattr(model, "original_model", model)).__name__,
             "config": {k: v for k, v in cfg.__dict__.items() if k != "unlearn"},
-            "unlearn": cfg.unlearn.__dict__}
-    return DiagnoseResult(cases, att, con, top, pd.DataFrame(rows), gen, notes, t, info)
+            "unlearn": cfg.unlearn.__dict__, "robustness": checks.info if checks else None}
+    return DiagnoseResult(cases, att, con, top, pd.DataFrame(rows), gen, notes, t, info,
+                          layers)
 
 
 def _top_table(tr: list[TrainPair], att: AttributionResult, rows: list[int],

@@ -93,7 +93,7 @@ def build_report(res: Any, title: str = "Diagnosis of a tuned model's bad respon
     return rep
 
 
-ROBUST = ("relearn_bad_rate", "int8_bad_rate", "nf4_bad_rate", "ablation_project_bad_rate",
+ROBUST = ("robustness_bad_rate", "relearn_bad_rate", "int8_bad_rate", "nf4_bad_rate", "ablation_project_bad_rate",
           "ablation_project_where", "ablation_clamp_bad_rate", "ablation_clamp_where", "depth",
           "recovered_last", "uds", "robustness_seconds")
 
@@ -109,20 +109,36 @@ def _robustness(rep: Report, res: Any) -> None:
                          "robustness checks.")
         return
     cols = ["variant", "bad_rate_heldout", *[c for c in ROBUST if c in e.columns]]
+    rob = res.info.get("robustness") or {}
+    how = (f" Attacked prompts: {rob.get('prompts', 'all')} held-out bad prompts; ablation "
+           f"at blocks: {rob.get('ablation_layers', 'all')}. Relearning "
+           f"data: {rob['adjacent']}; {rob['relearn_steps']} Adam steps. UDS reference: "
+           f"{rob['uds_reference']}." if rob else "")
     rep.add_text("## Robustness: does the bad behaviour come back under attack?")
     rep.add_text(
         "Every variant, with its edit in place, under four attacks "
         "(`mechunlearn.robustness`, see `docs/robustness.md`); each `*_bad_rate` is the held-out "
-        "bad-response rate after the attack (compare with `bad_rate_heldout`, and with a "
-        "reference model that never learned the behaviour). `relearn`: fine-tuned a few "
+        "bad-response rate after the attack, read against `robustness_bad_rate` (the attacked "
+        "prompts before any attack, greedy 16 tokens; `bad_rate_heldout`: all held-out "
+        "prompts, decoding longer) and "
+        "against a reference model that never learned the behaviour. `relearn`: fine-tuned a few "
         "steps on forget-adjacent samples (hooks of a run-time edit on); `int8`: PyTorch "
         "dynamic quantisation; `nf4`: 4-bit NormalFloat weights; `ablation_*`: the difference-"
         "of-means direction between edited and unedited activations projected out (`project`) "
         "or clamped to the unedited mean (`clamp`), strongest layer in `*_where`; `depth`: first "
         "block whose patched residual carries half the edit's effect; `recovered_last`: share "
         "carried after the last block; `uds`: Unlearning Depth Score against the reference "
-        "(Lee, Kim and Jo, arXiv:2605.24614).")
+        f"(Lee, Kim and Jo, arXiv:2605.24614). NaN: the check failed (see Notes) or does not "
+        f"apply (no ablation or depth for the unedited model itself).{how} The edits' `seconds` "
+        "exclude the checks (`robustness_seconds`).")
     rep.add_table("robustness", e[cols], "Every edit under every attack", ".3f")
+    per = getattr(res, "robustness_layers", None)
+    if per is not None and len(per):
+        front = [c for c in ("variant", "layer") if c in per.columns]
+        rep.add_table("robustness_layers", per[front + [c for c in per.columns
+                                                        if c not in front]],
+                      "Per block: bad rate after ablating there, share of the edit's effect "
+                      "carried when patching after it", ".3f", max_rows=60)
 
 
 def _residual(a: Any) -> float:

@@ -65,9 +65,17 @@ def diagnose_toyworld(world: Any, config: Any = None, say: Callable[[str], None]
                       ground_truth: bool = True) -> Any:
     """:func:`diagnose` on the world's tuned model with :func:`toyworld_inputs`; with
     ``ground_truth``, also :func:`toyworld_metrics` per variant and the gold model as a
-    ``"gold"`` reference row."""
-    from mechunlearn.studies.diagnose import diagnose
+    ``"gold"`` reference row, and (robustness checks on) the world's benign forget-adjacent
+    quoting pairs (:func:`~mechunlearn.studies.robustness.adjacent_pairs`) as the relearning
+    attack's data instead of the attribution-ranked ones (when the world has any: ``tiny``
+    has none)."""
+    from mechunlearn.studies.diagnose import DiagnoseConfig, diagnose
+    from mechunlearn.studies.robustness import adjacent_pairs
 
+    cfg = config or DiagnoseConfig()
     extra = ({"extra_metrics": toyworld_metrics(world), "compare_with": {"gold": world.gold_model}}
              if ground_truth else {})
-    return diagnose(world.model, **toyworld_inputs(world), config=config, say=say, **extra)
+    benign = adjacent_pairs(world, cfg.robustness_adjacent) if ground_truth else []
+    if cfg.robustness and benign:  # a world without quoting pairs (tiny): attribution-ranked
+        extra["adjacent"] = benign
+    return diagnose(world.model, **toyworld_inputs(world), config=cfg, say=say, **extra)
