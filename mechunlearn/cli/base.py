@@ -5,11 +5,19 @@
 (:class:`~mechunlearn.errors.MechUnlearnError`, missing or wrong-kind paths: exit 2) into
 ``error: <what> (see '<command> --help')`` instead of typer's boxed multi-line panel or a
 traceback. An unexpected exception is a bug and keeps its traceback.
+
+Warnings print one line each too, ``warning: <message> (<Category>)`` (Python's default format
+adds a second line with the source line that warned); the format is installed only while a
+command runs, so library users keep their own. Command help paragraphs are re-flowed to the
+terminal width (typer's rich help keeps a docstring's line breaks) and reStructuredText
+literals (````x````) print as ```x```.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,8 +59,39 @@ def _usage_message(e: Any) -> str:
     return msg
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the CLI: ``warning: <message> (<Category>)``, one line on
+    stderr."""
+    typer.echo(f"warning: {one_line(str(message))} ({category.__name__})", err=True)
+
+
+def reflow(text: str | None) -> str | None:
+    """Help text with each paragraph's lines joined (paragraphs stay apart) and ````x````
+    shown as ```x```; a paragraph starting with ``\\b`` keeps its lines (click's rule)."""
+    if not text:
+        return text
+    import inspect
+
+    paras = inspect.cleandoc(text).split("\n\n")
+    joined = [p if p.startswith("\b") else " ".join(ln.strip() for ln in p.splitlines())
+              for p in paras]
+    return re.sub(r"``([^`]+)``", r"`\1`", "\n\n".join(joined))
+
+
+def _reflow_all(command: Any) -> None:
+    command.help = reflow(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _reflow_all(sub)
+
+
 class OneLineGroup(TyperGroup):
-    """Typer's group with one-line errors (see the module doc); used as the app's ``cls``."""
+    """Typer's group with one-line errors and warnings and re-flowed help (see the module
+    doc); used as the app's ``cls``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _reflow_all(self)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -60,7 +99,9 @@ class OneLineGroup(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
-            rv = super().main(args, prog_name, complete_var, False, **extra)
+            with warnings.catch_warnings():  # restores the caller's showwarning afterwards
+                warnings.showwarning = show_warning
+                rv = super().main(args, prog_name, complete_var, False, **extra)
         except NoArgsIsHelpError as e:  # a bare command: its help, as click does
             e.show()
             sys.exit(e.exit_code)

@@ -1,9 +1,11 @@
-"""Checks on model folders the CLI runs before loading any weights (cheap: configs and
-tokenizers only)."""
+"""Checks the CLI runs before the expensive work: on model folders before loading any weights
+(configs and tokenizers only), on output folders, and on token positions before any forward
+pass."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mechunlearn.errors import ConfigError
 
@@ -58,7 +60,12 @@ def n_layers(folder: Path, flag: str = "--model") -> int | None:
 
 
 def check_layers(layers: tuple[int, ...] | None, folder: Path) -> None:
-    """Refuse ``--layers`` outside the model's blocks (read from its config)."""
+    """Refuse ``--layers`` listing a block twice or outside the model's blocks (read from
+    its config)."""
+    from mechunlearn.cli.options import check_no_repeats
+
+    if layers is not None:
+        check_no_repeats(layers, "--layers")
     n = n_layers(folder)
     if layers is None or n is None:
         return
@@ -66,3 +73,67 @@ def check_layers(layers: tuple[int, ...] | None, folder: Path) -> None:
     if bad:
         raise ConfigError(f"--layers {list(bad)} are outside the model's blocks 0..{n - 1} "
                           f"({folder}).")
+
+
+def check_new_kind(out: Path, kind: str, legacy: Any = None, flag: str = "--out") -> Path:
+    """:func:`mechunlearn.outputs.check_destination` for a command that has no
+    ``--overwrite``: a folder holding another kind of mechunlearn output is refused with a
+    message naming what this command can do (the library's message suggests
+    ``--overwrite``). Returns the absolute path.
+
+    Raises:
+        OutputExistsError, OutputPathError: as ``check_destination``.
+    """
+    from mechunlearn.errors import OutputExistsError
+    from mechunlearn.outputs import check_destination, read_manifest
+
+    try:
+        return check_destination(out, kind, False, legacy)
+    except OutputExistsError as e:
+        if "--overwrite" not in str(e):
+            raise
+        found = (read_manifest(Path(out).expanduser()) or {}).get("kind", "another")
+        raise OutputExistsError(
+            f"{flag} {out} holds a previous mechunlearn {found!r} output, not a {kind!r}, and "
+            f"this command never replaces another kind of output: pick another {flag} (or "
+            f"delete {out} yourself if you no longer need it).") from e
+
+
+def real_lengths(model: Any, items: Any, chunk: int = 1024) -> Any:
+    """Real tokens per sample as the pooling counts them (``[n]`` int64), tokenized in chunks
+    of ``chunk`` samples (memory bounded by one chunk's padded batch)."""
+    import torch
+
+    from mechunlearn.tokens import as_token_batch
+
+    parts = [as_token_batch(model, items[i:i + chunk]).attention_mask.sum(1)
+             for i in range(0, len(items), chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def check_position(model: Any, items: Any, ids: Any, position: int | str, data: Path,
+                   flag: str = "--position", data_flag: str = "--data") -> None:
+    """Refuse an integer ``--position`` that some sample of the data does not have, before
+    any forward pass, naming the shortest sample and the positions every sample has.
+
+    ``items``: the samples as the command feeds them to ``model`` (texts or pairs); ``ids``:
+    their ids. A str position (``last``, ``mean``, ...) is not checked here.
+
+    Raises:
+        ConfigError: e.g. ``--position 5 is out of range for 4 of the 8 samples of --data
+            x.jsonl: the shortest (id '0') has 1 real token(s), the longest 8. Every sample
+            has positions 0..0 (or -1..-1 from the end); ...``.
+    """
+    if isinstance(position, bool) or not isinstance(position, int) or len(items) == 0:
+        return
+    n_real = real_lengths(model, items)
+    bad = (n_real <= position) if position >= 0 else (n_real < -position)
+    if not bool(bad.any()):
+        return
+    short = int(n_real.argmin())
+    lo, hi = int(n_real.min()), int(n_real.max())
+    raise ConfigError(
+        f"{flag} {position} is out of range for {int(bad.sum())} of the {len(n_real)} samples "
+        f"of {data_flag} {data}: the shortest (id {str(ids[short])!r}) has {lo} real "
+        f"token(s), the longest {hi}. Every sample has positions 0..{lo - 1} (or -{lo}..-1 "
+        "from the end); use one of those, or last / mean.")

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mechunlearn.cli.options import Model, OverwriteFile
+from mechunlearn.cli.options import Model, OverwriteFile, split_list
 from mechunlearn.conformance.doctor import CHECKS  # importing doctor registers the checks
 
 
 def doctor_cmd(
     model: Model,
-    checks: Annotated[str, typer.Option(help=f"Comma-separated subset of {list(CHECKS)}.")]
+    checks: Annotated[str, typer.Option(help=f"Comma-separated subset of {list(CHECKS)} "
+                                        "(default: all).")]
     = "",
     csv: Annotated[Path | None, typer.Option(help="Also write the table to this CSV (plus "
                                              "<csv>.mechunlearn.json with the versions).")]
@@ -24,7 +25,7 @@ def doctor_cmd(
     from mechunlearn.conformance.doctor import doctor, format_report, passed
     from mechunlearn.outputs import check_output_file, write_output_file
 
-    chosen = [c.strip() for c in checks.split(",") if c.strip()] or None
+    chosen = list(split_list(checks, "--checks", list(CHECKS))) or None
     if csv is not None:
         check_output_file(csv, overwrite, (".csv",))  # never replace a user's file silently
     df = doctor(model, checks=chosen)

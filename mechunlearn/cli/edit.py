@@ -7,13 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-from mechunlearn.cli.options import Model, OverwriteFolder
+from mechunlearn.cli.options import Model, OverwriteFolder, refuse_unused
 from mechunlearn.errors import ConfigError
 from mechunlearn.unlearn.loop import UnlearnConfig
 
 _DEFAULT = UnlearnConfig()  # the CLI's defaults are the library's
 
 _HOW = ("orthogonalize", "unlearn")
+#: the options only one method reads (the other method refuses them instead of ignoring them)
+_ONLY = {"directions": "orthogonalize", "allow_foreign": "orthogonalize", "forget": "unlearn",
+         "retain": "unlearn", "objective": "unlearn", "steps": "unlearn",
+         "repair_steps": "unlearn"}
 FLIP_FORMAT = ("prompt/chosen/rejected records, chosen = the response to unlearn and "
                "rejected = the good response to teach instead")
 
@@ -56,32 +60,34 @@ def _check_out(out: Path, model: Path) -> None:
 
 
 def edit_cmd(
+    ctx: typer.Context,
     how: Annotated[str, typer.Argument(help="orthogonalize | unlearn.")],
     model: Model,
     out: Annotated[Path, typer.Option(help="Folder for the edited model (HF format).")],
     directions: Annotated[Path | None, typer.Option(help="Saved Directions "
-                                                    "(orthogonalize).")] = None,
+                                                    "folder (orthogonalize).")] = None,
     allow_foreign: Annotated[bool, typer.Option(
         "--allow-foreign", help="Orthogonalise even if the directions were fitted on "
-        "another model (other weights fingerprint).")] = False,
+        "another model (other weights fingerprint; orthogonalize).")] = False,
     forget: Annotated[Path | None, typer.Option(help="Pairs to unlearn (JSONL): "
                                                 "prompt/response, or " + FLIP_FORMAT
-                                                + " (needed by flip).")] = None,
+                                                + " (needed by flip; unlearn).")] = None,
     retain: Annotated[Path | None, typer.Option(help="Pairs to keep (JSONL): prompt/response "
                                                 "or prompt/chosen/rejected (chosen is "
-                                                "kept).")] = None,
+                                                "kept; unlearn).")] = None,
     objective: Annotated[str, typer.Option(help="ga | graddiff | npo | simnpo | rmu | "
-                                           "flip.")] = "npo",
+                                           "flip (unlearn).")] = "npo",
     steps: Annotated[int, typer.Option(min=1, help="Forget-phase steps (at most; it stops "
-                                       "early once the forget set is unlearned).")]
+                                       "early once the forget set is unlearned; unlearn).")]
     = _DEFAULT.steps,
     repair_steps: Annotated[int, typer.Option(min=0, help="Repair steps after the forget "
                                               "phase (retain term; reported "
-                                              "separately).")] = _DEFAULT.repair_steps,
+                                              "separately; unlearn).")] = _DEFAULT.repair_steps,
     overwrite: OverwriteFolder = False,
 ) -> None:
     """Edit weights: orthogonalise against saved directions, or unlearn a forget set.
 
+    Each option marked (orthogonalize) or (unlearn) is refused by the other method.
     Activation projection needs no new weights: use ``Project`` with ``apply`` in Python.
     Directions fitted on another model are refused (both fingerprints named) unless
     ``--allow-foreign``.
@@ -92,6 +98,7 @@ def edit_cmd(
 
     if how not in _HOW:
         raise ConfigError(f"edit takes 'orthogonalize' or 'unlearn', got {how!r}.")
+    refuse_unused(ctx, _ONLY, how, "edit")
     check_destination(out, "hf-model", overwrite)  # before loading or training anything
     _check_out(out, model)
     if how == "orthogonalize":

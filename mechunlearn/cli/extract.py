@@ -35,6 +35,7 @@ def extract_cmd(
     ``mechunlearn.storage.sharded.open_store``); ``--shard-size`` must then be a multiple of
     ``--batch-size``.
     """
+    from mechunlearn.cli.checks import check_new_kind, check_position
     from mechunlearn.data import model_inputs, read_jsonl
     from mechunlearn.models import load_bridge
     from mechunlearn.storage.extract import extract_to_store
@@ -44,11 +45,11 @@ def extract_cmd(
     site = make_site(hook, position)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun
     if not distributed:  # refuse a bad --out before loading
-        from mechunlearn.outputs import check_destination
         from mechunlearn.storage.format import legacy_store_files
 
-        check_destination(out, "featurestore", legacy=legacy_store_files)
+        check_new_kind(out, "featurestore", legacy=legacy_store_files)
     bridge = load_bridge(model)
+    check_position(bridge, items, recs.ids, site.position, data)  # before any forward pass
     if distributed:
         from mechunlearn.storage.collectives import process_group
         from mechunlearn.storage.distributed import extract_distributed

@@ -17,7 +17,8 @@ from mechunlearn.errors import ConfigError
 OVERWRITE_HELP = ("Also replace a different kind of mechunlearn output at --out (a previous "
                   "output of the same kind is always replaced; folders holding files "
                   "mechunlearn did not write are never touched).")
-POSITION_HELP = "last | mean | response_mean | <int> (token index among real tokens)."
+POSITION_HELP = ("last | mean | response_mean | N (an integer: the N-th real token of each "
+                 "sample, counted from 0; negative counts from the end, -1 is the last).")
 
 Model = Annotated[Path, typer.Option("--model", help="Hugging Face model folder "
                                      "(save_pretrained: weights and tokenizer).")]
@@ -35,8 +36,10 @@ Threads = Annotated[int, typer.Option("--threads", min=0, max=1024,
 OverwriteFolder = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
 OverwriteFile = Annotated[bool, typer.Option("--overwrite", help="Replace existing output "
                                              "files (and their .mechunlearn.json sidecars).")]
-CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Toy-world cache (default: "
-                                               "$MECHUNLEARN_CACHE or ~/.cache/mechunlearn).")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Toy-world cache folder, "
+                                               "one sub-folder per world (default: "
+                                               "$MECHUNLEARN_CACHE/toyworld, else "
+                                               "~/.cache/mechunlearn/toyworld).")]
 
 
 def position_value(position: str) -> int | str:
@@ -81,3 +84,63 @@ def features(model: Any, path: Path, site: Any, batch_size: int, field: str | No
     recs = read_jsonl(path)
     return extract(model, model_inputs(recs, field, flag), site, batch_size=batch_size,
                    ids=recs.ids, progress=True)
+
+
+def split_list(text: str, flag: str, choices: Any = None) -> tuple[str, ...]:
+    """The values of a comma-separated option, in order (``""``: an empty tuple).
+
+    Raises:
+        ConfigError: naming ``flag`` for a value outside ``choices`` (when given) or a value
+            listed twice (a repeated layer or hook kind would be computed twice and its rows
+            would no longer match the sample ids).
+    """
+    values = tuple(v.strip() for v in str(text).split(",") if v.strip())
+    if choices is not None:
+        unknown = [v for v in values if v not in choices]
+        if unknown:
+            raise ConfigError(f"{flag}: unknown value(s) {unknown}; choose from "
+                              f"{list(choices)}.")
+    check_no_repeats(values, flag)
+    return values
+
+
+def split_ints(text: str, flag: str) -> tuple[int, ...]:
+    """The integers of a comma-separated option such as ``--layers 0,2`` (``""``: empty).
+
+    Raises:
+        ConfigError: naming ``flag`` for a value that is not an integer or is listed twice.
+    """
+    values = split_list(text, flag)
+    bad = [v for v in values if not v.lstrip("-").isdigit()]
+    if bad:
+        raise ConfigError(f"{flag} takes comma-separated integers (e.g. {flag} 0,2), got "
+                          f"{bad}.")
+    ints = tuple(int(v) for v in values)
+    check_no_repeats(ints, flag)
+    return ints
+
+
+def check_no_repeats(values: Any, flag: str) -> None:
+    """Raise :class:`ConfigError` naming ``flag`` and the first value listed twice."""
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            raise ConfigError(f"{flag} lists {v!r} twice; list each value once.")
+        seen.add(v)
+
+
+def refuse_unused(ctx: Any, applies: dict[str, str], chosen: str, command: str) -> None:
+    """Refuse options the user gave that the chosen method ignores.
+
+    ``applies`` maps a parameter name (``"repair_steps"``) to the method it belongs to
+    (``"unlearn"``); an option given on the command line (or by an environment variable)
+    whose method is not ``chosen`` raises :class:`ConfigError`: ``--repair-steps applies to
+    `edit unlearn` only; drop it``. Options left at their default are never refused.
+    """
+    for name, method in applies.items():
+        src = ctx.get_parameter_source(name)  # click's ParameterSource (typer vendors click)
+        if method != chosen and getattr(src, "name", "DEFAULT") not in ("DEFAULT",
+                                                                         "DEFAULT_MAP"):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} applies to `{command} {method}` only; drop it from "
+                              f"`{command} {chosen}`.")

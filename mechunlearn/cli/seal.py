@@ -17,8 +17,9 @@ def seal_cmd(
     model: Annotated[Path | None, typer.Option(help="Reward-model body (HF folder); "
                                                "default: the packaged all-MiniLM-L6-v2.")]
     = None,
-    cache: Annotated[Path | None, typer.Option(help="Feature cache (default "
-                                               "~/.cache/...).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Feature and fitted-head cache "
+                                               "folder (default "
+                                               "~/.cache/mechunlearn/seal).")] = None,
     max_length: Annotated[int, typer.Option(min=8, help="Tokens kept (from the end).")] = 128,
     boot: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for imprint "
                                       "CIs.")] = 1000,

@@ -14,7 +14,8 @@ toyworld_app = typer.Typer(help="The embedded toy preference world.", no_args_is
 
 def demo_cmd(
     world: Annotated[str, typer.Option(help="Toy world preset: hard | easy | tiny.")] = "hard",
-    out: Annotated[Path, typer.Option(help="Report folder (replaced).")]
+    out: Annotated[Path, typer.Option(help="Report folder (a previous report there is "
+                                      "replaced; a folder holding other files is refused).")]
     = Path("mechunlearn-report"),
     cache_dir: CacheDir = None,
     threads: Threads = 0,
@@ -38,16 +39,34 @@ def demo_cmd(
 @toyworld_app.command("build")
 def toyworld_build(
     world: Annotated[str, typer.Argument(help="Preset: hard | easy | tiny.")] = "hard",
-    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
+    cache_dir: CacheDir = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a valid cache exists.")] = False,
     train: Annotated[bool, typer.Option(help="Train the models even when the package ships "
                                         "a trained copy of this world (the default hard "
-                                        "world).")] = False,
+                                        "world); with a valid cached build, only together "
+                                        "with --force.")] = False,
 ) -> None:
     """Generate the world's data and train its SFT, tuned and gold models, or copy the shipped
     trained models of the default world; then measure the rates (cached)."""
     from mechunlearn import toyworld
 
+    if train and not force:
+        _warn_if_built(world, cache_dir)
     folder = toyworld.build(world, cache_dir=cache_dir, progress=lambda m: typer.echo(m),
                             force=force, embedded=not train)
     typer.echo(f"World {world!r} ready at {folder}")
+
+
+def _warn_if_built(world: str, cache_dir: Path | None) -> None:
+    """Warn that ``--train`` will do nothing: a valid build is already cached (``build``
+    returns it without training unless ``--force``)."""
+    import warnings
+
+    from mechunlearn.toyworld.config import resolve_config
+    from mechunlearn.toyworld.world import cache_root, check_build
+
+    cfg = resolve_config(world)
+    final = cache_root(cache_dir) / cfg.hash()
+    if final.exists() and check_build(final, cfg) is None:
+        warnings.warn(f"--train has no effect: world {world!r} is already built at {final}; "
+                      "add --force to rebuild it by training.", UserWarning, stacklevel=2)
