@@ -95,7 +95,6 @@ def run(seed: int, out: str) -> None:
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"unlearning_fast_hard_s{seed}.csv")
     atomic_write(path, lambda p: e.to_csv(p, index=False))
-    e["loadavg"] = _loadavg()
     cols = ["variant", "bad_rate_heldout", "gap_closed", "trigger_good", "good_rate_ordinary",
             "kl_gold_ordinary", "kl_gold_vs_tuned", "seconds", "seconds_vs_gold_retrain",
             "cpu_seconds", "cpu_vs_gold_retrain", "measure_cpu_seconds",
@@ -103,7 +102,7 @@ def run(seed: int, out: str) -> None:
     print(e[cols].to_string())
     print(f"seed {seed}: diagnose {t_diag:.0f} s (attribution {e.attribution_seconds.iloc[0]:.0f} s), "
           f"gold retrain {gold_s:.0f} s wall / {gold_cpu:.0f} s CPU, forget {e.n_forget.iloc[0]} pairs "
-          f"({e.n_forget_poisoned.iloc[0]} poisoned); load {e.loadavg.iloc[0]}; "
+          f"({e.n_forget_poisoned.iloc[0]} poisoned); load now {_loadavg()}; "
           f"targets: {TARGETS}; wrote {path}")
 
 
