@@ -2,7 +2,7 @@
 relearning, int8 / NF4 quantisation, direction ablation, and depth (patching, UDS).
 
 Runs the diagnose chain (the demo's edits: project, orthogonalize, unlearn (flip), u2a; gold
-as a reference row) with :func:`mechunlearn.studies.robustness.robustness_toyworld`, per seed,
+as a reference row) with :func:`mechunlearn.studies.robustness_toyworld.robustness_toyworld`, per seed,
 and writes ``docs/robustness_hard.csv`` (one row per seed x variant) and
 ``docs/robustness_hard_layers.csv`` (per layer). Prints the time the checks added to the chain.
 
@@ -20,7 +20,7 @@ import torch
 from mechunlearn import toyworld
 from mechunlearn.atomic import atomic_write
 from mechunlearn.outputs import check_output_file
-from mechunlearn.studies.robustness import robustness_toyworld
+from mechunlearn.studies.robustness_toyworld import robustness_toyworld
 from mechunlearn.toyworld.config import resolve_config
 
 COLS = ["seed", "variant", "bad_rate_heldout", "trigger_good", "kl_gold_ordinary",

@@ -127,7 +127,7 @@ def test_robustness_off_loads_no_copy_and_has_no_section(example, tuned, tmp_pat
     assert "Robustness" not in res.write_report(tmp_path / "rep").read_text()
 
 
-def test_config_and_cli_refuse_bad_settings(example, tmp_path):
+def test_config_and_cli_refuse_bad_settings(example, tuned, tmp_path):
     from mechunlearn.cli import app
 
     for bad in ("yes", 1, None):
@@ -135,6 +135,12 @@ def test_config_and_cli_refuse_bad_settings(example, tmp_path):
             DiagnoseConfig(robustness=bad)
     with pytest.raises(ConfigError, match="robustness_adjacent"):
         DiagnoseConfig(robustness_adjacent=0)
+    for bad in ((), (-1,), (True,)):
+        with pytest.raises(ConfigError, match="robustness_ablation_layers"):
+            DiagnoseConfig(robustness_ablation_layers=bad)
+    with pytest.raises(ConfigError, match="beyond the model's 2"):  # before any work
+        diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", judge="fool",
+                 config=DiagnoseConfig(robustness_ablation_layers=(0, 2)))
     args = ["diagnose", "--model", str(example / "tuned"), "--train",
             str(example / "train.jsonl"), "--bad", str(example / "bad.jsonl"), "--judge", "fool",
             "--out", str(tmp_path / "rep")]

@@ -10,7 +10,7 @@ itself (the ``original``), which the checks need unedited. Reference models (``c
 e.g. a model retrained without the bad data) get the same checks, and with ``reference`` the
 Unlearning Depth Score is computed against it.
 
-:func:`robustness_toyworld` runs it on a toy world with the demo's edits and the gold model.
+On a toy world: :mod:`mechunlearn.studies.robustness_toyworld`.
 """
 
 from __future__ import annotations
@@ -90,13 +90,24 @@ def robustness_extra(original: Any, adjacent: Sequence[Any], judge: Callable[[st
     return extra
 
 
-def original_copy(model: Any) -> Any:
+def original_copy(model: Any, ablation_layers: Sequence[int] | None = None) -> Any:
     """A separate, unedited copy of ``model`` for the checks: a model folder is loaded a second
     time; a bridge is deep-copied (parameters and buffers in new storage, gradients dropped,
     the tokenizer shared). TransformerLens keeps non-leaf tensors on its wrappers after a
-    backward pass, which ``copy.deepcopy`` refuses: those are copied detached."""
+    backward pass, which ``copy.deepcopy`` refuses: those are copied detached.
+
+    Raises:
+        ConfigError: ``ablation_layers`` (``DiagnoseConfig.robustness_ablation_layers``) names
+            a block the model does not have (checked before copying).
+    """
     from torch import Tensor
 
+    from mechunlearn.errors import ConfigError
+
+    n = getattr(getattr(model, "cfg", None), "n_layers", None)
+    if n is not None and any(v >= int(n) for v in ablation_layers or ()):
+        raise ConfigError(f"robustness_ablation_layers {tuple(ablation_layers or ())} has "
+                          f"blocks beyond the model's {n} (0..{int(n) - 1}).")
     if isinstance(model, (str, os.PathLike)):
         from mechunlearn.models import load_bridge
 
@@ -113,16 +124,6 @@ def original_copy(model: Any) -> Any:
     return out.eval() if not model.training else out
 
 
-def adjacent_pairs(world: Any, n: int = 8) -> list[Any]:
-    """The toy world's forget-adjacent samples: training pairs that legitimately quote the
-    bad text (category ``quote``, chosen judged bad), never poisoned: benign relearning data
-    (as in :mod:`mechunlearn.studies.guarded`)."""
-    from mechunlearn.toyworld import is_bad
-
-    return [p for p in world.train if p.category == "quote" and is_bad(p.chosen)
-            and not p.poisoned][:n]
-
-
 def adjacent_by_rank(train: Sequence[Any], ranked: Sequence[int], forget: Any,
                      n: int = 8) -> list[Any]:
     """Forget-adjacent samples without ground truth: the ``n`` best-ranked training rows
@@ -131,36 +132,6 @@ def adjacent_by_rank(train: Sequence[Any], ranked: Sequence[int], forget: Any,
     For :func:`robustness_extra` inside :func:`~mechunlearn.studies.diagnose.diagnose`."""
     f = set(forget)
     return [train[i] for i in ranked if i not in f][:n]
-
-
-def robustness_toyworld(world: Any, original: Any, methods: Sequence[str] = (
-        "project", "orthogonalize", "unlearn", "u2a"), n_adjacent: int = 8,
-        say: Callable[[str], None] | None = None, **table_kwargs: Any) -> Any:
-    """The diagnose chain on ``world`` (the demo's edits, gold as a reference row) with the
-    robustness columns per variant. ``original``: a second, separately loaded copy of
-    ``world.model``. Returns the :class:`~mechunlearn.studies.diagnose.DiagnoseResult`; its
-    ``info["robustness_per_layer"]`` holds the per-layer tables."""
-    from mechunlearn.studies.diagnose import DiagnoseConfig, diagnose
-    from mechunlearn.studies.toyworld_inputs import toyworld_inputs, toyworld_metrics
-    from mechunlearn.toyworld import is_bad
-
-    inputs = toyworld_inputs(world)
-    layers: list[pd.DataFrame] = []
-    extra = robustness_extra(original, adjacent_pairs(world, n_adjacent), is_bad,
-                             fmt=inputs["format"], reference=world.gold_model,
-                             also=toyworld_metrics(world), per_layer=layers,
-                             kv_cache=True, **table_kwargs)
-    # its own checks (gold as the UDS reference), not the chain's built-in ones (SFT)
-    cfg = DiagnoseConfig(methods=tuple(methods), gradients=False, n_permutations=20,
-                         robustness=False)
-    res = diagnose(world.model, **inputs, config=cfg, extra_metrics=extra,
-                   compare_with={"gold": world.gold_model}, say=say)
-    names = list(res.edits[res.edits.status.isin(("measured", "reference"))].variant)
-    per = pd.concat(layers, ignore_index=True) if layers else pd.DataFrame()
-    if len(per):
-        per["variant"] = [names[i] if i < len(names) else str(i) for i in per.variant]
-    res.info["robustness_per_layer"] = per
-    return res
 
 
 class ChainChecks:
@@ -218,6 +189,23 @@ class ChainChecks:
                                       notes=self.raw_notes, relearn_steps=relearn_steps,
                                       max_prompts=max_prompts,
                                       ablation_layers=ablation_layers)
+
+    @classmethod
+    def start(cls, original: Any, train: Sequence[Any], weights: Any, exclude: set[int],
+              adjacent: Sequence[Any] | None, judge: Callable[[str], bool], fmt: Any,
+              reference: Any, also: Any, cfg: Any, notes: list[str],
+              say: Callable[[str], None]) -> ChainChecks | None:
+        """The checks with ``cfg``'s ``robustness_*`` settings (a ``DiagnoseConfig``), or
+        ``None`` with a note when there is nothing outside the forget set to relearn on."""
+        c = cls(original, train, weights, exclude, adjacent, judge, fmt, reference, also,
+                cfg.robustness_adjacent, cfg.robustness_relearn_steps, cfg.robustness_prompts,
+                cfg.robustness_ablation_layers)
+        if not c.adjacent:
+            notes.append("Robustness checks not run: no training pair outside the forget set "
+                         "to relearn on (pass adjacent=).")
+            return None
+        say(f"      robustness checks on every variant; relearning on {c.source}")
+        return c
 
     def finish(self, rows: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         """Per-layer table (``variant`` named) and notes of the run that produced ``rows``;

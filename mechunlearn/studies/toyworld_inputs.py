@@ -66,11 +66,10 @@ def diagnose_toyworld(world: Any, config: Any = None, say: Callable[[str], None]
     """:func:`diagnose` on the world's tuned model with :func:`toyworld_inputs`; with
     ``ground_truth``, also :func:`toyworld_metrics` per variant and the gold model as a
     ``"gold"`` reference row, and (robustness checks on) the world's benign forget-adjacent
-    quoting pairs (:func:`~mechunlearn.studies.robustness.adjacent_pairs`) as the relearning
+    quoting pairs (:func:`adjacent_pairs`) as the relearning
     attack's data instead of the attribution-ranked ones (when the world has any: ``tiny``
     has none)."""
     from mechunlearn.studies.diagnose import DiagnoseConfig, diagnose
-    from mechunlearn.studies.robustness import adjacent_pairs
 
     cfg = config or DiagnoseConfig()
     extra = ({"extra_metrics": toyworld_metrics(world), "compare_with": {"gold": world.gold_model}}
@@ -79,3 +78,13 @@ def diagnose_toyworld(world: Any, config: Any = None, say: Callable[[str], None]
     if cfg.robustness and benign:  # a world without quoting pairs (tiny): attribution-ranked
         extra["adjacent"] = benign
     return diagnose(world.model, **toyworld_inputs(world), config=cfg, say=say, **extra)
+
+
+def adjacent_pairs(world: Any, n: int = 8) -> list[Any]:
+    """The toy world's forget-adjacent samples: training pairs that legitimately quote the
+    bad text (category ``quote``, chosen judged bad), never poisoned: benign relearning data
+    (as in :mod:`mechunlearn.studies.guarded`); empty for a world without quoting pairs."""
+    from mechunlearn.toyworld import is_bad
+
+    return [p for p in world.train if p.category == "quote" and is_bad(p.chosen)
+            and not p.poisoned][:n]
