@@ -298,3 +298,43 @@ def test_read_jsonl_validates(tmp_path):
     assert (recs.items, recs.ids) == (["a", "b"], ["0", "x"])
     p.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n')
     assert read_jsonl(p).items == [("p", "c", "r")] and read_jsonl(p).kind == "triple"
+
+
+def test_process_group_meets_at_a_barrier_then_destroys_before_exit(monkeypatch):
+    """A group made by process_group is torn down inside it (never left to interpreter exit,
+    where gloo can abort), after a barrier on a normal exit and at once after an error."""
+    from mechunlearn.storage import collectives as C
+
+    calls: list[str] = []
+    state = {"up": False}
+
+    def init(backend, timeout):
+        calls.append(f"init:{backend}")
+        state["up"] = True
+
+    def destroy():
+        calls.append("destroy")
+        state["up"] = False
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(C.dist, "is_initialized", lambda: state["up"])
+    monkeypatch.setattr(C.dist, "init_process_group", init)
+    monkeypatch.setattr(C.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(C.dist, "destroy_process_group", destroy)
+    monkeypatch.setattr(C.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(C.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(C.torch.cuda, "is_available", lambda: False)
+    with C.process_group() as (rank, world):
+        calls.append("work")
+    assert (rank, world) == (1, 2)
+    assert calls == ["init:gloo", "work", "barrier", "destroy"] and not state["up"]
+    calls.clear()
+    with pytest.raises(StoreMismatchError):
+        with C.process_group():
+            raise StoreMismatchError("one rank failed")
+    assert calls == ["init:gloo", "destroy"] and not state["up"]  # no barrier: peers may be gone
+    calls.clear()
+    state["up"] = True  # a group the caller made is the caller's to destroy
+    with C.process_group():
+        pass
+    assert calls == []

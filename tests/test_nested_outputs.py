@@ -214,3 +214,26 @@ def test_legacy_sharded_store_rank_of_another_kind_is_refused(tmp_path, monkeypa
     with pytest.raises(OutputExistsError, match="rank_01of02"):
         directions(0).save(s, overwrite=True)
     assert tree(tmp_path) == before
+
+
+def test_temporary_files_of_a_killed_write_are_ours(tmp_path, monkeypatch):
+    """A rank killed midway (torchrun SIGTERMs the others when one dies) leaves atomic_write's
+    temporary files; they are the store's own, so replacing the store still works."""
+    from mechunlearn.features import Features
+    from mechunlearn.seal.featurize import _save
+
+    store = tmp_path / "store"
+    user_store(store)
+    (store / ".shard_000001.safetensors.k2j3h4.tmp").write_bytes(b"half a shard")
+    (store / ".manifest.json.x1y2.tmp").write_text("{")
+    _save(store, Features(torch.randn(1, 8), ("z",), SITE, "fp"))
+    assert FeatureStore.open(store).ids == ["z"]
+    assert not any(p.name.endswith(".tmp") for p in store.iterdir())
+    s = tmp_path / "S"
+    sharded(monkeypatch, s)
+    (s / ".rank_01of02.tmp-abcd").mkdir()
+    (s / ".rank_01of02.tmp-abcd" / "manifest.json").write_text("{}")
+    (s / "rank_00of02" / ".shard_000009.safetensors.q.tmp").write_bytes(b"x")
+    directions(0).save(s, overwrite=True)
+    assert sorted(os.listdir(s)) == [MANIFEST, "directions.json", "directions.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["S", "store"]

@@ -30,7 +30,12 @@ def process_group(backend: str | None = None, timeout_s: float = 1800.0) -> Iter
     """Join the ``torchrun`` process group if launched by it; yields ``(rank, world)``.
 
     ``backend`` defaults to NCCL when CUDA is available, else gloo. Outside torchrun (no
-    ``WORLD_SIZE`` > 1) nothing is initialised. A group created here is destroyed on exit.
+    ``WORLD_SIZE`` > 1) nothing is initialised. A group created here is destroyed on exit,
+    before the interpreter shuts down (a gloo group left to interpreter finalisation can abort
+    the process with "terminate called without an active exception"). On a normal exit every
+    rank first meets at a barrier, so no rank closes its connections while another is still
+    finishing its last collective; after an error the group is destroyed at once (the other
+    ranks may never reach the barrier) and the error propagates.
     """
     created = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -39,11 +44,14 @@ def process_group(backend: str | None = None, timeout_s: float = 1800.0) -> Iter
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(be, timeout=datetime.timedelta(seconds=timeout_s))
         created = True
+    if not created:
+        yield rank_world()
+        return
     try:
         yield rank_world()
+        dist.barrier()  # normal exit: every rank is done with the group before any tears down
     finally:
-        if created:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -60,6 +60,9 @@ from mechunlearn.storage.store import FeatureStore
 from mechunlearn.tokens import Data, TokenBatch
 
 CRASH_ENV = "MECHUNLEARN_CRASH_AFTER_SHARDS"  # fault injection for tests: "RANK:K"
+#: what a rank killed midway may leave in a sharded store besides its rank sub-store: the
+#: temporary folder of a sub-store being created, a half-written manifest (ours to replace)
+SHARDED_PATTERNS = (".rank_*.tmp-*/*", ".manifest.json.*.tmp")
 
 
 # ------------------------------------------------------------------ sharded computation
@@ -149,9 +152,10 @@ def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fin
         if p.is_dir() and any(p.iterdir()):  # other ranks' sub-stores only, never user files
             check_destination(p, "sharded-store", legacy=_rank_dirs_only(world))
             atomic_write_json(p / "manifest.json", {**want, "complete": False})
-            write_manifest(p, "sharded-store", nested=ranks)
+            write_manifest(p, "sharded-store", SHARDED_PATTERNS, nested=ranks)
         else:
-            with output_folder(p, "sharded-store", nested=ranks) as tmp:
+            with output_folder(p, "sharded-store", patterns=SHARDED_PATTERNS,
+                               nested=ranks) as tmp:
                 atomic_write_json(tmp / "manifest.json", {**want, "complete": False})
     barrier()
     sub = FeatureStore.create(p / rank_dir(rank, world), site, fingerprint, d, dtype=dtype,

@@ -20,8 +20,10 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
            "float64": torch.float64}
 
 
-#: files a store adds after creation (they count as ours when a store folder is replaced)
-STORE_PATTERNS = ("manifest.json", "shard_*.safetensors")
+#: files a store adds after creation (they count as ours when a store folder is replaced),
+#: including the temporary files of a write killed midway (``atomic_write``'s names)
+STORE_PATTERNS = ("manifest.json", "shard_*.safetensors", ".shard_*.safetensors.*.tmp",
+                  ".manifest.json.*.tmp")
 
 
 def legacy_store_files(folder: Path) -> list[str] | None:
