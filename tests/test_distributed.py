@@ -28,6 +28,7 @@ from mechunlearn.errors import (
     StoreError,
     StoreMismatchError,
 )
+from mechunlearn.outputs import read_manifest
 from mechunlearn.sharded_store import (
     ShardedStore,
     WorldSizeMismatchError,
@@ -132,6 +133,7 @@ def test_crash_leaves_valid_shards_and_resume_skips_them(run):
 def test_torchrun_features_equal_single_process(run, single):
     store = open_store(run.out / "acts")
     assert isinstance(store, ShardedStore) and store.world_size == 2
+    assert read_manifest(run.out / "acts")["nested"] == ["rank_00of02", "rank_01of02"]
     a, b = single.ref.load(), store.load()
     assert b.ids == a.ids == tuple(single.ids)
     assert b.fingerprint == a.fingerprint and b.site == a.site
