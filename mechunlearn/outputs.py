@@ -104,11 +104,12 @@ def _foreign_error(given: Path, a: Path, found: str | None,
     subs = [s for s, _ in nested]
     rest = [f for f in foreign if not any(f.startswith(s + "/") for s in subs)]
     what = "; ".join(f"{given / s} (a separate mechunlearn {k!r} output)" for s, k in nested)
-    owner = f"the {found!r} output there" if found not in (None, "legacy") else "this folder"
+    there = "the earlier mechunlearn" if found == "legacy" else f"the {found!r}"
+    owner = f", which {there} output there did not write" if found is not None else ""
     also = f"; it also holds files mechunlearn did not write ({_shown(rest)})" if rest else ""
     obj = "it" if len(nested) == 1 and not rest else "them"
     return OutputExistsError(
-        f"Output folder {given} holds {what}, which {owner} did not write{also}. mechunlearn "
+        f"Output folder {given} holds {what}{owner}{also}. mechunlearn "
         f"never deletes another output, not even with overwrite: move {obj} out of {given}, or "
         "pick a new or empty folder (CLI: another --out).")
 

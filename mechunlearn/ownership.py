@@ -88,7 +88,8 @@ UNLISTED_NESTED: dict[str, Callable[[Path, Path], bool]] = {"sharded-store": _sh
 def is_nested(parent: Path, manifest: dict[str, Any], sub: Path) -> bool:
     """``sub`` (a sub-folder of ``parent``) is a nested output the parent wrote."""
     if "nested" in manifest:
-        return sub.name in manifest["nested"]
+        listed = manifest["nested"]
+        return isinstance(listed, list) and sub.name in listed
     rule = UNLISTED_NESTED.get(str(manifest.get("kind")))
     return rule is not None and rule(parent, sub)
 

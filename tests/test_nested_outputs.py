@@ -237,3 +237,14 @@ def test_temporary_files_of_a_killed_write_are_ours(tmp_path, monkeypatch):
     directions(0).save(s, overwrite=True)
     assert sorted(os.listdir(s)) == [MANIFEST, "directions.json", "directions.safetensors"]
     assert sorted(os.listdir(tmp_path)) == ["S", "store"]
+
+
+def test_user_folder_holding_one_of_our_outputs_is_refused(tmp_path):
+    proj = tmp_path / "proj"
+    user_store(proj / "feats")
+    (proj / "notes.txt").write_text("mine")
+    before = tree(tmp_path)
+    with pytest.raises(OutputExistsError, match="separate mechunlearn 'featurestore'") as e:
+        directions(0).save(proj, overwrite=True)
+    assert "notes.txt" in str(e.value) and "move them out" in str(e.value)
+    assert tree(tmp_path) == before
