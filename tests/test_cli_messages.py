@@ -202,6 +202,7 @@ def test_help_paragraphs_reflow_and_name_defaults():
     assert "each rank extracts its share of the data" in h and "``" not in h, h
     h = runner.invoke(app, ["distributed", "extract", "--help"], env=wide).output
     assert "real token" in h, h  # --position had no help
+    assert "'prompt'+'response'" in h and "see `mechunlearn distributed --help`" not in h
     h = runner.invoke(app, ["toyworld", "build", "--help"], env=wide).output
     assert "~/.cache/mechunlearn/toyworld" in h, h
     h = runner.invoke(app, ["seal", "--help"], env=wide).output

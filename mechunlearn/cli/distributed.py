@@ -8,7 +8,7 @@ Subcommands (run each under ``torchrun --nproc_per_node=N`` for N ranks, or plai
 * ``stats STORE [--out FILE.pt]`` -- mean/covariance reduced across ranks
 
 JSONL rows hold ``text``, or ``prompt`` + ``response`` (or ``prompt`` + ``chosen`` +
-``rejected`` for ``gradients --loss dpo``), and an optional ``id`` (default: the line number).
+``rejected`` for ``gradients --loss dpo``), and an optional ``id`` (default: the record's 0-based index).
 ``torchrun -m mechunlearn distributed extract ...`` and the older
 ``torchrun -m mechunlearn.distributed extract ...`` run the same commands.
 """
@@ -37,7 +37,9 @@ distributed_app = typer.Typer(help="Data-parallel extraction under torchrun (run
                               no_args_is_help=True, cls=OneLineGroup)  # one-line errors alone too
 _DTYPES = ("float32", "float16", "bfloat16")
 
-Data = Annotated[Path, typer.Option(help="JSONL file (see `mechunlearn distributed --help`).")]
+Data = Annotated[Path, typer.Option(help="JSONL: 'text' or 'prompt'+'response' records "
+                                    "('prompt'+'chosen'+'rejected' for gradients --loss dpo), "
+                                    "optional 'id' (default: the record's 0-based index).")]
 SiteOpt = Annotated[str, typer.Option("--site", "--hook", help="Hook name, e.g. "
                                       "blocks.1.hook_resid_post.")]
 Out = Annotated[Path, typer.Option(help="Sharded store folder (resumable).")]
