@@ -9,9 +9,10 @@
 * ``unlearn``: the top attributed training pairs are the forget set, a sample of the rest
   whose chosen response the judge accepts the retain set (:func:`keep_rows`); objective
   :data:`EDIT_OBJECTIVE` (flip without its NLL term: train on the rejected response instead)
-  when the data are preference triples, else ``npo``; the forget phase stops when no
-  attribution-half bad prompt is answered badly (:class:`~.stopping.BadAnswerTracker`:
-  teacher-forced checks, greedy decoding only to confirm), then repairs;
+  when the data are preference triples, else ``npo``; the forget phase stops when at most
+  ``UnlearnConfig.target`` (default 5 %) of the attribution-half bad prompts are still
+  answered badly (:class:`~.stopping.BadAnswerTracker`: teacher-forced checks, greedy
+  decoding only to confirm), then repairs;
 * ``selective``: attribute -> unlearn -> re-check rounds (the selective forgetting of Liu et
   al., "Explainable reinforcement learning from human feedback to improve alignment",
   arXiv:2512.13837; :func:`mechunlearn.unlearn.selective_forget`);
