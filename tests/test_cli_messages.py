@@ -88,14 +88,23 @@ def test_check_layers_refuses_a_repeated_block(env):
     (["doctor", "--checks", "hooks,hooks"], "--checks lists 'hooks' twice"),
     (["diagnose", "--train", "T", "--bad", "B", "--judge", "fox", "--layers", "0,0"],
      "--layers lists 0 twice"),
+    (["diagnose", "--train", "T", "--bad", "B", "--judge", "fox", "--methods", "unlearn,unlearn"],
+     "--methods lists 'unlearn' twice"),
+    (["diagnose", "--train", "T", "--bad", "B", "--judge", "fox", "--methods", "unlearn,retrain"],
+     "--methods: unknown value(s) ['retrain']"),
+    (["sweep", "--pos", "P", "--neg", "N", "--kinds", "resid_post,resid_post"],
+     "--kinds lists 'resid_post' twice"),
 ])
 def test_cli_refuses_repeated_values_up_front(env, args, match):
     args = [*args, "--model", env.m0]
+    if args[0] == "sweep":
+        args = [env.pos if a == "P" else env.neg if a == "N" else a for a in args]
+        args += ["--out", str(env.root / "never.csv")]
     if args[0] == "diagnose":
         args = [env.pairs if a == "T" else env.pos if a == "B" else a for a in args]
         args += ["--out", str(env.root / "never")]
     assert match in _error(runner.invoke(app, args))
-    assert not (env.root / "never").exists()
+    assert not (env.root / "never").exists() and not (env.root / "never.csv").exists()
 
 
 # ------------------------------------------------------------------ 2. options it has

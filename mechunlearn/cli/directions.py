@@ -105,7 +105,7 @@ def sweep_cmd(
     kinds: Annotated[str, typer.Option(help="Comma list of resid_pre,resid_mid,resid_post,"
                                        "attn_out,mlp_out.")] = "resid_post",
     position: Position = "mean",
-    method: Annotated[str, typer.Option(help="Direction finder per site.")] = "mean_diff",
+    method: Annotated[str, typer.Option(help="Direction finder per site: pca_bias | mean_diff | probe | ccs | leace.")] = "mean_diff",
     permutations: Permutations = 20,
     out: Annotated[Path, typer.Option(help="CSV, one row per site (plus "
                                       "<out>.mechunlearn.json with the versions).")]
@@ -119,15 +119,15 @@ def sweep_cmd(
     from mechunlearn.directions import FINDERS
     from mechunlearn.models import load_bridge
     from mechunlearn.outputs import check_output_file, write_output_file, write_sidecar
+    from mechunlearn.cli.options import split_list
     from mechunlearn.sites import SITE_KINDS
     from mechunlearn.sites import sites as all_sites
     from mechunlearn.sweep import sweep as run_sweep
 
     check_method(method, FINDERS)
-    kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
-    unknown = [k for k in kind_list if k not in SITE_KINDS]
-    if unknown or not kind_list:
-        raise ConfigError(f"--kinds: unknown site kind(s) {unknown or [kinds]}; choose from "
+    kind_list = split_list(kinds, "--kinds", SITE_KINDS)  # unknown or repeated: refused
+    if not kind_list:
+        raise ConfigError(f"--kinds {kinds!r} names no site kind; choose from "
                           f"{list(SITE_KINDS)}.")
     check_output_file(out, overwrite, (".csv",))
     if plot is not None:
