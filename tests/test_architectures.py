@@ -162,7 +162,7 @@ def test_doctor_library_and_cli(tmp_path, monkeypatch):
     res = runner.invoke(app, ["doctor", "--model", str(tmp_path / "nope")])
     assert res.exit_code == 2 and res.output.strip().count("\n") == 0
     res = runner.invoke(app, ["doctor", "--model", str(folder), "--checks", "nonsense"])
-    assert res.exit_code == 2 and "Unknown check" in res.output
+    assert res.exit_code == 2 and "--checks: unknown value(s) ['nonsense']" in res.output
 
 
 def test_new_checks_fail_when_the_property_is_broken(tmp_path, monkeypatch):

@@ -104,7 +104,7 @@ CASES = [
     ("edit_unlearn_texts", ["edit", "unlearn", "--model", "MODEL", "--forget", "TEXTS",
                             "--retain", "PAIRS", "--out", "ROOT/out/e5"], "prompt/response"),
     ("sweep_bad_kind", ["sweep", "--model", "MODEL", "--pos", "PAIRS", "--neg", "PAIRS",
-                        "--kinds", "resid_side", "--out", "ROOT/out/s.csv"], "site kind"),
+                        "--kinds", "resid_side", "--out", "ROOT/out/s.csv"], "--kinds: unknown value(s) ['resid_side']"),
     ("sweep_bad_method", ["sweep", "--model", "MODEL", "--pos", "PAIRS", "--neg", "PAIRS",
                           "--method", "magic", "--out", "ROOT/out/s2.csv"], "--method"),
     ("seal_malformed_records", ["seal", "--data", "BADPREFS", "--model", "MODEL", "--out",
