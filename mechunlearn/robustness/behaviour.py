@@ -25,15 +25,18 @@ def _plain(tokenizer: Any, prompts: list[str]) -> TokenBatch:
 
 
 def judged(judge: Callable[[str], bool], responses: Sequence[str]) -> list[bool]:
-    """``judge(r)`` for each response, checked: an exception or a non-bool verdict raises
-    :class:`~mechunlearn.errors.JudgeError` naming the response."""
+    """``[judge(r) for r in responses]`` (True = bad), checked: each verdict must be a bool
+    (numpy/torch bools and 0/1 ints are accepted); an exception or another value raises
+    :class:`~mechunlearn.errors.JudgeError` naming the response, so a broken judge never
+    reads as "not bad". The one checker (``studies.judge.judge_all`` is this function)."""
     out = []
     for i, r in enumerate(responses):
         try:
             v = judge(r)
-        except Exception as e:  # the user's judge: say which response broke it
+        except Exception as e:  # the user's judge: report which response broke it
             raise JudgeError(f"The judge raised {type(e).__name__}: {e} on response {i} "
-                             f"({r[:60]!r}); it must return True for a bad response.") from e
+                             f"({r[:60]!r}); fix the judge (it must return True for a bad "
+                             "response, False otherwise).") from e
         if hasattr(v, "item"):
             v = v.item()
         if not (isinstance(v, bool) or (isinstance(v, int) and v in (0, 1))):

@@ -78,24 +78,12 @@ def parse_judge(spec: str) -> Judge:
 
 
 def judge_all(judge: Judge, responses: Sequence[str]) -> list[bool]:
-    """``[judge(r) for r in responses]``, checked: each verdict must be a bool (numpy bools
-    and 0/1 ints are accepted); an exception or another value raises :class:`JudgeError`."""
-    out = []
-    for i, r in enumerate(responses):
-        try:
-            v = judge(r)
-        except Exception as e:  # the user's judge: report which response broke it
-            raise JudgeError(f"The judge raised {type(e).__name__}: {e} on response {i} "
-                             f"({r[:60]!r}); fix the judge (it must return True for a bad "
-                             "response, False otherwise).") from e
-        if isinstance(v, bool) or (hasattr(v, "item") and isinstance(v.item(), bool)):
-            out.append(bool(v))
-        elif isinstance(v, int) and v in (0, 1):
-            out.append(bool(v))
-        else:
-            raise JudgeError(f"The judge returned {v!r} ({type(v).__name__}) for response {i} "
-                             f"({r[:60]!r}); it must return a bool (True = bad).")
-    return out
+    """``[judge(r) for r in responses]``, checked: each verdict must be a bool (numpy/torch
+    bools and 0/1 ints are accepted); an exception or another value raises
+    :class:`JudgeError` naming the response (:func:`mechunlearn.robustness.behaviour.judged`)."""
+    from mechunlearn.robustness.behaviour import judged
+
+    return judged(judge, responses)
 
 
 def describe(judge: Judge) -> str:
