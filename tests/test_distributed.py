@@ -37,6 +37,7 @@ from mechunlearn.sharded_store import (
     rank_blocks,
 )
 from mechunlearn.sites import Site
+from mechunlearn.storage.format import read_manifest_file
 from mechunlearn.store import FeatureStore, RunningMoments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,9 +207,13 @@ def test_world_size_mismatch_is_a_typed_error(run, single, monkeypatch):
     monkeypatch.setattr(D, "rank_world", lambda: (0, 2))
     monkeypatch.setattr(D, "barrier", lambda: None)
     monkeypatch.setattr(D, "_check_ranks_agree", lambda want: None)
+    data = read_manifest_file(run.out / "acts" / "manifest.json", None, "store")["data"]
     with pytest.raises(StoreMismatchError, match="shard_size"):
         D.run_sharded(run.out / "acts", single.ids, Site(HOOK, "mean"), "x", 32,
-                      lambda a, z: torch.zeros(z - a, 32), shard_size=16)
+                      lambda a, z: torch.zeros(z - a, 32), shard_size=16, data=data)
+    with pytest.raises(StoreMismatchError, match="other data"):  # the same ids are not enough
+        D.run_sharded(run.out / "acts", single.ids, Site(HOOK, "mean"), "x", 32,
+                      lambda a, z: torch.zeros(z - a, 32), shard_size=32)
 
 
 # ----------------------------------------------------------------- in-process, simulated ranks

@@ -166,9 +166,15 @@ def gradients_cmd(ctx: typer.Context, model: Model, data: Data, site: SiteOpt, o
 @distributed_app.command("merge")
 def merge_cmd(src: Annotated[Path, typer.Argument(help="Sharded store.")],
               dst: Annotated[Path, typer.Argument(help="Plain FeatureStore to write.")]) -> None:
-    """Write a sharded store as one FeatureStore in global order (single process)."""
+    """Write a sharded store as one FeatureStore in global order (single process).
+
+    Rerun into the same DST to resume a merge; a DST holding anything else is refused.
+    """
+    from mechunlearn.cli.checks import check_new_kind
+    from mechunlearn.storage.format import legacy_store_files
     from mechunlearn.storage.sharded import merge
 
+    check_new_kind(dst, "featurestore", legacy_store_files, flag="DST")  # no --overwrite here
     out = merge(src, dst)
     typer.echo(f"merged {len(out)} rows into {out.path}")
 

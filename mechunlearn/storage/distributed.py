@@ -9,6 +9,10 @@ result equals the single-process store row for row (same features, ids and order
 
 Failure behaviour: every shard is written atomically, so a rank that dies leaves its finished
 shards valid; rerunning the same command resumes each rank after its last finished shard.
+The manifest and every rank's sub-store record the same ``data_hash`` a plain store records
+(:func:`mechunlearn.storage.extract.data_hash`), so a resume with other data (even of the same
+length, with the default ids) raises :class:`StoreMismatchError`; a store written by the
+previous release, which recorded no hash, is never resumed (its data cannot be verified).
 Resuming with another world size raises :class:`WorldSizeMismatchError`. The collectives
 (``rank_world``, ``process_group``, ``barrier``, ``all_reduce_moments``, ``distributed_mean_cov``)
 live in :mod:`mechunlearn.storage.collectives` and are importable from here.
@@ -24,6 +28,7 @@ CLI::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -51,7 +56,8 @@ from mechunlearn.storage.sharded import (
     FORMAT,
     VERSION,
     ShardedStore,
-    WorldSizeMismatchError,
+    WorldSizeMismatchError,  # noqa: F401 (part of this module's API)
+    check_resume,
     rank_blocks,
     rank_dir,
     read_manifest,
@@ -90,19 +96,31 @@ def _rank_dirs_only(world: int) -> Callable[[Path], list[str] | None]:
     return listed
 
 
-def _check_resume(old: dict[str, Any], want: dict[str, Any], out: Path) -> None:
-    if int(old["world_size"]) != want["world_size"]:
-        raise WorldSizeMismatchError(
-            f"{out} was started with world_size={old['world_size']} but this run has "
-            f"world_size={want['world_size']}. Resume with --nproc_per_node={old['world_size']} "
-            "(same total over nodes), or write to a new folder."
-        )
-    for k in ("n", "ids_sha256", "shard_size", "site", "fingerprint", "d", "dtype", "kind"):
-        if old.get(k) != want[k]:
-            raise StoreMismatchError(
-                f"{out} holds {k}={old.get(k)!r}, not {want[k]!r}: it was written for another "
-                "dataset/model/site/config. Use another folder."
-            )
+def _hash_items(model: Any, items: Data, ids: Sequence[str], **tok: Any) -> str:
+    """``data_hash`` of ``items`` as a plain store records it (``tok``: ``extract``'s token
+    options); triples: the (prompt, chosen) and (prompt, rejected) hashes, comma-joined."""
+    from mechunlearn.storage.extract import data_hash
+    from mechunlearn.tokens import as_token_batch
+
+    def one(x: Data) -> str:
+        return data_hash(as_token_batch(model, x, tok.get("padding_side", "right"),
+                                        tok.get("attention_mask"), tok.get("response_mask")),
+                         ids)
+
+    if isinstance(items, (list, tuple)) and items and isinstance(items[0], tuple) \
+            and len(items[0]) == 3:
+        return f"{one([(p, c) for p, c, _ in items])},{one([(p, r) for p, _, r in items])}"
+    return one(items)
+
+
+def _raise_on_any_rank(problem: str) -> None:
+    """Raise :class:`StoreMismatchError` on every rank if any rank found a ``problem``."""
+    got, world = [problem], rank_world()[1]
+    if world > 1 and dist.is_initialized():  # (not in tests that simulate ranks)
+        got = [""] * world
+        dist.all_gather_object(got, problem)
+    if any(got):
+        raise StoreMismatchError(next(g for g in got if g))
 
 
 def _check_ranks_agree(want: dict[str, Any]) -> None:
@@ -124,11 +142,22 @@ def _check_ranks_agree(want: dict[str, Any]) -> None:
 
 def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fingerprint: str,
                 d: int, compute: Callable[[int, int], Tensor], *, shard_size: int = 4096,
-                dtype: torch.dtype = torch.float32, kind: str = "activations") -> ShardedStore:
+                dtype: torch.dtype = torch.float32, kind: str = "activations",
+                data: str | None = None, config: dict[str, Any] | None = None) -> ShardedStore:
     """Compute ``compute(start, stop) -> [stop - start, d]`` for this rank's blocks into ``out``.
 
     Collective: call on every rank with identical arguments. Resumes after each rank's last
     complete shard; returns the complete :class:`ShardedStore` (on every rank).
+    ``data``: hash of the samples the rows are computed from (the runners below pass
+    :func:`~mechunlearn.storage.extract.data_hash`), recorded in the manifest and in every
+    rank's sub-store; ``None`` only when the rows are a function of ``ids`` alone.
+    ``config``: JSON settings that change the rows (e.g. the loss), recorded and compared.
+
+    Raises:
+        StoreMismatchError: ``out`` holds a store of other data (hash), ids, model, Site,
+            shard size, dtype, kind or config, or one written by the previous release (no
+            data hash recorded, so it cannot be verified); never resumed.
+        WorldSizeMismatchError: ``out`` was started with another number of ranks.
     """
     n = len(ids)
     if n == 0:
@@ -140,11 +169,11 @@ def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fin
     want = {"format": FORMAT, "version": VERSION, "world_size": world, "n": n,
             "ids_sha256": _ids_digest(ids), "shard_size": int(shard_size),
             "site": site.to_dict(), "fingerprint": fingerprint, "d": int(d),
-            "dtype": _dtype_name(dtype), "kind": kind}
+            "dtype": _dtype_name(dtype), "kind": kind, "data": data, "config": config}
     _check_ranks_agree(want)
     old = read_manifest(p) if p.exists() else None
     if old is not None:
-        _check_resume(old, want, p)
+        check_resume(old, want, p)
     elif rank == 0:
         from mechunlearn.outputs import check_destination, output_folder, write_manifest
 
@@ -159,12 +188,18 @@ def run_sharded(out: str | os.PathLike[str], ids: Sequence[str], site: Site, fin
                 atomic_write_json(tmp / "manifest.json", {**want, "complete": False})
     barrier()
     sub = FeatureStore.create(p / rank_dir(rank, world), site, fingerprint, d, dtype=dtype,
-                              shard_size=shard_size)
+                              shard_size=shard_size, data=data)
     blocks = rank_blocks(n, shard_size, rank, world)
     done = sub.n_shards
     expect = [i for b in blocks[:done] for i in ids[b * shard_size:(b + 1) * shard_size]]
-    if done > len(blocks) or sub.ids != expect:
-        raise StoreMismatchError(f"Sub-store {sub.path} holds rows that do not match this run.")
+    problem = ""
+    if sub.data_hash != data:
+        problem = (f"Sub-store {sub.path} was written from other data (hash {sub.data_hash}) "
+                   f"than this run's (hash {data}); resuming would mix their rows. Write to "
+                   f"another folder, or delete {p} yourself if you no longer need it.")
+    elif done > len(blocks) or sub.ids != expect:
+        problem = f"Sub-store {sub.path} holds rows that do not match this run."
+    _raise_on_any_rank(problem)  # every rank raises (none is left waiting at a barrier)
     crash = os.environ.get(CRASH_ENV, "")
     for written, b in enumerate(blocks[done:], start=1):
         a, z = b * shard_size, min(n, (b + 1) * shard_size)
@@ -193,8 +228,10 @@ def extract_distributed(model: Any, data: Data, site: Site, out: str | os.PathLi
     """Data-parallel :func:`~mechunlearn.features.extract` of ``data`` at ``site`` into ``out``.
 
     ``data``: texts, ``(prompt, response)`` pairs or a :class:`TokenBatch`; every rank passes
-    the same data and tokenizes only its own blocks. Returns the ordered :class:`ShardedStore`
-    (``[n, d]`` rows, ids ``"0".."n-1"`` unless given). Collective: call on every rank.
+    the same data, hashes all of it (``data_hash``, checked on resume) and runs the model on
+    its own blocks only. Returns the ordered :class:`ShardedStore` (``[n, d]`` rows, ids
+    ``"0".."n-1"`` unless given). Collective: call on every rank. Errors: as
+    :func:`run_sharded` (other data in ``out``: :class:`StoreMismatchError`).
     """
     n = len(data)
     id_list = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
@@ -210,9 +247,10 @@ def extract_distributed(model: Any, data: Data, site: Site, out: str | os.PathLi
         return extract(model, _slice(data, a, z), site, batch_size=batch_size,
                        ids=id_list[a:z], progress=False, **extract_kwargs).values
 
+    dh = _hash_items(model, data, id_list, **extract_kwargs)  # before any forward pass
     d = int(compute(0, 1).shape[1]) if n else 0
     return run_sharded(out, id_list, site, model_fingerprint(model), d, compute,
-                       shard_size=shard_size, dtype=dtype, kind="activations")
+                       shard_size=shard_size, dtype=dtype, kind="activations", data=dh)
 
 
 def gradient_features_distributed(model: Any, items: Sequence[Any], site: Site,
@@ -222,7 +260,8 @@ def gradient_features_distributed(model: Any, items: Sequence[Any], site: Site,
                                   **grad_kwargs: Any) -> ShardedStore:
     """Data-parallel :func:`~mechunlearn.attribution.gradient_features` into a sharded store.
 
-    Same sharding, resume and ordering guarantees as :func:`extract_distributed`; ``site`` is
+    Same sharding, resume (data hash) and ordering guarantees as :func:`extract_distributed`,
+    and the loss settings and reference model are checked on resume too; ``site`` is
     the activation Site (or, with ``params=[...]`` in ``grad_kwargs``, the label stored with
     the parameter gradients). Rows ``[n, d]``. Collective: call on every rank.
     """
@@ -240,7 +279,14 @@ def gradient_features_distributed(model: Any, items: Sequence[Any], site: Site,
         return gradient_features(model, list(items[a:z]), site=site, batch_size=batch_size,
                                  ids=id_list[a:z], **grad_kwargs).values
 
+    dh = _hash_items(model, items, id_list)  # before any backward pass
+    ref = grad_kwargs.get("ref_model")
+    dflt = inspect.signature(gradient_features).parameters  # the settings that change the rows
+    config = {k: grad_kwargs.get(k, dflt[k].default)
+              for k in ("loss", "beta", "params", "projection_dim", "seed")}
+    config["ref_model"] = None if ref is None else model_fingerprint(ref)
+    config = json.loads(json.dumps(config))  # as the manifest stores it (tuples -> lists)
     d = int(compute(0, 1).shape[1]) if n else 0
     kind = "param_gradients" if grad_kwargs.get("params") else "activation_gradients"
     return run_sharded(out, id_list, site, model_fingerprint(model), d, compute,
-                       shard_size=shard_size, dtype=dtype, kind=kind)
+                       shard_size=shard_size, dtype=dtype, kind=kind, data=dh, config=config)

@@ -3,7 +3,9 @@
 Layout of a sharded store folder (written by :mod:`mechunlearn.storage.distributed`)::
 
     manifest.json        format "mechunlearn-sharded-store", world_size, shard_size, n,
-                         ids_sha256, site, fingerprint, d, dtype, kind, complete
+                         ids_sha256, data (the plain store's data_hash; absent in the
+                         previous release), config, site, fingerprint, d, dtype, kind,
+                         complete
     rank_00of02/         an ordinary FeatureStore holding rank 0's shards
     rank_01of02/         ... rank 1's shards
 
@@ -28,7 +30,7 @@ from torch import Tensor
 from mechunlearn.errors import (
     StoreError,
     StoreMismatchError,
-    WorldSizeMismatchError,  # noqa: F401 (defined in errors.py, kept importable here)
+    WorldSizeMismatchError,
 )
 from mechunlearn.storage.format import FORMAT as STORE_FORMAT
 from mechunlearn.storage.format import read_manifest_file
@@ -59,6 +61,38 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not mf.is_file():
         return None
     return read_manifest_file(mf, FORMAT, "sharded-store")
+
+
+def check_resume(old: dict[str, Any], want: dict[str, Any], out: Path) -> None:
+    """Refuse to resume the sharded store ``out`` (manifest ``old``) for a run that would
+    write ``want``: another data hash, world size, ids, model, Site or config, or a store of
+    the previous release (no ``data`` hash: its rows cannot be verified). Raises
+    :class:`WorldSizeMismatchError` or :class:`StoreMismatchError` naming ``out`` and what to do.
+    """
+    todo = (f"Write to another folder (CLI: another --out), or delete {out} yourself if you "
+            "no longer need it.")
+    if "data" not in old:
+        raise StoreMismatchError(
+            f"{out} was written by a previous mechunlearn release that did not record a hash of "
+            "its data, so this run cannot check that its rows come from the same data: resume "
+            f"refused (its finished rows stay readable). {todo}")
+    if int(old["world_size"]) != want["world_size"]:
+        raise WorldSizeMismatchError(
+            f"{out} was started with world_size={old['world_size']} but this run has "
+            f"world_size={want['world_size']}. Resume with --nproc_per_node={old['world_size']} "
+            "(same total over nodes), or write to a new folder."
+        )
+    if old["data"] != want["data"]:
+        raise StoreMismatchError(
+            f"{out} holds rows computed from other data (hash {old['data']}) than this run's "
+            f"(hash {want['data']}); resuming would return or mix the old rows. {todo}")
+    for k in ("n", "ids_sha256", "shard_size", "site", "fingerprint", "d", "dtype", "kind",
+              "config"):
+        if old.get(k) != want[k]:
+            raise StoreMismatchError(
+                f"{out} holds {k}={old.get(k)!r}, not {want[k]!r}: it was written for another "
+                f"dataset/model/site/config. {todo}"
+            )
 
 
 class ShardedStore(FeatureStore):
@@ -146,23 +180,32 @@ def open_store(path: str | os.PathLike[str], verify: bool = False,
 def merge(src: str | os.PathLike[str] | FeatureStore, dst: str | os.PathLike[str]) -> FeatureStore:
     """Copy a (sharded) store into one plain :class:`FeatureStore` at ``dst``, in global order.
 
-    Resumable: shards already in ``dst`` (checked by id) are skipped. Shards keep their sizes,
-    so the result is file-for-file what a single-process run would have written.
+    Resumable: shards already in ``dst`` are skipped once their ids and values are checked
+    equal to the source's. Shards keep their sizes, so the result is file-for-file what a
+    single-process run would have written; it records the source's data hash.
+
+    Raises:
+        StoreMismatchError: ``dst`` holds a store of other data (another data hash, more rows,
+            or a shard whose ids or values differ from the source's): it is never extended.
     """
+    import torch
+
     store = src if isinstance(src, FeatureStore) else open_store(src)
     out = FeatureStore.create(dst, store.site, store.fingerprint, store.d, dtype=store.dtype,
-                              shard_size=int(store._m["shard_size"]))
+                              shard_size=int(store._m["shard_size"]), data=store.data_hash)
     done = out.n_shards
-    have = out.ids
-    pos = 0
+    todo = f"Write to another folder, or delete {dst} yourself if you no longer need it."
+    if done and (out.data_hash != store.data_hash or done > store.n_shards):
+        raise StoreMismatchError(
+            f"Merge target {dst} holds {len(out)} rows of other data (hash {out.data_hash}) "
+            f"than {store.path} ({len(store)} rows, hash {store.data_hash}). {todo}")
     for i, (vals, ids) in enumerate(store.iter_shards()):
         if i < done:
-            if have[pos:pos + len(ids)] != list(ids):
+            have, have_ids = out._read(i)
+            if have_ids != list(ids) or not torch.equal(have, vals):
                 raise StoreMismatchError(
-                    f"Merge target {dst} holds shard {i} with other ids; it belongs to another "
-                    "store. Use another folder."
-                )
-            pos += len(ids)
+                    f"Merge target {dst} holds shard {i} with other ids or values; it belongs "
+                    f"to another store. {todo}")
             continue
         out.append(vals, ids)
         out.flush()
