@@ -91,6 +91,37 @@ CANDS = [("the quick", " brown fox"),   # same bad answer as the held-out query
          ("jumps over", " the lazy")]
 
 
+def test_selective_forget_forget_ok_refuses_attributed_rows(tiny_bridge, monkeypatch):
+    import mechunlearn.unlearn.selective as sel
+
+    before = _state(tiny_bridge)
+    seen = []
+    real = sel.unlearn
+
+    def spy(model, forget, retain, *a, **k):
+        seen.append(([x.id for x in forget], [x.prompt for x in retain]))
+        return real(model, forget, retain, *a, **k)
+
+    monkeypatch.setattr(sel, "unlearn", spy)
+    cfg = UnlearnConfig(steps=2, repair_steps=0, lr=1e-2, eval_every=1)
+    bad = [("the quick", " brown fox")]
+    # attribution ranks a legitimate pair (c1) first; only p0's chosen answer is bad
+    res = selective_forget(tiny_bridge, TRAIN, lambda m: bad, lambda m, q: [1, 0], "flip", cfg,
+                           max_rounds=2, forget_ok=lambda i: i == 0)
+    assert seen[0][0] == ["p0"] and res.forget_ids == ("p0",)
+    assert "the lazy" in seen[0][1]  # the refused row may still be retain data
+    assert res.refused == ("c1",) and res.rounds.n_refused.tolist()[:2] == [1, 0]
+    assert len(seen) == 1 and res.stopped == "no_new_samples"  # c1 is not proposed again
+    res.undo()
+    assert _same(tiny_bridge, before)
+    # every attributed row refused: nothing is unlearned, the weights are untouched
+    seen.clear()
+    res = selective_forget(tiny_bridge, TRAIN, lambda m: bad, lambda m, q: [1, 2], "flip", cfg,
+                           forget_ok=lambda i: i == 0)
+    assert not seen and res.stopped == "no_new_samples" and res.refused == ("c1", "c2")
+    assert _same(tiny_bridge, before)
+
+
 def test_u2a_scores_match_finite_difference(tiny_bridge):
     """The first-order score predicts the held-out margin change of a small SGD step."""
     obj = make_objective("npo")

@@ -7,7 +7,9 @@ With ``screen=True``, the new candidates are screened before each round's unlear
 (:func:`.hygiene.screen_forget`; off by default: it inverted on one of two measured worlds):
 only pairs whose unlearning lowers the bad responses' likelihood more than the
 kept data's are unlearned; attribution is imprecise and unlearning legitimate pairs breaks
-ordinary answers. Stop when no bad response is left ("fixed"; with a ``forget_metric``:
+ordinary answers. With ``forget_ok``, attributed rows it refuses are never unlearned (e.g. pairs
+whose chosen response the judge accepts: flipping one trains the model toward its rejected
+response). Stop when no bad response is left ("fixed"; with a ``forget_metric``:
 when it is at or below ``config.target``, "target"), when the KL to the *original* model on retain
 data exceeds ``kl_budget`` ("budget"), or after ``max_rounds``. Keeping the other training
 data close to the original model is the "optimality-preserving" constraint of the seed
@@ -41,8 +43,8 @@ Attribute = Callable[[Any, Sequence[Any]], Any]
 @dataclass(frozen=True)
 class SelectiveResult:
     """Per-round table, the forget ids (in order of selection), why it stopped, the undo
-    handle (restores the model as before the first round), total seconds, and the ids the
-    screening kept out of the forget set."""
+    handle (restores the model as before the first round), total seconds, the ids the
+    screening kept out of the forget set, and the attributed ids ``forget_ok`` refused."""
 
     handle: EditHandle = field(repr=False)
     rounds: pd.DataFrame = field(repr=False)
@@ -50,6 +52,7 @@ class SelectiveResult:
     stopped: str
     seconds: float
     screened_out: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
 
     def undo(self) -> None:
         """Restore the model as it was before :func:`selective_forget`."""
@@ -79,7 +82,8 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                      max_retain: int = 512, seed: int = 0, encode: Encode | None = None,
                      screen: bool = False, progress: bool = False,
                      forget_metric: Callable[[Any], float] | None = None,
-                     retain_ok: Callable[[int], bool] | None = None) -> SelectiveResult:
+                     retain_ok: Callable[[int], bool] | None = None,
+                     forget_ok: Callable[[int], bool] | None = None) -> SelectiveResult:
     """Attribute -> unlearn -> re-check until the bad responses are gone.
 
     Args:
@@ -102,6 +106,14 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
         retain_ok: ``retain_ok(row) -> bool``: training rows that may be retain data
             (default all unselected rows); e.g. drop pairs whose chosen response the judge
             calls bad, which would hold the bad behaviour in place.
+        forget_ok: ``forget_ok(row) -> bool``: attributed training rows that may be
+            unlearned (default all); refused rows are listed in ``refused``, counted per
+            round (``n_refused``) and not proposed again. Attribution ranks rows by influence,
+            not by badness: on the toy world's ``hard`` seed 1 the top 16 held a pair whose
+            chosen answer was a correct fact, and the ``flip`` objective trains the model
+            toward a forget pair's *rejected* response. Pass the complement of ``retain_ok``
+            (pairs whose chosen response the judge calls bad) so a row is retain data or
+            forget data, never both; the diagnose chain's ``unlearn`` edit uses the same rule.
         screen: screen new candidates with :func:`.hygiene.screen_forget` (needs
             ``find_bad`` to return ``(prompt, response)`` string pairs, tokenised as
             :func:`mechunlearn.tokenize` does; screened with the pairs' preference contrast).
@@ -119,6 +131,8 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
     ref = _logprobs(model, probe, encode)
     chosen: list[int] = []
     dropped: list[int] = []
+    refused: list[int] = []
+    fok = forget_ok or (lambda i: True)
     obj = make_objective(objective)
     table: list[dict[str, Any]] = []
     stopped = "max_rounds"
@@ -144,7 +158,13 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
             if r == max_rounds:
                 break
             new = list(dict.fromkeys(i for i in selected_indices(attribute(model, bad))
-                                     if i not in chosen and i not in dropped))
+                                     if i not in chosen and i not in dropped
+                                     and i not in refused))
+            no = [i for i in new if not fok(i)]
+            if no:
+                refused.extend(no)
+                new = [i for i in new if i not in set(no)]
+            row["n_refused"] = len(no)
             if not new:
                 stopped = "no_new_samples"
                 break
@@ -176,7 +196,7 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
         raise
     ids = tuple(items[i].id for i in chosen)
     return SelectiveResult(handle, pd.DataFrame(table), ids, stopped, time.perf_counter() - t0,
-                           tuple(items[i].id for i in dropped))
+                           tuple(items[i].id for i in dropped), tuple(items[i].id for i in refused))
 
 
 def _screen(model: Any, train: Sequence[Any], new: list[int], bad: list[Any], keep: list[Any],
