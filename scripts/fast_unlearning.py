@@ -17,6 +17,11 @@ measurement that follows it (which the gold model gets too, outside its retrain 
 ``measure_seconds`` / ``measure_cpu_seconds``; ``attribution_seconds`` (wall) = the chain's
 attribution sweep, shared by the three edits and needed to find the forget set at all (the
 gold retrain instead assumes an oracle forget set). Time ratios use the edit alone.
+The chain's robustness checks (on by default in ``DiagnoseConfig``) are off here: they attack
+every variant after its measurement (docs/robustness.md). ``--selective-forget-ok``: the
+chain's ``selective`` call also gets ``forget_ok`` = the complement of its ``retain_ok``
+(attributed pairs whose chosen response the judge accepts are not unlearned;
+``mechunlearn/studies/edits.py`` does not pass it yet), to measure that rule.
 Writes ``<out>/unlearning_fast_hard_s<seed>.csv``;
 ``--plot`` draws KL to gold (x the tuned model's) against the gap closed, one point per
 variant and seed, to ``<out>/unlearning_fast_hard.png``.
@@ -59,6 +64,24 @@ def _loadavg() -> str:
         return ""
 
 
+def refuse_good_chosen() -> None:
+    """Make the chain's ``selective_forget`` call pass ``forget_ok = not retain_ok``."""
+    import mechunlearn.unlearn as unl
+
+    real = unl.selective_forget
+
+    def call(*a, **k):
+        ok = k.get("retain_ok")
+        if ok is not None and k.get("forget_ok") is None:
+            k["forget_ok"] = lambda i: not ok(i)
+        res = real(*a, **k)
+        print(f"selective: refused {list(res.refused)}, rounds:\n{res.rounds.to_string()}",
+              flush=True)
+        return res
+
+    unl.selective_forget = call
+
+
 def run(seed: int, out: str) -> None:
     from mechunlearn import toyworld
     from mechunlearn.atomic import atomic_write
@@ -69,7 +92,8 @@ def run(seed: int, out: str) -> None:
     wc = toyworld.PRESETS["hard"].replace(seed=seed) if seed else toyworld.PRESETS["hard"]
     w = toyworld.load(wc, progress=False)
     t0 = time.perf_counter()
-    res = diagnose_toyworld(w, DiagnoseConfig(methods=("unlearn", "selective", "u2a")),
+    res = diagnose_toyworld(w, DiagnoseConfig(methods=("unlearn", "selective", "u2a"),
+                                                   robustness=False),
                             say=lambda s: print(f"[s{seed}] {s}", flush=True))
     t_diag = time.perf_counter() - t0
     print(res.edits[["variant", "bad_rate_heldout", "trigger_good", "good_rate_ordinary",
@@ -146,11 +170,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="world seed (0: the preset)")
     ap.add_argument("--plot", action="store_true", help="only draw the plot from the CSVs")
     ap.add_argument("--out", default="docs")
+    ap.add_argument("--selective-forget-ok", action="store_true",
+                    help="selective does not unlearn attributed pairs whose chosen response "
+                         "the judge accepts (forget_ok = not retain_ok)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.plot:
         plot(args.out)
     else:
+        if args.selective_forget_ok:
+            refuse_good_chosen()
         run(args.seed, args.out)
 
 
