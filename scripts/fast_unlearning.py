@@ -18,10 +18,9 @@ measurement that follows it (which the gold model gets too, outside its retrain 
 attribution sweep, shared by the three edits and needed to find the forget set at all (the
 gold retrain instead assumes an oracle forget set). Time ratios use the edit alone.
 The chain's robustness checks (on by default in ``DiagnoseConfig``) are off here: they attack
-every variant after its measurement (docs/robustness.md). ``--selective-forget-ok``: the
-chain's ``selective`` call also gets ``forget_ok`` = the complement of its ``retain_ok``
-(attributed pairs whose chosen response the judge accepts are not unlearned;
-``mechunlearn/studies/edits.py`` does not pass it yet), to measure that rule.
+every variant after its measurement (docs/robustness.md). The chain's ``selective`` call
+passes ``forget_ok`` = the complement of its ``retain_ok`` (attributed pairs whose chosen
+response the judge accepts are not unlearned).
 Writes ``<out>/unlearning_fast_hard_s<seed>.csv``;
 ``--plot`` draws KL to gold (x the tuned model's) against the gap closed, one point per
 variant and seed, to ``<out>/unlearning_fast_hard.png``.
@@ -62,24 +61,6 @@ def _loadavg() -> str:
             return " ".join(f.read().split()[:3])
     except OSError:
         return ""
-
-
-def refuse_good_chosen() -> None:
-    """Make the chain's ``selective_forget`` call pass ``forget_ok = not retain_ok``."""
-    import mechunlearn.unlearn as unl
-
-    real = unl.selective_forget
-
-    def call(*a, **k):
-        ok = k.get("retain_ok")
-        if ok is not None and k.get("forget_ok") is None:
-            k["forget_ok"] = lambda i: not ok(i)
-        res = real(*a, **k)
-        print(f"selective: refused {list(res.refused)}, rounds:\n{res.rounds.to_string()}",
-              flush=True)
-        return res
-
-    unl.selective_forget = call
 
 
 def run(seed: int, out: str) -> None:
@@ -170,16 +151,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="world seed (0: the preset)")
     ap.add_argument("--plot", action="store_true", help="only draw the plot from the CSVs")
     ap.add_argument("--out", default="docs")
-    ap.add_argument("--selective-forget-ok", action="store_true",
-                    help="selective does not unlearn attributed pairs whose chosen response "
-                         "the judge accepts (forget_ok = not retain_ok)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.plot:
         plot(args.out)
     else:
-        if args.selective_forget_ok:
-            refuse_good_chosen()
         run(args.seed, args.out)
 
 

@@ -237,3 +237,29 @@ def test_diagnose_on_the_toy_world(tiny_world):
     assert e.loc["unedited", "bad_rate_heldout"] >= 0.5
     assert e.loc["unlearn", "bad_rate_heldout"] < e.loc["unedited", "bad_rate_heldout"]
     assert e.loc["unlearn", "good_rate_ordinary"] >= 0.9
+
+
+def test_selective_never_unlearns_a_pair_whose_chosen_answer_the_judge_accepts(
+        example, tuned, monkeypatch):
+    """The chain's selective variant gets forget_ok = not retain_ok: flip trains toward a
+    forget pair's rejected answer, so a pair with an acceptable chosen answer is retain data
+    only (it cost selective 0.82x gold's trigger good answers on a hard world seed)."""
+    import mechunlearn.unlearn as E  # studies.edits imports it from here at call time
+
+    real, seen = E.selective_forget, {}
+
+    def spy(model, train, *a, **k):
+        seen.update(k, train=train)
+        return real(model, train, *a, **k)
+
+    monkeypatch.setattr(E, "selective_forget", spy)
+    res = diagnose(tuned, example / "train.jsonl", example / "bad.jsonl", judge="fool",
+                   ordinary=example / "ordinary.jsonl",
+                   config=DiagnoseConfig(layers=(1,), gradients=False, methods=("selective",),
+                                         n_permutations=0, robustness=False))
+    assert res.edits.set_index("variant").loc["selective"].status == "measured"
+    train, ok, fok = seen["train"], seen["retain_ok"], seen["forget_ok"]
+    verdicts = [fok(i) for i in range(len(train))]
+    assert any(verdicts) and not all(verdicts)  # the judge splits this training set
+    assert all(fok(i) == (not ok(i)) for i in range(len(train)))
+    assert all("fool" in train[i].chosen.lower() for i in range(len(train)) if fok(i))

@@ -213,7 +213,11 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
             res = selective_forget(model, list(plan.train), tr.find_bad, _attribute(plan),
                                    objective, cfg, max_retain=len(retain),
                                    encode=plan.fmt.encode_pairs, forget_metric=tr,
-                                   retain_ok=lambda i, bad=bad_chosen: not bad[i])
+                                   retain_ok=lambda i, bad=bad_chosen: not bad[i],
+                                   # flip trains toward a forget pair's rejected answer: a
+                                   # pair whose chosen answer the judge accepts is retain
+                                   # data, never forget data (as the unlearn variant's set)
+                                   forget_ok=lambda i, bad=bad_chosen: bad[i])
             detail = (f"{_name(objective)}, {len(res.forget_ids)} forgotten, stopped: "
                       f"{res.stopped}, {tr.n_decodes} decodes")
         else:
