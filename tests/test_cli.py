@@ -37,7 +37,8 @@ def test_extract_end_to_end_and_bad_inputs(tmp_path):
 
     bad_hook = list(args)
     bad_hook[bad_hook.index("blocks.1.hook_resid_post")] = "blocks.1.hook_resid_pots"
-    r = runner.invoke(app, bad_hook[:-4] + ["--out", str(tmp_path / "o2"), "--hook", "blocks.1.hook_resid_pots"])
+    bad_hook[bad_hook.index(str(out))] = str(tmp_path / "o2")
+    r = runner.invoke(app, bad_hook)
     assert r.exit_code == 2 and "error: Unknown hook name" in r.output and "Traceback" not in r.output
 
     r = runner.invoke(app, ["extract", "--model", str(tmp_path / "nope"), "--data", str(data),

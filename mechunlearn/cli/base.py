@@ -92,6 +92,9 @@ class OneLineGroup(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _reflow_all(self)
+        from mechunlearn.cli.guards import install
+
+        install(self)  # repeated options and outputs holding inputs: refused
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,

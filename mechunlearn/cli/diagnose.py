@@ -38,6 +38,7 @@ def _check_files(model: Path, reference: Path | None, pos: Path | None, neg: Pat
 
 
 def diagnose_cmd(
+    ctx: typer.Context,
     model: Path = typer.Option(..., help="Tuned model: Hugging Face folder."),  # noqa: B008
     train: Path = typer.Option(..., help="Training data JSONL: prompt/chosen/rejected "  # noqa: B008
                                "or prompt/response records (optional 'id')."),
@@ -98,6 +99,11 @@ def diagnose_cmd(
     from mechunlearn.studies.edits import METHODS
 
     method_list = split_list(methods, "--methods", METHODS)
+    src = ctx.get_parameter_source("steps")  # --steps only matters to the unlearning edits
+    if getattr(src, "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP") and not (
+            set(method_list) & {"unlearn", "selective", "u2a"}):
+        raise ConfigError(f"--steps applies to the unlearning edits (unlearn, selective, u2a) "
+                          f"only; --methods {methods} has none: drop --steps.")
     if not method_list:
         raise ConfigError(f"--methods {methods!r} names no edit; give a comma-separated subset "
                           "of project,orthogonalize,unlearn,selective,u2a.")

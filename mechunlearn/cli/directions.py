@@ -115,11 +115,11 @@ def sweep_cmd(
     overwrite: OverwriteFile = False,
 ) -> None:
     """Held-out separation of X+ vs X- at every layer and hook kind (one forward pass)."""
+    from mechunlearn.cli.options import split_list
     from mechunlearn.data import read_jsonl
     from mechunlearn.directions import FINDERS
     from mechunlearn.models import load_bridge
     from mechunlearn.outputs import check_output_file, write_output_file, write_sidecar
-    from mechunlearn.cli.options import split_list
     from mechunlearn.sites import SITE_KINDS
     from mechunlearn.sites import sites as all_sites
     from mechunlearn.sweep import sweep as run_sweep

@@ -77,8 +77,9 @@ def edit_cmd(
                                                 "kept; unlearn).")] = None,
     objective: Annotated[str, typer.Option(help="ga | graddiff | npo | simnpo | rmu | "
                                            "flip (unlearn).")] = "npo",
-    steps: Annotated[int, typer.Option(min=1, help="Forget-phase steps (at most; it stops "
-                                       "early once the forget set is unlearned; unlearn).")]
+    steps: Annotated[int, typer.Option(min=1, help="Forget-phase steps; the CLI runs all "
+                                       "of them (it has no judge to stop on; the Python API's "
+                                       "forget_metric= stops early; unlearn).")]
     = _DEFAULT.steps,
     repair_steps: Annotated[int, typer.Option(min=0, help="Repair steps after the forget "
                                               "phase (retain term; reported "

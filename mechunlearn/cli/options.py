@@ -7,6 +7,7 @@ at the parameter.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,8 +44,17 @@ CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Toy-world ca
 
 
 def position_value(position: str) -> int | str:
-    """``"3"`` / ``"-1"`` -> int; anything else stays a str (checked by :class:`Site`)."""
-    return int(position) if position.lstrip("-").isdigit() else position
+    """``"3"`` / ``"-1"`` -> int; anything else stays a str (checked by :class:`Site`).
+
+    Raises:
+        ConfigError: for a malformed integer such as ``--3`` or ``²`` (naming ``--position``).
+    """
+    if re.fullmatch(r"-?[0-9]+", position):
+        return int(position)
+    if position.lstrip("-").isdigit() or position.startswith("-"):  # '--3', '²', '-x'
+        raise ConfigError(f"--position {position!r} is not a token index (e.g. 0 or -1) nor "
+                          "one of last, mean, response_mean, all.")
+    return position
 
 
 def make_site(hook: str, position: str, head: int | None = None) -> Any:

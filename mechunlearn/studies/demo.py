@@ -168,7 +168,8 @@ def _ground_truth(rep: Report, w: Any, res: Any, bias_dir: Any, bias_proj: pd.Da
         "with the world's reference good answer; `bias`: refusal rate on held-out borderline "
         "prompts; `kl_gold_ordinary`: KL(gold ‖ variant) at the last prompt token of ordinary "
         "prompts; `gap_closed`: share of the unedited-to-gold held-out bad-rate gap closed; "
-        "`seconds_vs_gold_retrain`: the edit's wall time (edit + measurement) over the gold "
+        "`seconds_vs_gold_retrain`: the edit's wall time (the edit alone, not its "
+        "measurement) over the gold "
         "model's DPO retrain (the gold row's `seconds`, recorded when the world was built).")
     rep.add_table("edits_vs_gold", res.edits[cols], "Every variant against the ground truth")
     rep.add_text(
