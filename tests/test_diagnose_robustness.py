@@ -176,3 +176,16 @@ def test_masked_lm_is_refused_before_any_work(example, tmp_path, monkeypatch):
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "rep").exists()
     with pytest.raises(NotCausalLMError, match="BertForMaskedLM"):  # an in-memory bridge too
         diagnose(load_bridge(bert), example / "train.jsonl", example / "bad.jsonl", judge="fool")
+
+
+def test_a_failure_shared_by_every_variant_is_one_note_naming_them():
+    """The demo's report repeated the same NF4 note for each of 7 variants."""
+    from mechunlearn.studies.robustness import ChainChecks
+
+    c = ChainChecks.__new__(ChainChecks)  # finish() reads only per_layer and raw_notes
+    c.per_layer, c.raw_notes = [], [(0, "nf4 failed"), (1, "nf4 failed"), (1, "int8 failed"),
+                                    (2, "nf4 failed")]
+    rows = [{"variant": v, "robustness_seconds": 1.0} for v in ("unedited", "project", "u2a")]
+    _, notes = c.finish(rows)
+    assert notes == ["Robustness, unedited, project, u2a: nf4 failed",
+                     "Robustness, project: int8 failed"]

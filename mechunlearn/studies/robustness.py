@@ -226,5 +226,10 @@ class ChainChecks:
         per = pd.concat(self.per_layer, ignore_index=True) if self.per_layer else pd.DataFrame()
         if len(per):
             per["variant"] = [name(int(i)) for i in per.variant]
-        notes = [f"Robustness, {name(i)}: {n}" for i, n in self.raw_notes]
-        return per, list(dict.fromkeys(notes))
+        by_sentence: dict[str, list[str]] = {}  # one note per failure, naming its variants
+        for i, n in self.raw_notes:
+            vs = by_sentence.setdefault(n, [])
+            if name(i) not in vs:
+                vs.append(name(i))
+        notes = [f"Robustness, {', '.join(vs)}: {n}" for n, vs in by_sentence.items()]
+        return per, notes
