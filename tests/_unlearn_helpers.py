@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import torch
 
+FORGET = [("the quick", " brown fox", " lazy dog"), ("over the", " jumps over", " lazy dog")]
+RETAIN = [("fox jumps", " over the"), ("the lazy", " dog sleeps"), ("a brown", " fox runs"),
+          ("quick fox", " jumps high")]
+
+
+def retain_batch(model):
+    """``(input_ids, attention_mask)`` of :data:`RETAIN` with ``model``'s tokenizer."""
+    from mechunlearn.tokens import model_tokenizer, tokenize
+
+    tb = tokenize(model_tokenizer(model), RETAIN)
+    return tb.input_ids, tb.attention_mask
+
 
 def state(m):
     """A copy of every tensor of ``m``'s state dict."""

@@ -8,42 +8,24 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
+from _cli_helpers import WORDS, H, cli_env, jsonl
 from typer.testing import CliRunner
 
 from mechunlearn.cli import app
-from mechunlearn.models import tiny_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-H = "blocks.0.hook_resid_post"
-WORDS = "the quick brown fox jumps over lazy dog".split()
-
-
-def _jsonl(path: Path, recs: list[dict]) -> str:
-    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("findings")
-    tiny_gpt2(folder=root / "m0")
-    tiny_gpt2(folder=root / "m1", seed=1)
-    e = SimpleNamespace(root=root, m0=str(root / "m0"), m1=str(root / "m1"))
-    e.pos = _jsonl(root / "pos.jsonl", [{"text": f"the quick {w} jumps"} for w in WORDS * 2])
-    e.neg = _jsonl(root / "neg.jsonl", [{"text": f"a lazy {w} sleeps"} for w in WORDS * 2])
-    e.pairs = _jsonl(root / "pairs.jsonl", [{"prompt": f"the {a} ", "response": f"{b} {a}"}
-                                            for a in WORDS[:4] for b in WORDS[4:]])
-    e.prefs = _jsonl(root / "prefs.jsonl", [{"prompt": f"the {a} ", "chosen": f"{b} dog",
-                                             "rejected": f"{b} fox", "id": f"p{i}"}
-                                            for i, (a, b) in enumerate(
-                                                (a, b) for a in WORDS[:4] for b in WORDS[4:])])
-    e.query = _jsonl(root / "q.jsonl", [{"prompt": "the fox ", "response": "lazy dog"}])
+    e = cli_env(root)
+    e.query = jsonl(root / "q.jsonl", [{"prompt": "the fox ", "response": "lazy dog"}])
     return e
 
 
@@ -208,8 +190,8 @@ def test_extract_resume_refuses_other_data(env, tmp_path):
     from mechunlearn.storage.store import FeatureStore
 
     out = tmp_path / "store"
-    a = _jsonl(tmp_path / "a.jsonl", [{"text": f"the {w} runs"} for w in WORDS])
-    b = _jsonl(tmp_path / "b.jsonl", [{"text": f"a {w} sleeps"} for w in WORDS])
+    a = jsonl(tmp_path / "a.jsonl", [{"text": f"the {w} runs"} for w in WORDS])
+    b = jsonl(tmp_path / "b.jsonl", [{"text": f"a {w} sleeps"} for w in WORDS])
     base = ["extract", "--model", env.m0, "--hook", H, "--out", str(out)]
     assert runner.invoke(app, base + ["--data", a]).exit_code == 0
     r = runner.invoke(app, base + ["--data", b])

@@ -4,11 +4,11 @@ inputs> --overwrite`` deleted the command's own model and data."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
+from _cli_helpers import WORDS, H, jsonl
 from typer.testing import CliRunner
 
 from mechunlearn.cli import app
@@ -16,13 +16,6 @@ from mechunlearn.models import tiny_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-H = "blocks.0.hook_resid_post"
-WORDS = "the quick brown fox jumps over lazy dog".split()
-
-
-def _jsonl(path: Path, recs: list[dict]) -> Path:
-    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    return path
 
 
 def _error(r) -> str:
@@ -36,8 +29,8 @@ def folder(tmp_path_factory):
     """A worked-example-like folder: a model and its data, written by mechunlearn."""
     root = tmp_path_factory.mktemp("guards") / "example"
     tiny_gpt2(folder=root / "m")
-    _jsonl(root / "pos.jsonl", [{"text": f"the quick {w} jumps"} for w in WORDS * 2])
-    _jsonl(root / "neg.jsonl", [{"text": f"a lazy {w} sleeps"} for w in WORDS * 2])
+    jsonl(root / "pos.jsonl", [{"text": f"the quick {w} jumps"} for w in WORDS * 2])
+    jsonl(root / "neg.jsonl", [{"text": f"a lazy {w} sleeps"} for w in WORDS * 2])
     return root
 
 

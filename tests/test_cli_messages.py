@@ -5,45 +5,27 @@ ignores refused, and help text that reads as one paragraph with its defaults."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from _cli_helpers import WORDS, H, cli_env, jsonl
 from typer.testing import CliRunner
 
 from mechunlearn.cli import app
 from mechunlearn.errors import ConfigError
-from mechunlearn.models import tiny_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-H = "blocks.0.hook_resid_post"
-WORDS = "the quick brown fox jumps over lazy dog".split()
-
-
-def _jsonl(path: Path, recs: list[dict]) -> str:
-    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("messages")
-    tiny_gpt2(folder=root / "m0")
-    tiny_gpt2(folder=root / "m1", seed=1)
-    e = SimpleNamespace(root=root, m0=str(root / "m0"), m1=str(root / "m1"))
-    e.pos = _jsonl(root / "pos.jsonl", [{"text": f"the quick {w} jumps"} for w in WORDS * 2])
-    e.neg = _jsonl(root / "neg.jsonl", [{"text": f"a lazy {w} sleeps"} for w in WORDS * 2])
+    e = cli_env(root)
     # rows of 1..8 words: the first has 1 real token
-    e.var = _jsonl(root / "var.jsonl", [{"text": " ".join(WORDS[:i + 1]), "id": f"r{i}"}
+    e.var = jsonl(root / "var.jsonl", [{"text": " ".join(WORDS[:i + 1]), "id": f"r{i}"}
                                         for i in range(8)])
-    e.pairs = _jsonl(root / "pairs.jsonl", [{"prompt": f"the {a} ", "response": f"{b} {a}"}
-                                            for a in WORDS[:4] for b in WORDS[4:]])
-    e.prefs = _jsonl(root / "prefs.jsonl", [{"prompt": f"the {a} ", "chosen": f"{b} dog",
-                                             "rejected": f"{b} fox"}
-                                            for a in WORDS[:4] for b in WORDS[4:]])
     e.dirs = str(root / "dirs")  # a 'directions' output, fitted on m0
     r = runner.invoke(app, ["directions", "--model", e.m0, "--pos", e.pos, "--neg", e.neg,
                             "--hook", H, "--permutations", "0", "--out", e.dirs])

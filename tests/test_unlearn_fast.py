@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _unlearn_helpers import FORGET, RETAIN, retain_batch
 
 from mechunlearn import fastpath
 from mechunlearn.errors import ConfigError
@@ -13,20 +14,10 @@ from mechunlearn.unlearn.reference import forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FORGET = [("the quick", " brown fox", " lazy dog"), ("over the", " jumps over", " lazy dog")]
-RETAIN = [("fox jumps", " over the"), ("the lazy", " dog sleeps"), ("a brown", " fox runs"),
-          ("quick fox", " jumps high")]
-
-
-def _batch(model):
-    from mechunlearn.tokens import model_tokenizer, tokenize
-
-    tb = tokenize(model_tokenizer(model), RETAIN)
-    return tb.input_ids, tb.attention_mask
 
 
 def test_forward_fast_path_is_checked_and_equals_the_bridge(tiny_bridge):
-    ids, am = _batch(tiny_bridge)
+    ids, am = retain_batch(tiny_bridge)
     fastpath.reset()
     with torch.no_grad():
         fast, _ = forward(tiny_bridge, ids, am)
@@ -38,7 +29,7 @@ def test_forward_fast_path_is_checked_and_equals_the_bridge(tiny_bridge):
 
 def test_forward_falls_back_under_a_user_hook(tiny_bridge):
     """With a user hook on the bridge, forward gives what the hooked bridge gives."""
-    ids, am = _batch(tiny_bridge)
+    ids, am = retain_batch(tiny_bridge)
     with torch.no_grad():
         plain = tiny_bridge(ids, attention_mask=am)
     seen = []

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from _unlearn_helpers import FORGET, RETAIN, retain_batch
 
 from mechunlearn import fastpath
 from mechunlearn.errors import FastPathMismatchWarning
@@ -17,16 +18,6 @@ from mechunlearn.unlearn.reference import forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FORGET = [("the quick", " brown fox", " lazy dog"), ("over the", " jumps over", " lazy dog")]
-RETAIN = [("fox jumps", " over the"), ("the lazy", " dog sleeps"), ("a brown", " fox runs"),
-          ("quick fox", " jumps high")]
-
-
-def _batch(model):
-    from mechunlearn.tokens import model_tokenizer, tokenize
-
-    tb = tokenize(model_tokenizer(model), RETAIN)
-    return tb.input_ids, tb.attention_mask
 
 
 def _acts(model):
@@ -35,7 +26,7 @@ def _acts(model):
 
 
 def test_fused_gelu_swaps_checks_and_restores(tiny_bridge):
-    ids, am = _batch(tiny_bridge)
+    ids, am = retain_batch(tiny_bridge)
     before = _acts(tiny_bridge)
     assert before and set(before) == {"NewGELUActivation"}
     with torch.no_grad():
@@ -56,7 +47,7 @@ def test_fused_gelu_swaps_checks_and_restores(tiny_bridge):
 
 
 def test_fused_gelu_restores_on_error_and_falls_back_on_mismatch(tiny_bridge, monkeypatch):
-    ids, am = _batch(tiny_bridge)
+    ids, am = retain_batch(tiny_bridge)
     before = _acts(tiny_bridge)
     fastpath.reset()
     with pytest.raises(RuntimeError, match="boom"):
