@@ -1,20 +1,23 @@
 """The one way mechunlearn writes an output folder, and the rule that it never loses files.
 
 :func:`output_folder` builds an output in a fresh temporary sibling of its destination, writes
-a manifest of ours (``.mechunlearn.json``: kind, creation time, package versions and the files
-we wrote), then moves the folder into place. The destination may be
+a manifest of ours (``.mechunlearn.json``: kind, creation time, package versions, the files
+we wrote and the sub-folders we made, empty ones included), then moves the folder into place. The destination may be
 
 - missing or an empty folder: the output is moved there;
 - a previous mechunlearn output of the same kind (recognised by its manifest): it is replaced,
   and the old folder's files, which are all ours, are deleted;
 - a previous mechunlearn output of another kind: replaced only with ``overwrite=True``.
 
-Which files of a folder are ours is decided by :mod:`mechunlearn.ownership`: those its manifest
-lists, and the nested outputs it lists as its own (a sharded store's rank sub-stores). Another
-mechunlearn output inside it (the user's FeatureStore in ``OUT/sub``) is not ours to delete.
+Which files and folders of a folder are ours is decided by :mod:`mechunlearn.ownership`: those
+its manifest lists, and the nested outputs it lists as its own (a sharded store's rank
+sub-stores). Another mechunlearn output inside it (the user's FeatureStore in ``OUT/sub``) is
+not ours to delete, nor is a folder the user made in it, even an empty one
+(``mkdir report/my_notes``). An output written by the previous release lists no folders: see
+:mod:`mechunlearn.ownership` for the rule (only the folders its kind always made are ours).
 
 Anything else is refused with a typed error and nothing is touched: a folder holding any file
-mechunlearn did not write (``overwrite`` never deletes a user's file), an existing regular
+or folder mechunlearn did not write (``overwrite`` never deletes a user's), an existing regular
 file or symbolic link, a path under a regular file, ``/``, the home folder, and the working
 directory or any of its parents. Folders and files follow the user's umask.
 """
@@ -42,7 +45,9 @@ from mechunlearn.ownership import (  # noqa: F401 (MANIFEST, FORMAT, Legacy stay
     read_manifest,
 )
 from mechunlearn.ownership import files as _files
+from mechunlearn.ownership import folders as _folders
 from mechunlearn.ownership import foreign as _foreign
+from mechunlearn.ownership import foreign_error as _foreign_error
 from mechunlearn.ownership import read_json as _read_json
 from mechunlearn.versions import versions
 
@@ -57,8 +62,9 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
     """Validate an output folder path before any work is done; returns it as an absolute path.
 
     Raises :class:`OutputPathError` for paths that can never be an output (see the module
-    doc) and :class:`OutputExistsError` for a folder that holds files mechunlearn did not
-    write, or (without ``overwrite``) a mechunlearn output of another kind.
+    doc) and :class:`OutputExistsError` for a folder that holds files or folders (even empty
+    ones) mechunlearn did not write, or (without ``overwrite``) a mechunlearn output of
+    another kind.
     """
     given = Path(path).expanduser()
     a = Path(os.path.abspath(given))
@@ -86,32 +92,6 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
                 "replace it."
             )
     return a
-
-
-def _shown(items: list[str]) -> str:
-    return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-
-
-def _foreign_error(given: Path, a: Path, found: str | None,
-                   foreign: list[str]) -> OutputExistsError:
-    """The refusal of a folder holding files (or whole outputs) that are not this output's."""
-    nested = nested_outputs(a, foreign)
-    if not nested:
-        return OutputExistsError(
-            f"Output folder {given} already holds files mechunlearn did not write "
-            f"({_shown(foreign)}). mechunlearn never deletes your files, not even with "
-            "overwrite: pick a new or empty folder, or move those files away.")
-    subs = [s for s, _ in nested]
-    rest = [f for f in foreign if not any(f.startswith(s + "/") for s in subs)]
-    what = "; ".join(f"{given / s} (a separate mechunlearn {k!r} output)" for s, k in nested)
-    there = "the earlier mechunlearn" if found == "legacy" else f"the {found!r}"
-    owner = f", which {there} output there did not write" if found is not None else ""
-    also = f"; it also holds files mechunlearn did not write ({_shown(rest)})" if rest else ""
-    obj = "it" if len(nested) == 1 and not rest else "them"
-    return OutputExistsError(
-        f"Output folder {given} holds {what}{owner}{also}. mechunlearn "
-        f"never deletes another output, not even with overwrite: move {obj} out of {given}, or "
-        "pick a new or empty folder (CLI: another --out).")
 
 
 def _refuse_under_file(given: Path, a: Path) -> None:
@@ -182,15 +162,22 @@ def write_output_file(path: str | os.PathLike[str], data: bytes, kind: str,
 
 
 def _delete_ours(folder: Path, legacy: Legacy | None) -> None:
-    """Delete a replaced output: only files it lists as ours, then its emptied folders."""
+    """Delete a replaced output: only the files and folders its manifest makes ours.
+
+    Anything else (a user's file or folder that appeared after the check) is kept, with a
+    warning; this is the only place mechunlearn deletes anything of an output.
+    """
     _, foreign = _foreign(folder, legacy)
     keep = set(foreign)
+    kept_dirs = [f.rstrip("/") for f in foreign if f.endswith("/")]
     for f in _files(folder):
         if f not in keep:
             (folder / f).unlink()
-    for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        if not any(d.iterdir()):
-            d.rmdir()
+    for d in sorted(_folders(folder), key=lambda d: -d.count("/")):
+        if any(d == k or d.startswith(k + "/") for k in kept_dirs):
+            continue
+        if not any((folder / d).iterdir()):
+            (folder / d).rmdir()
     if any(folder.iterdir()):
         warnings.warn(f"Files appeared in the replaced output while writing; kept them in "
                       f"{folder}.", stacklevel=3)
@@ -209,14 +196,16 @@ def _nested_names(nested: Iterable[str]) -> list[str]:
 def write_manifest(folder: Path, kind: str, patterns: Iterable[str] = (),
                    meta: dict[str, Any] | None = None,
                    nested: Iterable[str] = ()) -> dict[str, Any]:
-    """Write our manifest into ``folder``, listing every file now in it as ours (files of the
-    ``nested`` sub-folders excepted: each nested output is listed by its own manifest)."""
+    """Write our manifest into ``folder``, listing every file and sub-folder (empty ones too)
+    now in it as ours; the ``nested`` sub-folders' contents excepted (each nested output is
+    listed by its own manifest). Returns the manifest (a dict, as written)."""
     subs = _nested_names(nested)
     m = {"format": FORMAT, "kind": kind,
          "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
          "versions": versions(), **(meta or {}),
          "files": [f for f in _files(folder)
                    if f != MANIFEST and f.split("/", 1)[0] not in subs],
+         "dirs": [d for d in _folders(folder) if d.split("/", 1)[0] not in subs],
          "patterns": list(patterns), "nested": subs}
     atomic_write_json(folder / MANIFEST, m)
     return m
