@@ -80,13 +80,16 @@ def extract_worker(args: argparse.Namespace) -> None:
 
 def extract_bench(args: argparse.Namespace) -> None:
     import shutil
+    import tempfile
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for rep in range(args.reps):
         for procs in args.procs:
-            out = Path(args.root) / f"extract_{procs}"
-            shutil.rmtree(out, ignore_errors=True)
+            # a fresh folder of this run (deleting a fixed ``ROOT/extract_N`` could hit a user's)
+            Path(args.root).mkdir(parents=True, exist_ok=True)
+            run = Path(tempfile.mkdtemp(prefix=f"extract_{procs}-", dir=args.root))
+            out = run / "store"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={procs}", __file__, "_extract_worker", "--samples", str(args.samples),
                    "--out", str(out), "--batch-size", str(args.batch_size),
@@ -97,6 +100,7 @@ def extract_bench(args: argparse.Namespace) -> None:
                 print(r.stdout[-3000:], r.stderr[-6000:], file=sys.stderr)
                 raise SystemExit(f"extract with {procs} procs failed")
             print(lines[-1].replace("}", f', "rep": {rep}}}'), flush=True)
+            shutil.rmtree(run, ignore_errors=True)  # this run's own fresh folder
 
 
 # ----------------------------------------------------------------------------- retrieval
