@@ -229,6 +229,9 @@ def compare(world: Any, config: CompareConfig | None = None,
                           encode=enc, progress=False)
             extra = {"steps": res.steps, "stopped": res.stopped}
         elif m == "selective":
+            # no forget_ok: with cfg.filter_bad (default) _attribute already keeps only pairs
+            # whose chosen answer the judge (is_bad) calls bad, the chain's forget_ok rule
+            # applied before the n_forget cap; filter_bad=False asks for the unfiltered set
             res = selective_forget(model, train, _find_bad(world), _attribute(world, site, cfg),
                                    cfg.objective, cfg.unlearn, max_retain=cfg.max_retain,
                                    encode=enc)

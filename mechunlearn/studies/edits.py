@@ -15,7 +15,10 @@
   decoding only to confirm), then repairs;
 * ``selective``: attribute -> unlearn -> re-check rounds (the selective forgetting of Liu et
   al., "Explainable reinforcement learning from human feedback to improve alignment",
-  arXiv:2512.13837; :func:`mechunlearn.unlearn.selective_forget`);
+  arXiv:2512.13837; :func:`mechunlearn.unlearn.selective_forget`); its first round takes the
+  chain's forget set as its attribution (the sweep attributed the same bad cases with the
+  same Site, ``k`` and ``n_forget``: not attributed twice) and ``unlearn``'s retain sample,
+  so round 1 is the ``unlearn`` edit and later rounds re-attribute what is left;
 * ``u2a``: forget weights from the first-order bi-level scores of "Unlearning to Align"
   (:func:`mechunlearn.unlearn.u2a_weights`), then
   weighted unlearning; the held-out preference pairs are the attribution-half bad cases with
@@ -165,7 +168,8 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
     c0 = [time.process_time()]  # CPU seconds of this process (load-independent), per edit
     record("unedited", time.perf_counter(), restored=True)
     forget = [plan.train[i] for i in plan.forget]
-    retain = [plan.train[i] for i in keep_rows(plan)]
+    keep = keep_rows(plan)
+    retain = [plan.train[i] for i in keep]
     triples = all(p.rejected is not None for p in forget)
     objective = (plan.objective or EDIT_OBJECTIVE) if triples else "npo"
     for m in methods:
@@ -213,10 +217,14 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
             res = selective_forget(model, list(plan.train), tr.find_bad, _attribute(plan),
                                    objective, cfg, max_retain=len(retain),
                                    encode=plan.fmt.encode_pairs, forget_metric=tr,
-                                   retain_ok=lambda i, bad=bad_chosen: not bad[i],
+                                   # round 1 = the unlearn variant: the chain's attribution
+                                   # sweep already attributed these bad cases (same Site, k,
+                                   # n_forget), and the same retain sample (judge-filtered)
+                                   first_attribution=plan.forget, retain_rows=keep,
                                    # flip trains toward a forget pair's rejected answer: a
                                    # pair whose chosen answer the judge accepts is retain
                                    # data, never forget data (as the unlearn variant's set)
+                                   retain_ok=lambda i, bad=bad_chosen: not bad[i],
                                    forget_ok=lambda i, bad=bad_chosen: bad[i])
             detail = (f"{_name(objective)}, {len(res.forget_ids)} forgotten, stopped: "
                       f"{res.stopped}, {tr.n_decodes} decodes")

@@ -127,6 +127,10 @@ def guarded_table(world: Any, config: GuardedConfig | None = None,
         ucfg = UnlearnConfig(guard=GuardConfig() if guard else None)
         t1 = time.perf_counter()
         if method == "selective":
+            # no forget_ok on purpose: this table measures what the guard and the screening
+            # do with an imprecise, unfiltered forget set (module docstring); the diagnose
+            # chain's rule (never unlearn a pair whose chosen answer the judge accepts)
+            # would remove the legitimate pairs the guard is tested against
             res = selective_forget(model, train, _find_bad(world),
                                    _attribute_unfiltered(world, site, ccfg), "flip", ucfg,
                                    max_retain=cfg.max_retain, encode=encode_pairs,

@@ -9,7 +9,10 @@ only pairs whose unlearning lowers the bad responses' likelihood more than the
 kept data's are unlearned; attribution is imprecise and unlearning legitimate pairs breaks
 ordinary answers. With ``forget_ok``, attributed rows it refuses are never unlearned (e.g. pairs
 whose chosen response the judge accepts: flipping one trains the model toward its rejected
-response). Stop when no bad response is left ("fixed"; with a ``forget_metric``:
+response). A caller that has already attributed the bad responses (the diagnose chain's
+attribution sweep) passes that as ``first_attribution`` and round 0 does not attribute again;
+``retain_rows`` fixes which training rows are retain data (e.g. the same sample as a plain
+:func:`unlearn` edit, so the first round is that edit). Stop when no bad response is left ("fixed"; with a ``forget_metric``:
 when it is at or below ``config.target``, "target"), when the KL to the *original* model on retain
 data exceeds ``kl_budget`` ("budget"), or after ``max_rounds``. Keeping the other training
 data close to the original model is the "optimality-preserving" constraint of the seed
@@ -29,11 +32,12 @@ from torch import Tensor
 
 from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.tokens import model_tokenizer
-from mechunlearn.unlearn.data import Encode, as_items, default_encode, encode_items, rows
+from mechunlearn.unlearn.data import Encode, as_items, default_encode
 from mechunlearn.unlearn.hygiene import screen_forget
 from mechunlearn.unlearn.loop import UnlearnConfig, unlearn
-from mechunlearn.unlearn.objectives import Objective, make_objective, token_kl
-from mechunlearn.unlearn.reference import forward, snapshot
+from mechunlearn.unlearn.objectives import Objective, make_objective
+from mechunlearn.unlearn.reference import snapshot
+from mechunlearn.unlearn.retain_probe import OriginalKL
 from mechunlearn.weights import EditHandle
 
 FindBad = Callable[[Any], Sequence[Any]]
@@ -83,7 +87,9 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                      screen: bool = False, progress: bool = False,
                      forget_metric: Callable[[Any], float] | None = None,
                      retain_ok: Callable[[int], bool] | None = None,
-                     forget_ok: Callable[[int], bool] | None = None) -> SelectiveResult:
+                     forget_ok: Callable[[int], bool] | None = None,
+                     first_attribution: Any = None,
+                     retain_rows: Sequence[int] | None = None) -> SelectiveResult:
     """Attribute -> unlearn -> re-check until the bad responses are gone.
 
     Args:
@@ -94,9 +100,13 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
         objective, config: passed to :func:`unlearn` each round (with its ``forget_metric``
             = number of bad queries, so a round stops once they are fixed, then repairs).
         kl_budget: stop when mean KL(original || model) on the retain probe exceeds it
-            (``retain_kl_orig`` per round: ``config.eval_retain`` random training rows, all
-            ``max_retain`` when that is None).
-        max_retain: retain sample size (random, seeded) drawn from the unselected rows.
+            (``retain_kl_orig`` per round, nats per token: ``config.eval_retain`` random
+            training rows, all ``max_retain`` when that is None; 0 in round 0, where the model
+            is the original; the original's log-probs are computed at the first round that
+            needs them, from the undo snapshot's weights, swapped in for that one forward pass
+            and swapped back bit for bit: a run that stops after one round never pays for them).
+        max_retain: retain sample size drawn from the unselected rows (random, seeded, or the
+            first of ``retain_rows``).
         forget_metric: the rounds' stop metric (``<= config.target`` stops a round's forget
             phase, and, checked before each later round, the whole loop: ``stopped`` is
             ``"fixed"`` at 0, else ``"target"``); default ``len(find_bad(model))``, which
@@ -114,6 +124,22 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
             toward a forget pair's *rejected* response. Pass the complement of ``retain_ok``
             (pairs whose chosen response the judge calls bad) so a row is retain data or
             forget data, never both; the diagnose chain's ``unlearn`` edit uses the same rule.
+        first_attribution: the first round's attribution when the caller already has it,
+            i.e. what ``attribute(model, find_bad(model))`` returns on the unedited model (an
+            ``Attribution`` whose ``indices`` / ``ids`` are rows / ids of ``train``, a list
+            of them, or training-row ints, best first); round 0 then calls neither
+            ``attribute`` nor ``find_bad`` (the caller found bad responses to attribute; its
+            ``n_bad`` is NaN; with ``screen`` ``find_bad`` runs, the screening needs the
+            queries). ``forget_ok`` still applies. Raises :class:`ConfigError` when a row is outside
+            ``train`` or an ``Attribution``'s id differs from the id of ``train`` at that row
+            (an attribution of another training set), before any weight changes.
+        retain_rows: training rows retain data is drawn from, in this order (default: a
+            seeded random order of all rows); each round uses the first ``max_retain`` that
+            are neither selected for forgetting nor refused by ``retain_ok``. Pass the retain
+            sample of a plain :func:`unlearn` edit of the same forget set (the diagnose
+            chain's ``unlearn`` variant) and the first round is that edit, so what
+            ``selective_forget`` adds (its later rounds) is compared with the same data.
+            Raises :class:`ConfigError` for a row outside ``train``.
         screen: screen new candidates with :func:`.hygiene.screen_forget` (needs
             ``find_bad`` to return ``(prompt, response)`` string pairs, tokenised as
             :func:`mechunlearn.tokenize` does; screened with the pairs' preference contrast).
@@ -122,13 +148,24 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
         raise ConfigError(f"max_rounds must be >= 1, got {max_rounds}.")
     t0 = time.perf_counter()
     items = as_items(train, "retain")
+    first = None if first_attribution is None else _first_rows(first_attribution, items)
+    if retain_rows is not None:
+        retain_rows = [int(i) for i in retain_rows]
+        if any(not 0 <= i < len(items) for i in retain_rows):
+            raise ConfigError(f"retain_rows must be rows of train (0..{len(items) - 1}); got "
+                              f"{[i for i in retain_rows if not 0 <= i < len(items)][:5]}.")
     handle = snapshot(model)
     g = torch.Generator().manual_seed(seed)
     ok = retain_ok or (lambda i: True)
     cfg = config or UnlearnConfig()
     n_probe = max_retain if cfg.eval_retain is None else min(max_retain, cfg.eval_retain)
     probe = [items[int(i)] for i in torch.randperm(len(items), generator=g)[:n_probe]]
-    ref = _logprobs(model, probe, encode)
+    kl_orig = OriginalKL(handle, probe, encode)  # the original's log-probs at first need
+
+    def order() -> list[int]:  # candidate retain rows, in order
+        return (list(retain_rows) if retain_rows is not None
+                else torch.randperm(len(items), generator=g).tolist())
+
     chosen: list[int] = []
     dropped: list[int] = []
     refused: list[int] = []
@@ -145,11 +182,12 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                     table.append({"round": r, "forget_metric": v})
                     stopped = "fixed" if v == 0 else "target"
                     break
-            bad = list(find_bad(model))
-            row: dict[str, Any] = {"round": r, "n_bad": len(bad),
-                                   "retain_kl_orig": _kl(model, probe, ref, encode)}
+            given = r == 0 and first is not None  # stands for find_bad too (not screening)
+            bad = None if given and not screen else list(find_bad(model))
+            row: dict[str, Any] = {"round": r, "n_bad": float("nan") if bad is None else len(bad),
+                                   "retain_kl_orig": 0.0 if r == 0 else kl_orig(model)}
             table.append(row)
-            if not bad:
+            if bad is not None and not bad:
                 stopped = "fixed"
                 break
             if kl_budget is not None and row["retain_kl_orig"] > kl_budget:
@@ -157,8 +195,8 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                 break
             if r == max_rounds:
                 break
-            new = list(dict.fromkeys(i for i in selected_indices(attribute(model, bad))
-                                     if i not in chosen and i not in dropped
+            att = first if given else selected_indices(attribute(model, bad))
+            new = list(dict.fromkeys(i for i in att if i not in chosen and i not in dropped
                                      and i not in refused))
             no = [i for i in new if not fok(i)]
             if no:
@@ -169,8 +207,7 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                 stopped = "no_new_samples"
                 break
             sel = set(chosen) | set(new)
-            rest = [i for i in torch.randperm(len(items), generator=g).tolist()
-                    if i not in sel and ok(i)]
+            rest = [i for i in order() if i not in sel and ok(i)]
             n_new = len(new)
             if screen:
                 new, out = _screen(model, train, new, bad, [items[i] for i in rest[:max_retain]],
@@ -183,8 +220,7 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
             chosen.extend(new)
             sel = set(chosen)
             forget = [train[i] for i in chosen]
-            rest = [i for i in torch.randperm(len(items), generator=g).tolist()
-                    if i not in sel and ok(i)]
+            rest = [i for i in order() if i not in sel and ok(i)]
             retain = [items[i] for i in rest[:max_retain]]
             res = unlearn(model, forget, retain, obj, config,
                           forget_metric=forget_metric or (lambda m: float(len(find_bad(m)))),
@@ -197,6 +233,26 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
     ids = tuple(items[i].id for i in chosen)
     return SelectiveResult(handle, pd.DataFrame(table), ids, stopped, time.perf_counter() - t0,
                            tuple(items[i].id for i in dropped), tuple(items[i].id for i in refused))
+
+
+def _first_rows(first: Any, items: list[Any]) -> list[int]:
+    """Training rows of ``first_attribution``, checked against ``train`` (see
+    :func:`selective_forget`)."""
+    n = len(items)
+    atts = [first] if hasattr(first, "indices") else [a for a in first if hasattr(a, "indices")]
+    for a in atts:
+        for i, sid in zip(a.indices, getattr(a, "ids", None) or ()):
+            if 0 <= int(i) < n and items[int(i)].id != sid:
+                raise ConfigError(
+                    f"first_attribution does not match train: row {int(i)} is {sid!r} in the "
+                    f"attribution but {items[int(i)].id!r} in train. Attribute the same "
+                    "training set, in the same order, that selective_forget receives.")
+    out = selected_indices(first)
+    wrong = [i for i in out if not 0 <= i < n]
+    if wrong:
+        raise ConfigError(f"first_attribution has rows {wrong[:5]} outside train (0..{n - 1}); "
+                          "pass rows of the training set selective_forget receives.")
+    return out
 
 
 def _screen(model: Any, train: Sequence[Any], new: list[int], bad: list[Any], keep: list[Any],
@@ -214,28 +270,3 @@ def _screen(model: Any, train: Sequence[Any], new: list[int], bad: list[Any], ke
         return [], new
     kept = [new[j] for j in res.selected]
     return kept, [i for i in new if i not in set(kept)]
-
-
-@torch.no_grad()
-def _logprobs(model: Any, items: list[Any], encode: Encode | None) -> list[Tensor]:
-    tb = encode_items(model_tokenizer(model), items, encode)
-    out: list[Tensor] = []
-    for s in range(0, len(items), 64):
-        ids, am, _ = rows(tb, torch.arange(s, min(s + 64, len(items))))
-        out.extend(torch.log_softmax(forward(model, ids, am)[0].float(), -1).unbind(0))
-    return out
-
-
-@torch.no_grad()
-def _kl(model: Any, items: list[Any], ref: list[Tensor], encode: Encode | None) -> float:
-    tb = encode_items(model_tokenizer(model), items, encode)
-    kls = []
-    for s in range(0, len(items), 64):
-        idx = torch.arange(s, min(s + 64, len(items)))
-        ids, am, _ = rows(tb, idx)
-        pos = ids.shape[1]
-        r = torch.zeros(len(idx), pos, ref[0].shape[-1])
-        for j, i in enumerate(idx.tolist()):
-            r[j, : min(pos, ref[i].shape[0])] = ref[i][:pos]
-        kls.append(token_kl(r, forward(model, ids, am)[0], am.bool()))
-    return float(torch.cat(kls).mean())
