@@ -92,3 +92,37 @@ def test_merge_into_its_own_source_is_refused(tmp_path):
     msg = _error(runner.invoke(app, ["distributed", "merge", str(src), str(src)]))
     assert msg.startswith(f"error: DST {src} holds SRC {src}")
     assert (src / "keep.txt").read_text() == "user data"
+
+
+def test_an_output_inside_an_input_folder_is_refused_by_every_command(folder, tmp_path):
+    """One rule for every command (it was edit's own, stricter check): an output inside a
+    folder the command reads (the model, a store) is refused before any work."""
+    work = tmp_path / "example"
+    shutil.copytree(folder, work)
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    inside = work / "m" / "sub"
+    msg = _error(runner.invoke(app, _dirs(work, "--hook", H, "--out", str(inside))))
+    assert msg == (f"error: --out {inside} is inside --model {work / 'm'}, which this command "
+                   "reads: the output would be written into that folder among its files. "
+                   f"Choose another --out, outside {work / 'm'}.")
+    assert "is inside --model" in _error(runner.invoke(app, [
+        "extract", "--model", str(work / "m"), "--data", str(work / "pos.jsonl"), "--hook", H,
+        "--out", str(inside)]))
+    assert "is inside SRC" in _error(runner.invoke(app, [
+        "distributed", "merge", str(work / "m"), str(inside)]))
+    assert "is inside --model" in _error(runner.invoke(app, [
+        "edit", "orthogonalize", "--model", str(work / "m"), "--directions", str(work),
+        "--out", str(inside)]))
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
+
+
+def test_an_output_inside_a_cache_folder_is_allowed():
+    from mechunlearn.cli.guards import refuse_inputs_inside_output
+    from mechunlearn.errors import OutputPathError
+
+    here = Path(__file__).parent
+    refuse_inputs_inside_output({"out": here / "x", "cache": here},
+                                {"out": "--out", "cache": "--cache"})
+    with pytest.raises(OutputPathError, match="is inside --model"):
+        refuse_inputs_inside_output({"out": here / "x", "model": here},
+                                    {"out": "--out", "model": "--model"})

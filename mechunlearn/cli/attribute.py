@@ -32,7 +32,32 @@ def _attributor(method: str, train: Any, k: int) -> Any:
     return make(method, train, k=k)
 
 
+def _first_keys(path: Path) -> list[str]:
+    """The keys of the first record of a JSONL file (already read without error)."""
+    from mechunlearn.data import jsonl_lines
+
+    for _, rec in jsonl_lines(path):
+        return sorted(rec) if isinstance(rec, dict) else []
+    return []
+
+
+def _check_field(ctx: Any, field: str, kind: str, train: Path) -> None:
+    """Refuse a --field the user gave for --train records that have no chosen/rejected (it
+    would be ignored: each record's one response would be read instead)."""
+    from mechunlearn.errors import DataFileError
+
+    src = ctx.get_parameter_source("field")
+    if kind == "triple" or getattr(src, "name", "DEFAULT") in ("DEFAULT", "DEFAULT_MAP"):
+        return
+    what = "'text'" if kind == "text" else "'prompt'+'response'"
+    raise DataFileError(f"--field {field}: --train {train} holds {what} records (keys "
+                        f"{_first_keys(train)}), which have no {field!r} key; --field picks "
+                        "the response of prompt/chosen/rejected records. Drop --field (each "
+                        "record is read as it is), or pass preference records.")
+
+
 def attribute_cmd(
+    ctx: typer.Context,
     model: Model,
     train: Annotated[Path, typer.Option(help="Training samples (JSONL): 'text', "
                                         "'prompt'+'response', or preference records "
@@ -78,12 +103,18 @@ def attribute_cmd(
     check_output_file(out, overwrite, (".csv",))
     site = make_site(hook, position)
     recs = read_jsonl(train)  # read and check both files before loading the model
+    _check_field(ctx, field, recs.kind, train)
     items = model_inputs(recs, field if recs.kind == "triple" else None, "--field")
     if k > len(items):
         raise ConfigError(f"--k {k} is larger than the {len(items)} training samples in "
                           f"{train}; pass --k {len(items)} or fewer.")
-    model_inputs(read_jsonl(query), None, None)
+    qrecs = read_jsonl(query)
+    model_inputs(qrecs, None, None)
     bridge = load_bridge(model)
+    from mechunlearn.cli.checks import check_position
+
+    check_position(bridge, items, recs.ids, site.position, train, data_flag="--train")
+    check_position(bridge, qrecs.items, qrecs.ids, site.position, query, data_flag="--query")
     from mechunlearn.features import extract
 
     ft = extract(bridge, items, site, batch_size=batch_size, ids=recs.ids, progress=True)

@@ -137,3 +137,19 @@ def check_position(model: Any, items: Any, ids: Any, position: int | str, data: 
         f"of {data_flag} {data}: the shortest (id {str(ids[short])!r}) has {lo} real "
         f"token(s), the longest {hi}. Every sample has positions 0..{lo - 1} (or -{lo}..-1 "
         "from the end); use one of those, or last / mean.")
+
+
+def renamed(e: Exception, pairs: Any) -> Exception:
+    """``e`` re-phrased for the command line: each ``(old, new)`` text of ``pairs`` replaced
+    in its message (e.g. the library's ``--out`` by ``distributed merge``'s ``DST``), as the
+    same exception type (:class:`ConfigError` if that type cannot be built from a message).
+    The library's own text is unchanged for Python users."""
+    msg = str(e)
+    for old, new in pairs:
+        msg = msg.replace(old, new)
+    if msg == str(e):
+        return e
+    try:
+        return type(e)(msg)
+    except TypeError:  # an error class whose constructor takes other arguments
+        return ConfigError(msg)

@@ -4,11 +4,12 @@ and JSONL files. Every argument is checked before any model loads."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from mechunlearn.cli.options import Threads, check_distinct, set_threads
-from mechunlearn.errors import ConfigError
+from mechunlearn.errors import ConfigError, EmptyDataError
 from mechunlearn.unlearn.loop import UnlearnConfig
 
 
@@ -35,6 +36,42 @@ def _check_files(model: Path, reference: Path | None, pos: Path | None, neg: Pat
     check_layers(layers, model)
     if reference is not None:
         check_same_tokenizer(model, reference)
+
+
+#: the CLI's names for the inputs of the data checks (studies/diagnose_checks.py)
+FLAGS = {"train": "--train", "bad": "--bad", "ordinary": "--ordinary", "pos": "--pos",
+         "neg": "--neg", "reference": "--reference", "judge": "--judge",
+         "n_forget": "--n-forget"}
+
+
+def _check_data(cfg: Any, train: Path, bad: Path, judge: str, reference: Path | None,
+                ordinary: Path | None, pos: Path | None, neg: Path | None) -> None:
+    """The checks that read only the JSONL files (and run the judge on the training
+    responses): a contrast too small for its held-out folds, unusable ordinary prompts."""
+    from mechunlearn.studies.diagnose_checks import check_contrast_size, check_ordinary
+
+    check_contrast_size(train, bad, pos, neg, reference, cfg.n_forget, cfg.heldout_fraction,
+                        cfg.seed, FLAGS)
+    check_ordinary(train, ordinary, judge, FLAGS)
+
+
+def _folds_error(e: EmptyDataError, reference: Path | None, pos: Path | None) -> Exception:
+    """The direction's fold error (``N groups cannot fill 5 folds; use fewer n_splits``, a
+    Python parameter the CLI does not have) re-phrased with the flags that set the number
+    of distinct prompts: after the judge, fewer prompts than the up-front count remain."""
+    import re
+
+    m = re.search(r"(\d+) groups cannot fill (\d+) folds", str(e))
+    if m is None:
+        return e
+    what = ("the --pos/--neg samples" if pos is not None else "the attribution half of the "
+            "--bad prompts that --judge calls bad" if reference is not None else
+            "the --n-forget attributed pairs")
+    return EmptyDataError(f"The bias direction could not be fitted: {what} hold only "
+                          f"{m.group(1)} distinct prompt(s), and its held-out evidence holds "
+                          f"whole prompts out over {m.group(2)} folds (at least one each). Raise "
+                          "--n-forget, add bad prompts with other texts, or give --reference "
+                          "or --pos/--neg.")
 
 
 def diagnose_cmd(
@@ -111,10 +148,14 @@ def diagnose_cmd(
                          methods=method_list, unlearn=UnlearnConfig(steps=steps),
                          robustness=robustness)
     _check_files(model, reference, pos, neg, layer_list)
+    _check_data(cfg, train, bad, judge, reference, ordinary, pos, neg)
     set_threads(threads)
     cache = out.with_name(out.name + ".features") if resume else None
-    res = diagnose(model, train, bad, judge=judge, reference=reference, ordinary=ordinary,
-                   pos=pos, neg=neg, truth=truth, format=format, config=cfg, cache=cache,
-                   say=lambda m: typer.echo(m))
+    try:
+        res = diagnose(model, train, bad, judge=judge, reference=reference, ordinary=ordinary,
+                       pos=pos, neg=neg, truth=truth, format=format, config=cfg, cache=cache,
+                       say=lambda m: typer.echo(m))
+    except EmptyDataError as e:
+        raise _folds_error(e, reference, pos) from e
     path = res.write_report(out, overwrite=overwrite)
     typer.echo(f"[5/5] report written: {path}  (total {res.timings['total']:.0f} s)")

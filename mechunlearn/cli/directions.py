@@ -26,20 +26,31 @@ from mechunlearn.cli.options import (
 from mechunlearn.errors import ConfigError
 
 
-def _check_pos_neg(pos: Path, neg: Path) -> None:
+def _check_pos_neg(pos: Path, neg: Path) -> list[Any]:
     """Both files readable as texts or pairs, not the same file, and not the same samples in
     two files (in any order): with nothing to separate, every method would return noise with
-    at most a warning (before any work)."""
+    at most a warning (before any work). Returns both files' Records."""
     from collections import Counter
 
     from mechunlearn.data import model_inputs, read_jsonl
 
     check_distinct(pos, neg, "--pos and --neg")
-    items = [model_inputs(read_jsonl(p), None, None) for p in (pos, neg)]
+    recs = [read_jsonl(p) for p in (pos, neg)]
+    items = [model_inputs(r, None, None) for r in recs]
     if Counter(map(repr, items[0])) == Counter(map(repr, items[1])):
         raise ConfigError(f"--pos {pos} and --neg {neg} hold the same {len(items[0])} "
                           "samples (in some order): there is nothing to separate, and any "
                           "direction found would be noise; pass X+ and X- that differ.")
+    return recs
+
+
+def _check_positions(bridge: Any, recs: list[Any], position: int | str, pos: Path,
+                     neg: Path) -> None:
+    """An integer --position every sample of --pos and --neg has (before any forward pass)."""
+    from mechunlearn.cli.checks import check_position
+
+    for r, path, flag in zip(recs, (pos, neg), ("--pos", "--neg")):
+        check_position(bridge, r.items, r.ids, position, path, data_flag=flag)
 
 
 def directions_cmd(
@@ -76,9 +87,10 @@ def directions_cmd(
                           "direction); drop --k or use --method pca_bias.")
     check_destination(out, "directions", overwrite)
     site = make_site(hook, position)
-    _check_pos_neg(pos, neg)
+    recs = _check_pos_neg(pos, neg)
     bridge = load_bridge(model)
     site.resolve(bridge)
+    _check_positions(bridge, recs, site.position, pos, neg)
     fp, fn = features(bridge, pos, site, batch_size), features(bridge, neg, site, batch_size)
     if k > fp.d:
         raise ConfigError(f"--k {k} is larger than the feature dimension {fp.d} at "
@@ -116,7 +128,6 @@ def sweep_cmd(
 ) -> None:
     """Held-out separation of X+ vs X- at every layer and hook kind (one forward pass)."""
     from mechunlearn.cli.options import split_list
-    from mechunlearn.data import read_jsonl
     from mechunlearn.directions import FINDERS
     from mechunlearn.models import load_bridge
     from mechunlearn.outputs import check_output_file, write_output_file, write_sidecar
@@ -132,11 +143,11 @@ def sweep_cmd(
     check_output_file(out, overwrite, (".csv",))
     if plot is not None:
         check_output_file(plot, overwrite, (".png", ".pdf", ".svg"))
-    _check_pos_neg(pos, neg)
-    make_site("blocks.0.hook_resid_post", position)  # a bad --position fails before loading
+    p, n = _check_pos_neg(pos, neg)
+    where = position_value(position)  # a bad --position fails before loading
     bridge = load_bridge(model)
-    site_list = all_sites(bridge, kind_list, position_value(position))
-    p, n = read_jsonl(pos), read_jsonl(neg)
+    _check_positions(bridge, [p, n], where, pos, neg)
+    site_list = all_sites(bridge, kind_list, where)
 
     def fn(site: Any, feats: dict[str, Any]) -> dict[str, Any]:
         d = FINDERS[method](feats["pos"], feats["neg"], site=site,

@@ -170,12 +170,22 @@ def merge_cmd(src: Annotated[Path, typer.Argument(help="Sharded store.")],
 
     Rerun into the same DST to resume a merge; a DST holding anything else is refused.
     """
-    from mechunlearn.cli.checks import check_new_kind
+    from mechunlearn.cli.checks import check_new_kind, renamed
     from mechunlearn.storage.format import legacy_store_files
     from mechunlearn.storage.sharded import merge
 
-    check_new_kind(dst, "featurestore", legacy_store_files, flag="DST")  # no --overwrite here
-    out = merge(src, dst)
+    # the store layer's messages name --out and overwrite (other commands' options): name
+    # merge's own arguments instead
+    names = [(" (CLI: another --out)", " as DST"), ("another --out", "another DST"),
+             (f"than {src} (", f"than SRC {src} ("),
+             (", not even with overwrite", ""), (f"Output folder {dst}", f"DST {dst}"),
+             (f"Output path {dst}", f"DST {dst}"), (f"Merge target {dst}", f"DST {dst}"),
+             (f"No store at {src}", f"SRC {src} is not a store")]
+    try:
+        check_new_kind(dst, "featurestore", legacy_store_files, flag="DST")  # no --overwrite
+        out = merge(src, dst)
+    except MechUnlearnError as e:
+        raise renamed(e, names) from e
     typer.echo(f"merged {len(out)} rows into {out.path}")
 
 

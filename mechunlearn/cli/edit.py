@@ -46,19 +46,6 @@ def _unlearn_items(forget: Path, retain: Path, objective: str) -> tuple[list[Any
     return list(f.items), retain_items
 
 
-def _check_out(out: Path, model: Path) -> None:
-    """Refuse ``--out`` equal to, inside or containing ``--model``: the edit would replace the
-    model it reads (even with ``--overwrite``; a previous edit's output elsewhere is replaced
-    like any output of the same kind)."""
-    from mechunlearn.errors import OutputPathError
-
-    o, m = Path(out).expanduser().resolve(), Path(model).expanduser().resolve()
-    if o == m or m in o.parents or o in m.parents:
-        raise OutputPathError(f"--out {out} is the --model folder {model} (or inside / around "
-                              "it): the edit would replace the model it reads. Choose another "
-                              "--out.")
-
-
 def edit_cmd(
     ctx: typer.Context,
     how: Annotated[str, typer.Argument(help="orthogonalize | unlearn.")],
@@ -101,7 +88,7 @@ def edit_cmd(
         raise ConfigError(f"edit takes 'orthogonalize' or 'unlearn', got {how!r}.")
     refuse_unused(ctx, _ONLY, how, "edit")
     check_destination(out, "hf-model", overwrite)  # before loading or training anything
-    _check_out(out, model)
+    # --out equal to, around or inside --model: refused by cli/guards.py before this runs
     if how == "orthogonalize":
         if directions is None:
             raise ConfigError("edit orthogonalize needs --directions (saved by `directions`).")

@@ -60,6 +60,29 @@ def extract_cmd(
         if rank:
             return
     else:
-        store = extract_to_store(bridge, items, site, out, batch_size=batch_size,
-                                 shard_size=shard_size, ids=recs.ids, progress=True)
+        try:
+            store = extract_to_store(bridge, items, site, out, batch_size=batch_size,
+                                     shard_size=shard_size, ids=recs.ids, progress=True)
+        except KeyboardInterrupt:
+            typer.echo(interrupted(out, len(items)), err=True)
+            raise typer.Exit(130) from None
     typer.echo(f"{len(store)} x {store.d} features at {site.key} -> {out}")
+
+
+def interrupted(out: Path, n: int) -> str:
+    """The line printed when Ctrl-C stops ``extract``: what the store at ``out`` kept.
+
+    The store rewrites its manifest only after a whole shard is on disk, and a rerun of the
+    same command resumes after its last complete shard (``extract_to_store``), so the rows
+    counted here are exactly the rows a rerun keeps.
+    """
+    from mechunlearn.errors import MechUnlearnError
+    from mechunlearn.storage.store import FeatureStore
+
+    try:
+        store = FeatureStore.open(out, check_reads=False)
+    except (MechUnlearnError, OSError):
+        return (f"interrupted: nothing was kept at --out {out} (no complete shard was "
+                "written); rerun the same command to start again.")
+    return (f"interrupted: --out {out} keeps {len(store)} of {n} rows ({store.n_shards} "
+            "complete shard(s)); rerun the same command to resume after them.")

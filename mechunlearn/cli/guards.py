@@ -3,11 +3,14 @@
 * **A repeated single-value option is refused** (``--layers 0 --layers 1``, ``--judge a
   --judge b``): click keeps the last value silently, so the run would differ from what the
   user typed. Options declared ``multiple`` may repeat.
-* **An output may not hold an input**: ``--out`` (``DST`` for ``distributed merge``) equal
-  to or around a path the same command reads (``--model``, ``--train``, ``--data``, ...) is
-  refused before any work, even with ``--overwrite``: replacing the output would delete the
-  inputs (a new-user run lost a worked example's model and data with ``diagnose --out
-  <example folder> --overwrite``).
+* **An output and an input may not overlap**: ``--out`` (``DST`` for ``distributed
+  merge``) equal to or around a path the same command reads (``--model``, ``--train``,
+  ``--data``, ...) is refused before any work, even with ``--overwrite``: replacing the
+  output would delete the inputs (a new-user run lost a worked example's model and data with
+  ``diagnose --out <example folder> --overwrite``). An output inside a folder the command
+  reads (``edit --model m --out m/edited``) is refused too: it would write into the input
+  (a model folder, a store, saved directions). Folders the command also writes (``--cache``,
+  ``--cache-dir``) are exempt from that second rule.
 
 :func:`install` wraps each leaf command's ``parse_args`` and callback; errors are
 :class:`~mechunlearn.errors.MechUnlearnError` subclasses, printed as one line (exit 2) by
@@ -25,6 +28,8 @@ from mechunlearn.errors import ConfigError, OutputPathError
 
 #: parameter names that are outputs
 OUTPUTS = ("out", "dst")
+#: folders a command reads and also writes (caches): an output may lie inside them
+CACHES = ("cache", "cache_dir")
 
 
 def refuse_repeats(command: Any, args: Sequence[str]) -> None:
@@ -56,23 +61,29 @@ def _paths(value: Any) -> list[Path]:
 
 def refuse_inputs_inside_output(params: dict[str, Any], flags: dict[str, str]) -> None:
     """Raise :class:`OutputPathError` when an output parameter equals or contains an existing
-    input path of the same command (``params``: the parsed values; ``flags``: name -> flag)."""
+    input path of the same command, or lies inside an input folder that is not a cache
+    (``params``: the parsed values; ``flags``: name -> flag). The one rule for every command
+    (``edit`` included)."""
     for o in OUTPUTS:
         if not isinstance(params.get(o), Path):
             continue
-        out = params[o].expanduser().resolve()
+        out, oflag = params[o].expanduser().resolve(), flags.get(o, o)
         for name, value in params.items():
             if name in OUTPUTS:
                 continue
             for p in _paths(value):
                 if not p.exists():
                     continue
-                r = p.expanduser().resolve()
+                r, flag = p.expanduser().resolve(), flags.get(name, name)
                 if r == out or out in r.parents:
                     raise OutputPathError(
-                        f"{flags.get(o, o)} {params[o]} holds {flags.get(name, name)} {p}, "
-                        "which this command reads: writing the output there would delete it. "
-                        f"Choose another {flags.get(o, o)}.")
+                        f"{oflag} {params[o]} holds {flag} {p}, which this command reads: "
+                        f"writing the output there would delete it. Choose another {oflag}.")
+                if r in out.parents and r.is_dir() and name not in CACHES:
+                    raise OutputPathError(
+                        f"{oflag} {params[o]} is inside {flag} {p}, which this command reads: "
+                        "the output would be written into that folder among its files. "
+                        f"Choose another {oflag}, outside {p}.")
 
 
 def _guard(command: Any) -> None:

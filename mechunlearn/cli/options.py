@@ -43,18 +43,29 @@ CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Toy-world ca
                                                "~/.cache/mechunlearn/toyworld).")]
 
 
-def position_value(position: str) -> int | str:
-    """``"3"`` / ``"-1"`` -> int; anything else stays a str (checked by :class:`Site`).
+#: the pooled positions every command's --position takes (besides an integer token index)
+POSITION_NAMES = ("last", "mean", "response_mean")
+
+
+def position_value(position: str, flag: str = "--position") -> int | str:
+    """``"3"`` / ``"-1"`` -> int; ``last`` / ``mean`` / ``response_mean`` stay a str.
 
     Raises:
-        ConfigError: for a malformed integer such as ``--3`` or ``²`` (naming ``--position``).
+        ConfigError: naming ``flag`` and the values it takes, for anything else: a malformed
+            integer such as ``--3`` or ``²``, an unknown name, or ``all`` (the library's
+            per-token Site position: every command here needs one vector per sample).
     """
     if re.fullmatch(r"-?[0-9]+", position):
         return int(position)
-    if position.lstrip("-").isdigit() or position.startswith("-"):  # '--3', '²', '-x'
-        raise ConfigError(f"--position {position!r} is not a token index (e.g. 0 or -1) nor "
-                          "one of last, mean, response_mean, all.")
-    return position
+    if position in POSITION_NAMES:
+        return position
+    valid = ("use last, mean, response_mean, or an integer N (the N-th real token of each "
+             "sample from 0; -1 is the last)")
+    if position == "all":
+        raise ConfigError(f"{flag} all keeps every token position, but this command stores "
+                          f"or compares one vector per sample: {valid}.")
+    raise ConfigError(f"{flag} {position!r} is not a token index (e.g. 0 or -1) nor a pooled "
+                      f"position: {valid}.")
 
 
 def make_site(hook: str, position: str, head: int | None = None) -> Any:

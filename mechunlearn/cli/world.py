@@ -12,6 +12,20 @@ from mechunlearn.cli.options import CacheDir, Threads, set_threads
 toyworld_app = typer.Typer(help="The embedded toy preference world.", no_args_is_help=True)
 
 
+def check_world(world: str, flag: str) -> None:
+    """Refuse a toy-world name that is not a preset, naming ``flag`` and the presets.
+
+    Raises:
+        ConfigError: e.g. ``WORLD 'bogus' is not a toy world: choose one of easy, hard, tiny.``.
+    """
+    from mechunlearn.errors import ConfigError
+    from mechunlearn.toyworld.config import PRESETS
+
+    if world not in PRESETS:
+        raise ConfigError(f"{flag} {world!r} is not a toy world: choose one of "
+                          f"{', '.join(sorted(PRESETS))}.")
+
+
 def demo_cmd(
     world: Annotated[str, typer.Option(help="Toy world preset: hard | easy | tiny.")] = "hard",
     out: Annotated[Path, typer.Option(help="Report folder (a previous report there is "
@@ -31,6 +45,7 @@ def demo_cmd(
     """
     from mechunlearn.studies.demo import run_demo
 
+    check_world(world, "--world")
     set_threads(threads)
     res = run_demo(world, out, cache_dir, say=lambda m: typer.echo(m))
     typer.echo(f"Report: {res.report}")
@@ -50,6 +65,7 @@ def toyworld_build(
     trained models of the default world; then measure the rates (cached)."""
     from mechunlearn import toyworld
 
+    check_world(world, "WORLD")
     if train and not force:
         _warn_if_built(world, cache_dir)
     folder = toyworld.build(world, cache_dir=cache_dir, progress=lambda m: typer.echo(m),

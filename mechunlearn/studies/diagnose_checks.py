@@ -1,6 +1,10 @@
-"""What :func:`~mechunlearn.studies.diagnose.diagnose` refuses before any work: a model that
-cannot generate responses (a masked LM / encoder such as BERT), so the judge never sees a
-response to call bad."""
+"""What :func:`~mechunlearn.studies.diagnose.diagnose` (and ``mechunlearn diagnose``) refuses
+before any work: a model that cannot generate responses (a masked LM / encoder such as BERT),
+so the judge never sees a response to call bad (:func:`check_causal`); inputs whose bias
+direction contrast has fewer distinct prompts than its held-out folds
+(:func:`check_contrast_size`); ordinary prompts that are empty, or none left clean
+(:func:`check_ordinary`). The last two read only the JSONL files and run the judge on the
+training responses (no model), so a run that would fail after minutes fails at once."""
 
 from __future__ import annotations
 
@@ -54,3 +58,119 @@ def check_causal(model: Any, what: str = "model") -> None:
     generative = can() if callable(can) else name.endswith(GENERATIVE)
     if not generative:
         raise _refuse(what, name)
+
+
+#: how each input of :func:`check_inputs` is named in messages (the CLI passes its flags)
+API_NAMES = {"train": "train", "bad": "bad", "ordinary": "ordinary", "pos": "pos",
+             "neg": "neg", "reference": "reference", "judge": "judge",
+             "n_forget": "config.n_forget"}
+
+
+def contrast_folds() -> int:
+    """Folds of the bias direction's held-out evidence: :func:`mechunlearn.directions.mean_diff`'s
+    ``n_splits`` (``fit_direction`` keeps the default); each fold needs one distinct prompt."""
+    import inspect
+
+    from mechunlearn.directions import mean_diff
+
+    return int(inspect.signature(mean_diff).parameters["n_splits"].default)
+
+
+def _distinct(items: list[Any]) -> int:
+    return len({x if isinstance(x, str) else x[0] for x in items})
+
+
+def check_contrast_size(train: Any, bad: Any, pos: Any, neg: Any, reference: Any,
+                        n_forget: int, heldout_fraction: float = 0.5, seed: int = 0,
+                        names: dict[str, str] | None = None) -> None:
+    """Refuse, before any model work, inputs whose bias-direction contrast cannot fill the
+    held-out folds (:func:`contrast_folds`, 5): prompts are held out whole, so the contrast
+    :func:`~mechunlearn.studies.contrast.fit_direction` picks needs that many distinct
+    prompts: ``pos``/``neg`` (distinct texts or prompts of both files together), else
+    ``reference`` (distinct prompts in the attribution half of ``bad``), else the attributed
+    preference triples (at most ``n_forget`` of them; prompt/response training data has no
+    such contrast and is not checked).
+
+    Raises:
+        EmptyDataError: naming the input to change (``names``: input -> flag) and the minimum.
+    """
+    from mechunlearn.errors import EmptyDataError
+    from mechunlearn.studies.cases import split_prompts
+    from mechunlearn.studies.data import load_bad, load_texts, load_train
+
+    n = {**API_NAMES, **(names or {})}
+    need = contrast_folds()
+    if pos is not None and neg is not None:
+        got = _distinct(load_texts(pos) + load_texts(neg))
+        if got < need:
+            raise EmptyDataError(
+                f"{n['pos']} {pos} and {n['neg']} {neg} hold {got} distinct prompt(s) together; "
+                f"the direction's held-out evidence holds whole prompts out over {need} folds, "
+                f"so it needs at least {need}: add samples with other prompts.")
+        return
+    if reference is not None:
+        prompts, _ = load_bad(bad)
+        attr, _ = split_prompts(prompts, heldout_fraction, seed)
+        got = len({prompts[i] for i in attr})
+        if got < need:
+            raise EmptyDataError(
+                f"{n['bad']} {bad}: the tuned-vs-{n['reference']} direction is fitted on the "
+                f"attribution half of the bad prompts, {got} distinct prompt(s) here "
+                f"({len(set(prompts))} in the file); its held-out evidence needs at least "
+                f"{need} ({need} folds): add distinct bad prompts (about {2 * need}), or give "
+                f"{n['pos']}/{n['neg']} files.")
+        return
+    triples = [p for p in load_train(train) if p.rejected is not None]
+    if not triples:
+        return  # no contrast: the report says so, nothing fails
+    got = len({p.prompt for p in triples})
+    if n_forget < need or got < need:
+        what = (f"{n['n_forget']} {n_forget} is too small" if n_forget < need else
+                f"{n['train']} {train} holds only {got} distinct preference prompt(s)")
+        raise EmptyDataError(
+            f"{what}: the bias direction (chosen vs rejected of the attributed pairs) holds "
+            f"whole prompts out over {need} folds, so it needs at least {need} distinct "
+            f"prompts: " + (f"pass {n['n_forget']} {need} or more" if n_forget < need else
+                            "add preference records with other prompts")
+            + f", or give {n['reference']} or {n['pos']}/{n['neg']}.")
+
+
+def check_ordinary(train: Any, ordinary: Any, judge: Any,
+                   names: dict[str, str] | None = None) -> None:
+    """Refuse, before any model work, ordinary prompts the verifier could not use: an
+    ``ordinary`` file with an empty (or blank) prompt, or, without ``ordinary``, training
+    data in which the judge calls every chosen response bad (no clean training prompt is
+    left to measure the good-behaviour rate and KL on) or a clean pair's prompt is blank.
+
+    Raises:
+        EmptyDataError: naming the file or flags (``names``: input -> flag) and what to do.
+    """
+    from mechunlearn.errors import EmptyDataError
+    from mechunlearn.studies.data import load_prompts, load_train
+    from mechunlearn.studies.judge import describe, judge_all, parse_judge
+
+    n = {**API_NAMES, **(names or {})}
+    if ordinary is not None:
+        prompts = load_prompts(ordinary, "ordinary")
+        blank = [i for i, p in enumerate(prompts) if not p.strip()]
+        if blank:
+            raise EmptyDataError(
+                f"{n['ordinary']} {ordinary}: {len(blank)} of its {len(prompts)} prompt(s) are "
+                f"empty (the first is record {blank[0] + 1}); an empty prompt cannot be "
+                "answered: drop those records.")
+        return
+    judge_fn = parse_judge(judge) if isinstance(judge, str) else judge
+    tr = load_train(train)
+    clean = [p for p, b in zip(tr, judge_all(judge_fn, [p.chosen for p in tr])) if not b]
+    if not clean:
+        raise EmptyDataError(
+            f"{n['judge']} ({describe(judge_fn)}) calls the chosen response of all {len(tr)} "
+            f"{n['train']} {train} pairs bad, so no training prompt is left as an ordinary "
+            f"prompt (good-behaviour rate and KL): pass {n['ordinary']} FILE with ordinary "
+            f"prompts, or a narrower {n['judge']}.")
+    blank = [p.id for p in clean if not p.prompt.strip()]
+    if blank:
+        raise EmptyDataError(
+            f"{n['train']} {train}: record id {blank[0]!r} has an empty prompt and would be "
+            f"used as an ordinary prompt ({len(blank)} such): drop it, or pass "
+            f"{n['ordinary']} FILE.")
