@@ -77,7 +77,8 @@ class Site:
         pos = self.position
         if isinstance(pos, bool) or not (isinstance(pos, int) or pos in _POSITIONS):
             raise ConfigError(
-                f"Site.position must be one of {_POSITIONS} or an int, got {pos!r}."
+                f"Site.position must be one of {_POSITIONS} or an int token index (among "
+                f"the real tokens: 0 the first, -1 the last), got {pos!r}."
             )
         if self.head is not None and (isinstance(self.head, bool) or not isinstance(self.head, int) or self.head < 0):
             raise ConfigError(f"Site.head must be a non-negative int or None, got {self.head!r}.")

@@ -43,10 +43,6 @@ CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Toy-world ca
                                                "~/.cache/mechunlearn/toyworld).")]
 
 
-#: the pooled positions every command's --position takes (besides an integer token index)
-POSITION_NAMES = ("last", "mean", "response_mean")
-
-
 def position_value(position: str, flag: str = "--position") -> int | str:
     """``"3"`` / ``"-1"`` -> int; ``last`` / ``mean`` / ``response_mean`` stay a str.
 
@@ -55,11 +51,14 @@ def position_value(position: str, flag: str = "--position") -> int | str:
             integer such as ``--3`` or ``²``, an unknown name, or ``all`` (the library's
             per-token Site position: every command here needs one vector per sample).
     """
+    from mechunlearn.sites import _POSITIONS
+
+    pooled = [p for p in _POSITIONS if p != "all"]  # one vector per sample
     if re.fullmatch(r"-?[0-9]+", position):
         return int(position)
-    if position in POSITION_NAMES:
+    if position in pooled:
         return position
-    valid = ("use last, mean, response_mean, or an integer N (the N-th real token of each "
+    valid = (f"use {', '.join(pooled)}, or an integer N (the N-th real token of each "
              "sample from 0; -1 is the last)")
     if position == "all":
         raise ConfigError(f"{flag} all keeps every token position, but this command stores "
