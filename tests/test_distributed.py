@@ -47,6 +47,7 @@ WORDS = "the cat sat on a mat while dogs ran far away and birds sang loud songs"
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONFAULTHANDLER": "1",  # a C++ abort in a rank prints the Python stacks
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            *args]
@@ -307,12 +308,24 @@ def test_read_jsonl_validates(tmp_path):
     assert read_jsonl(p).items == [("p", "c", "r")] and read_jsonl(p).kind == "triple"
 
 
-def test_process_group_meets_at_a_barrier_then_destroys_before_exit(monkeypatch):
-    """A group made by process_group is torn down inside it (never left to interpreter exit,
-    where gloo can abort), after a barrier on a normal exit and at once after an error."""
+class _Store:
+    """Key-value store stand-in recording ``wait``/``set`` into ``calls``."""
+
+    def __init__(self, calls: list[str], fail: bool = False) -> None:
+        self.calls, self.fail = calls, fail
+
+    def wait(self, keys, timeout):
+        if self.fail:
+            raise RuntimeError("store gone")
+        self.calls.append(f"wait:{keys[0]}")
+
+    def set(self, key, value):
+        self.calls.append(f"set:{key}")
+
+
+def _fake_group(monkeypatch, calls, rank, world=2, store_fails=False):
     from mechunlearn.storage import collectives as C
 
-    calls: list[str] = []
     state = {"up": False}
 
     def init(backend, timeout):
@@ -323,18 +336,40 @@ def test_process_group_meets_at_a_barrier_then_destroys_before_exit(monkeypatch)
         calls.append("destroy")
         state["up"] = False
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", str(world))
     monkeypatch.setattr(C.dist, "is_initialized", lambda: state["up"])
     monkeypatch.setattr(C.dist, "init_process_group", init)
     monkeypatch.setattr(C.dist, "barrier", lambda: calls.append("barrier"))
     monkeypatch.setattr(C.dist, "destroy_process_group", destroy)
-    monkeypatch.setattr(C.dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(C.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(C.dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(C.dist, "get_world_size", lambda: world)
+    monkeypatch.setattr(C.dist.distributed_c10d, "_get_default_store",
+                        lambda: _Store(calls, store_fails))
     monkeypatch.setattr(C.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(C, "_GENERATION", 0)
+    return C, state
+
+
+def test_process_group_meets_at_a_barrier_then_destroys_in_turn_before_exit(monkeypatch):
+    """A group made by process_group is torn down inside it (never left to interpreter exit,
+    where gloo can abort): after a barrier on a normal exit, rank by rank from the highest
+    (each waits on the store for the rank above), and at once after an error."""
+    calls: list[str] = []
+    C, state = _fake_group(monkeypatch, calls, rank=1, world=3)
     with C.process_group() as (rank, world):
         calls.append("work")
-    assert (rank, world) == (1, 2)
-    assert calls == ["init:gloo", "work", "barrier", "destroy"] and not state["up"]
+    assert (rank, world) == (1, 3)
+    assert calls == ["init:gloo", "work", "barrier", "wait:mechunlearn/closed/1/2", "destroy",
+                     "set:mechunlearn/closed/1/1"] and not state["up"]
+    calls.clear()
+    C, state = _fake_group(monkeypatch, calls, rank=2, world=3)  # the highest waits for none
+    with C.process_group():
+        pass
+    assert calls == ["init:gloo", "barrier", "destroy", "set:mechunlearn/closed/1/2"]
+    calls.clear()
+    with C.process_group():  # a second group in the same run uses fresh keys
+        pass
+    assert calls[-1] == "set:mechunlearn/closed/2/2"
     calls.clear()
     with pytest.raises(StoreMismatchError):
         with C.process_group():
@@ -345,3 +380,12 @@ def test_process_group_meets_at_a_barrier_then_destroys_before_exit(monkeypatch)
     with C.process_group():
         pass
     assert calls == []
+
+
+def test_process_group_teardown_without_store_still_destroys(monkeypatch):
+    calls: list[str] = []
+    C, state = _fake_group(monkeypatch, calls, rank=0, store_fails=True)
+    with pytest.warns(UserWarning, match="rank 0 did not see rank 1 close"):
+        with C.process_group():
+            pass
+    assert calls == ["init:gloo", "barrier", "destroy"] and not state["up"]

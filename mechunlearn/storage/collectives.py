@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -26,17 +27,25 @@ def rank_world() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def process_group(backend: str | None = None, timeout_s: float = 1800.0) -> Iterator[tuple[int, int]]:
+def process_group(backend: str | None = None, timeout_s: float = 1800.0,
+                  close_wait_s: float = 60.0) -> Iterator[tuple[int, int]]:
     """Join the ``torchrun`` process group if launched by it; yields ``(rank, world)``.
 
     ``backend`` defaults to NCCL when CUDA is available, else gloo. Outside torchrun (no
     ``WORLD_SIZE`` > 1) nothing is initialised. A group created here is destroyed on exit,
     before the interpreter shuts down (a gloo group left to interpreter finalisation can abort
-    the process with "terminate called without an active exception"). On a normal exit every
-    rank first meets at a barrier, so no rank closes its connections while another is still
-    finishing its last collective; after an error the group is destroyed at once (the other
+    the process with "terminate called without an active exception").
+
+    On a normal exit every rank first meets at a barrier, so no rank closes its connections
+    while another is still finishing its last collective. Then the ranks destroy the group
+    **one after another**, highest rank first, each waiting (on the rendezvous key-value
+    store, not on the group) until the rank above has finished, at most ``close_wait_s``
+    seconds: two ranks never tear down the two ends of a connection at the same time (a
+    2-rank gloo run aborted with that message once in CI during teardown, after all its work
+    and with the barrier in place). After an error the group is destroyed at once (the other
     ranks may never reach the barrier) and the error propagates.
     """
+    global _GENERATION
     created = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         be = backend or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -47,11 +56,40 @@ def process_group(backend: str | None = None, timeout_s: float = 1800.0) -> Iter
     if not created:
         yield rank_world()
         return
+    _GENERATION += 1  # the same count on every rank: groups are created collectively
     try:
         yield rank_world()
         dist.barrier()  # normal exit: every rank is done with the group before any tears down
+        _destroy_in_turn(f"mechunlearn/closed/{_GENERATION}", close_wait_s)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+_GENERATION = 0  # groups this process created with process_group (keys of their teardown)
+
+
+def _destroy_in_turn(prefix: str, wait_s: float) -> None:
+    """Destroy the default group rank by rank, highest first (see :func:`process_group`).
+
+    Rank ``r`` waits for key ``{prefix}/{r + 1}`` in the group's key-value store, destroys its
+    group, then sets ``{prefix}/{r}``. If the store cannot be used, or the rank above does not
+    answer within ``wait_s`` seconds, the rank destroys its group anyway, with a warning:
+    teardown never hangs and never fails after the work is done.
+    """
+    rank, world = rank_world()
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        if rank < world - 1:
+            store.wait([f"{prefix}/{rank + 1}"], datetime.timedelta(seconds=wait_s))
+    except Exception as e:  # noqa: BLE001 - a teardown aid, never a reason to fail
+        warnings.warn(f"process_group: rank {rank} did not see rank {rank + 1} close the "
+                      f"group first ({type(e).__name__}: {e}); closing it now.", stacklevel=3)
+        store = None
+    dist.destroy_process_group()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.set(f"{prefix}/{rank}", "1")
 
 
 def barrier() -> None:
