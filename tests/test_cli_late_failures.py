@@ -193,3 +193,27 @@ def test_ctrl_c_in_extract_says_what_was_kept_and_a_rerun_resumes(env, tmp_path,
     a, b = FeatureStore.open(tmp_path / "st"), FeatureStore.open(tmp_path / "full")
     assert a.ids == b.ids and len(a) == 16
     assert torch.equal(a.load().values, b.load().values)
+
+
+# ------------------------------------------------------------------ the Python API, up front
+def test_diagnose_api_refuses_the_same_data_before_loading_the_model(env, tmp_path,
+                                                                      monkeypatch):
+    """``studies.diagnose.diagnose`` runs the same data checks before any model work: the
+    model loader is never reached (it would raise if it were)."""
+    from mechunlearn.errors import EmptyDataError
+    from mechunlearn.studies import diagnose as D
+
+    def no_load(m):
+        raise AssertionError("the model was loaded before the data checks")
+
+    monkeypatch.setattr(D, "_load_model", no_load)
+    with pytest.raises(EmptyDataError, match="n_forget=3 is too small|n_forget 3 is too small"):
+        D.diagnose(env.m0, env.train, env.bad, judge="fool",
+                   config=D.DiagnoseConfig(n_forget=3, robustness=False))
+    blank = jsonl(tmp_path / "ord.jsonl", [{"text": "   "}, {"text": "hi"}])
+    with pytest.raises(EmptyDataError, match="empty"):
+        D.diagnose(env.m0, env.train, env.bad, judge="fool", ordinary=blank,
+                   config=D.DiagnoseConfig(robustness=False))
+    with pytest.raises(EmptyDataError, match="calls the chosen response of all"):
+        D.diagnose(env.m0, env.train, env.bad, judge=lambda r: True,
+                   config=D.DiagnoseConfig(robustness=False))

@@ -85,22 +85,9 @@ class DiagnoseConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ConfigError(f"Unknown edit methods {bad}; choose from {METHODS}.")
-        if not isinstance(self.robustness, bool):
-            raise ConfigError(f"robustness must be True or False, got {self.robustness!r}.")
-        for f in ("k", "n_forget", "max_retain", "max_new_tokens", "max_ordinary", "batch_size",
-                  "robustness_adjacent", "robustness_relearn_steps") + (
-                      ("robustness_prompts",) if self.robustness_prompts is not None else ()):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{f} must be an int >= 1, got {v!r}.")
-        al = self.robustness_ablation_layers
-        if al is not None and (not al or any(isinstance(v, bool) or not isinstance(v, int)
-                                             or v < 0 for v in al)):
-            raise ConfigError("robustness_ablation_layers must be None (all blocks) or a "
-                              f"non-empty tuple of block indices >= 0, got {al!r}.")
+        from mechunlearn.studies.diagnose_checks import check_config
+
+        check_config(self, METHODS)
 
 
 @dataclass(frozen=True)
@@ -172,18 +159,26 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
 
     Raises:
         NotCausalLMError: ``model`` cannot generate (a masked LM such as BERT), before any work.
-        ConfigError, EmptyDataError, DataFileError: bad settings, judge or data files.
+        EmptyDataError: before any model work, a bias-direction contrast with fewer distinct
+            prompts than its 5 held-out folds (e.g. ``n_forget`` < 5), or ordinary prompts
+            that are empty or, without ``ordinary``, no training pair the judge accepts
+            (:mod:`mechunlearn.studies.diagnose_checks`).
+        ConfigError, DataFileError: bad settings, judge or data files.
     """
-    from mechunlearn.studies.diagnose_checks import check_causal
+    from mechunlearn.studies import diagnose_checks as up_front
 
     cfg = config or DiagnoseConfig()
     say = say or (lambda s: None)
-    check_causal(model)
+    up_front.check_causal(model)
     t: dict[str, float] = {}
     t0 = s0 = time.perf_counter()
     judge_fn = parse_judge(judge) if isinstance(judge, str) else judge
     if not callable(judge_fn):
         raise ConfigError(f"judge must be a callable response -> bool or a str, got {judge!r}.")
+    # data the chain cannot use fails here, not after minutes of model work
+    up_front.check_contrast_size(train, bad, pos, neg, reference, cfg.n_forget,
+                                 cfg.heldout_fraction, cfg.seed)
+    up_front.check_ordinary(train, ordinary, judge_fn)
     tr = load_train(train)
     prompts, responses = load_bad(bad)
     truth_ids = load_truth(truth, tr) if truth is not None else None
@@ -198,7 +193,7 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
                              "relearning attack, or None (the best-attributed training pairs "
                              "outside the forget set).") from None
     model, reference = _load_model(model), _load_model(reference)
-    check_causal(model)
+    up_front.check_causal(model)
     original = None
     if cfg.robustness:  # the unedited copy the checks compare with, before any backward pass
         from mechunlearn.studies.robustness import original_copy

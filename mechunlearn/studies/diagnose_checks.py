@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mechunlearn.errors import ArchitectureError
+from mechunlearn.errors import ArchitectureError, ConfigError
 
 #: Hugging Face class-name endings of models that generate text left to right.
 GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
@@ -174,3 +174,30 @@ def check_ordinary(train: Any, ordinary: Any, judge: Any,
             f"{n['train']} {train}: record id {blank[0]!r} has an empty prompt and would be "
             f"used as an ordinary prompt ({len(blank)} such): drop it, or pass "
             f"{n['ordinary']} FILE.")
+
+
+def check_config(cfg: Any, methods: tuple[str, ...]) -> None:
+    """Validate a :class:`~mechunlearn.studies.diagnose.DiagnoseConfig` (``methods``: the
+    known edit methods).
+
+    Raises:
+        ConfigError: an unknown edit method, a non-bool ``robustness``, a count that is not an
+            int >= 1, or ``robustness_ablation_layers`` not None / a non-empty tuple of
+            block indices >= 0; the message names the field and the value.
+    """
+    bad = [m for m in cfg.methods if m not in methods]
+    if bad:
+        raise ConfigError(f"Unknown edit methods {bad}; choose from {methods}.")
+    if not isinstance(cfg.robustness, bool):
+        raise ConfigError(f"robustness must be True or False, got {cfg.robustness!r}.")
+    for f in ("k", "n_forget", "max_retain", "max_new_tokens", "max_ordinary", "batch_size",
+              "robustness_adjacent", "robustness_relearn_steps") + (
+                  ("robustness_prompts",) if cfg.robustness_prompts is not None else ()):
+        v = getattr(cfg, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{f} must be an int >= 1, got {v!r}.")
+    al = cfg.robustness_ablation_layers
+    if al is not None and (not al or any(isinstance(v, bool) or not isinstance(v, int)
+                                         or v < 0 for v in al)):
+        raise ConfigError("robustness_ablation_layers must be None (all blocks) or a "
+                          f"non-empty tuple of block indices >= 0, got {al!r}.")
