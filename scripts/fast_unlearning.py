@@ -20,7 +20,9 @@ gold retrain instead assumes an oracle forget set). Time ratios use the edit alo
 The chain's robustness checks (on by default in ``DiagnoseConfig``) are off here: they attack
 every variant after its measurement (docs/robustness.md). The chain's ``selective`` call
 passes ``forget_ok`` = the complement of its ``retain_ok`` (attributed pairs whose chosen
-response the judge accepts are not unlearned).
+response the judge accepts are not unlearned), the chain's forget set as its first round's
+attribution (``first_attribution``: not attributed twice) and the ``unlearn`` variant's retain
+sample (``retain_rows``), so its first round is the ``unlearn`` edit.
 Writes ``<out>/unlearning_fast_hard_s<seed>.csv``;
 ``--plot`` draws KL to gold (x the tuned model's) against the gap closed, one point per
 variant and seed, to ``<out>/unlearning_fast_hard.png``.
