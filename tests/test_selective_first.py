@@ -85,8 +85,9 @@ def test_first_attribution_of_another_training_set_is_refused(tiny_bridge):
         run(_att([1, 2], ["c1", "x9"]))
     with pytest.raises(ConfigError, match=r"first_attribution has rows \[7\] outside train"):
         run([0, 7])
-    with pytest.raises(ConfigError, match="expected Attribution"):
-        run(["p0"])
+    for wrong in (["p0"], "p0", 3.5):
+        with pytest.raises(ConfigError, match="first_attribution must be an Attribution"):
+            run(wrong)
     with pytest.raises(ConfigError, match="retain_rows must be rows of train"):
         selective_forget(tiny_bridge, TRAIN, lambda m: BAD, lambda m, q: [0], "flip", CFG,
                          retain_rows=[1, -1])

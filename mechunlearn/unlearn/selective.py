@@ -12,7 +12,8 @@ whose chosen response the judge accepts: flipping one trains the model toward it
 response). A caller that has already attributed the bad responses (the diagnose chain's
 attribution sweep) passes that as ``first_attribution`` and round 0 does not attribute again;
 ``retain_rows`` fixes which training rows are retain data (e.g. the same sample as a plain
-:func:`unlearn` edit, so the first round is that edit). Stop when no bad response is left ("fixed"; with a ``forget_metric``:
+:func:`unlearn` edit, so the first round is that edit). Stop when no bad response is left
+("fixed"; with a ``forget_metric``:
 when it is at or below ``config.target``, "target"), when the KL to the *original* model on retain
 data exceeds ``kl_budget`` ("budget"), or after ``max_rounds``. Keeping the other training
 data close to the original model is the "optimality-preserving" constraint of the seed
@@ -130,9 +131,10 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
             of them, or training-row ints, best first); round 0 then calls neither
             ``attribute`` nor ``find_bad`` (the caller found bad responses to attribute; its
             ``n_bad`` is NaN; with ``screen`` ``find_bad`` runs, the screening needs the
-            queries). ``forget_ok`` still applies. Raises :class:`ConfigError` when a row is outside
-            ``train`` or an ``Attribution``'s id differs from the id of ``train`` at that row
-            (an attribution of another training set), before any weight changes.
+            queries). ``forget_ok`` still applies. Raises :class:`ConfigError` for another
+            type, a row outside ``train``, or an ``Attribution`` id that differs from the id
+            of ``train`` at that row (an attribution of another training set), before any
+            weight changes.
         retain_rows: training rows retain data is drawn from, in this order (default: a
             seeded random order of all rows); each round uses the first ``max_retain`` that
             are neither selected for forgetting nor refused by ``retain_ok``. Pass the retain
@@ -184,7 +186,8 @@ def selective_forget(model: Any, train: Sequence[Any], find_bad: FindBad, attrib
                     break
             given = r == 0 and first is not None  # stands for find_bad too (not screening)
             bad = None if given and not screen else list(find_bad(model))
-            row: dict[str, Any] = {"round": r, "n_bad": float("nan") if bad is None else len(bad),
+            row: dict[str, Any] = {"round": r,
+                                   "n_bad": float("nan") if bad is None else len(bad),
                                    "retain_kl_orig": 0.0 if r == 0 else kl_orig(model)}
             table.append(row)
             if bad is not None and not bad:
@@ -239,19 +242,23 @@ def _first_rows(first: Any, items: list[Any]) -> list[int]:
     """Training rows of ``first_attribution``, checked against ``train`` (see
     :func:`selective_forget`)."""
     n = len(items)
-    atts = [first] if hasattr(first, "indices") else [a for a in first if hasattr(a, "indices")]
-    for a in atts:
-        for i, sid in zip(a.indices, getattr(a, "ids", None) or ()):
-            if 0 <= int(i) < n and items[int(i)].id != sid:
-                raise ConfigError(
-                    f"first_attribution does not match train: row {int(i)} is {sid!r} in the "
-                    f"attribution but {items[int(i)].id!r} in train. Attribute the same "
-                    "training set, in the same order, that selective_forget receives.")
-    out = selected_indices(first)
+    try:
+        out = selected_indices(first)
+    except (ConfigError, TypeError):
+        raise ConfigError(f"first_attribution must be an Attribution, a list of them, or "
+                          f"training-row ints; got {first!r:.80}.") from None
     wrong = [i for i in out if not 0 <= i < n]
     if wrong:
         raise ConfigError(f"first_attribution has rows {wrong[:5]} outside train (0..{n - 1}); "
                           "pass rows of the training set selective_forget receives.")
+    atts = [first] if hasattr(first, "indices") else [a for a in first if hasattr(a, "indices")]
+    for a in atts:
+        for i, sid in zip(a.indices, getattr(a, "ids", None) or ()):
+            if items[int(i)].id != sid:
+                raise ConfigError(
+                    f"first_attribution does not match train: row {int(i)} is {sid!r} in the "
+                    f"attribution but {items[int(i)].id!r} in train. Attribute the same "
+                    "training set, in the same order, that selective_forget receives.")
     return out
 
 
