@@ -7,13 +7,12 @@ after). One tiny GPT-2 folder is shared by the module. CLI cases: test_bad_input
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from _tree import tree
 
 from mechunlearn import errors as E
 from mechunlearn.datasets import DataFileError, model_inputs, read_jsonl
@@ -34,12 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 H = "blocks.0.hook_resid_post"
 TEXTS = ["the quick fox", "lazy dog", "the brown fox jumps", "over the dog"]
-
-
-def tree(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (relative path -> digest)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +290,7 @@ def test_bad_input(env, name, call, exc, match):
     with pytest.raises(exc, match=match):
         call(env)
     after = tree(env.root)
-    scratch = {k for k in after if k.startswith("scratch/")}  # inputs the cases wrote
+    scratch = {k for k in after if k == "scratch" or k.startswith("scratch/")}  # case inputs
     assert {k: v for k, v in after.items() if k not in scratch} == \
         {k: v for k, v in before.items() if k not in scratch}, f"{name} changed files"
     changed = [k for k in scratch if k in before and before[k] != after[k]]

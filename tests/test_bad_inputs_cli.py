@@ -6,13 +6,13 @@ file in the test folder untouched (hashed before and after).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from _tree import tree
 from typer.testing import CliRunner
 
 from mechunlearn.cli import app
@@ -21,11 +21,6 @@ from mechunlearn.models import tiny_gpt2
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 H = "blocks.0.hook_resid_post"
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _jsonl(path: Path, recs: list[dict]) -> str:

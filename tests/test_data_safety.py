@@ -6,7 +6,6 @@ changed; writes that succeed must follow the umask and carry a manifest with the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tree import tree
 from typer.testing import CliRunner
 
 from mechunlearn.cli import app
@@ -23,19 +23,6 @@ from mechunlearn.sites import Site
 
 runner = CliRunner()
 VERSION_KEYS = {"python", "mechunlearn", "torch", "transformers", "transformer-lens"}
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every file (sha256), folder and link under ``root``."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            rel = os.path.relpath(p, root)
-            out[rel] = "link" if os.path.islink(p) else hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 def user_folder(path: Path) -> Path:

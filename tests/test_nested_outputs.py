@@ -10,13 +10,13 @@ FeatureStore of ours). Everything else is foreign: the replacement is refused, n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from _tree import tree
 from typer.testing import CliRunner
 
 import mechunlearn.storage.distributed as D
@@ -30,18 +30,6 @@ from mechunlearn.storage.sharded import ShardedStore, open_store
 from mechunlearn.storage.store import FeatureStore
 
 SITE = Site("blocks.0.hook_resid_post", "mean")
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every file (sha256) and folder under ``root``."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = Path(dirpath) / f
-            out[os.path.relpath(p, root)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def directions(seed: int = 0) -> Directions:

@@ -10,7 +10,6 @@ Manifests of the previous release list no folders: only the folders its kind alw
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from _tree import tree
 from typer.testing import CliRunner
 
 from mechunlearn.cli import app
@@ -32,18 +32,6 @@ from mechunlearn.storage.format import STORE_PATTERNS, legacy_store_files
 from mechunlearn.storage.store import FeatureStore
 
 SITE = Site("blocks.0.hook_resid_post", "mean")
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every file (sha256) and folder under ``root``."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = Path(dirpath) / f
-            out[os.path.relpath(p, root)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def report(path: Path, figures: bool = False, overwrite: bool = False) -> Path:
