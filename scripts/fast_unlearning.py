@@ -128,7 +128,7 @@ def plot(out: str) -> None:
         raise SystemExit(f"no unlearning_fast_hard_s*.csv in {out}: run with --seed first")
     df = pd.concat([pd.read_csv(f) for f in files])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    marks = {0: "o", 1: "s", 2: "^"}
+    marks = {0: "o", 1: "s", 2: "^", 3: "D"}
     for i, (v, g) in enumerate(df.groupby("variant", sort=False)):
         for _, r in g.iterrows():
             ax.scatter(r.gap_closed, r.kl_gold_vs_tuned, marker=marks.get(int(r.seed), "x"),
@@ -138,7 +138,7 @@ def plot(out: str) -> None:
     ax.set_xlabel("bad-response gap closed (held-out trigger prompts)")
     ax.set_ylabel("KL(gold || model), ordinary prompts, x tuned's")
     ax.set_title("hard world, attributed forget set, default settings "
-                 f"(seeds {sorted(df.seed.unique().tolist())}: o=0, s=1, ^=2)", fontsize=9)
+                 f"(seeds {sorted(df.seed.unique().tolist())}: o=0, s=1, ^=2, D=3)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out, "unlearning_fast_hard.png")
