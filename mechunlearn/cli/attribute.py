@@ -109,6 +109,9 @@ def attribute_cmd(
         raise ConfigError(f"--k {k} is larger than the {len(items)} training samples in "
                           f"{train}; pass --k {len(items)} or fewer.")
     qrecs = read_jsonl(query)
+    from mechunlearn.cli.checks import check_not_triples
+
+    check_not_triples(qrecs, query, "--query")
     model_inputs(qrecs, None, None)
     bridge = load_bridge(model)
     from mechunlearn.cli.checks import check_position

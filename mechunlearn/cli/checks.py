@@ -111,20 +111,71 @@ def real_lengths(model: Any, items: Any, chunk: int = 1024) -> Any:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
+def check_not_triples(recs: Any, path: Path, flag: str) -> None:
+    """Refuse prompt/chosen/rejected records for an option that reads texts or
+    prompt/response pairs only, naming the option and the file (the library's message names
+    neither)."""
+    if getattr(recs, "kind", None) == "triple":
+        raise ConfigError(
+            f"{flag} {path} holds prompt/chosen/rejected records, but {flag} reads 'text' or "
+            "'prompt'+'response' records: write the responses you mean as prompt/response "
+            "records.")
+
+
+def _empty(item: Any) -> bool:
+    """A text, or the response of a (prompt, response) pair, that is blank."""
+    text = item[1] if isinstance(item, (tuple, list)) and len(item) == 2 else item
+    return isinstance(text, str) and not text.strip()
+
+
+def check_samples(model: Any, items: Any, ids: Any, data: Path,
+                  data_flag: str = "--data") -> None:
+    """Refuse, before any forward pass or output, a blank sample or one longer than the
+    model's context, naming the file, the sample's id and what to do (the library's own
+    errors, raised mid-run, give an index within a batch and a Python-only hint).
+
+    Raises:
+        EmptyDataError: a blank ``text`` (or blank ``response``).
+        ShapeError: a sample with more real tokens than the model's context length.
+    """
+    from mechunlearn.errors import EmptyDataError, ShapeError
+    from mechunlearn.tokens import context_length
+
+    blank = [i for i, it in enumerate(items) if _empty(it)]
+    if blank:
+        raise EmptyDataError(
+            f"{data_flag} {data}: {len(blank)} sample(s) are blank (the first: id "
+            f"{str(ids[blank[0]])!r}, record {blank[0] + 1}); remove them or give them text.")
+    n_real, n_ctx = real_lengths(model, items), context_length(model)
+    long = (n_real > n_ctx).nonzero().flatten().tolist()
+    if long:
+        i = int(long[0])
+        raise ShapeError(
+            f"{data_flag} {data}: {len(long)} sample(s) have more tokens than the model's "
+            f"context ({n_ctx}); the first: id {str(ids[i])!r} (record {i + 1}, "
+            f"{int(n_real[i])} tokens). Shorten or split those records (the command line "
+            "does not truncate).")
+
+
 def check_position(model: Any, items: Any, ids: Any, position: int | str, data: Path,
                    flag: str = "--position", data_flag: str = "--data") -> None:
-    """Refuse an integer ``--position`` that some sample of the data does not have, before
-    any forward pass, naming the shortest sample and the positions every sample has.
+    """Refuse samples the model cannot read (:func:`check_samples`: blank, or longer than
+    its context) and an integer ``--position`` that some sample of the data does not have,
+    before any forward pass, naming the shortest sample and the positions every sample has.
 
     ``items``: the samples as the command feeds them to ``model`` (texts or pairs); ``ids``:
     their ids. A str position (``last``, ``mean``, ...) is not checked here.
 
     Raises:
+        EmptyDataError, ShapeError: as :func:`check_samples`.
         ConfigError: e.g. ``--position 5 is out of range for 4 of the 8 samples of --data
             x.jsonl: the shortest (id '0') has 1 real token(s), the longest 8. Every sample
             has positions 0..0 (or -1..-1 from the end); ...``.
     """
-    if isinstance(position, bool) or not isinstance(position, int) or len(items) == 0:
+    if len(items) == 0:
+        return
+    check_samples(model, items, ids, data, data_flag)
+    if isinstance(position, bool) or not isinstance(position, int):
         return
     n_real = real_lengths(model, items)
     bad = (n_real <= position) if position >= 0 else (n_real < -position)

@@ -34,14 +34,34 @@ def _check_pos_neg(pos: Path, neg: Path) -> list[Any]:
 
     from mechunlearn.data import model_inputs, read_jsonl
 
+    from mechunlearn.cli.checks import check_not_triples
+
     check_distinct(pos, neg, "--pos and --neg")
     recs = [read_jsonl(p) for p in (pos, neg)]
+    for r, path, flag in zip(recs, (pos, neg), ("--pos", "--neg")):
+        check_not_triples(r, path, flag)
     items = [model_inputs(r, None, None) for r in recs]
+    n_min = _held_out_folds()
+    for its, path, flag in zip(items, (pos, neg), ("--pos", "--neg")):
+        if len(its) < n_min:
+            raise ConfigError(f"{flag} {path} holds {len(its)} sample(s); the held-out evidence "
+                              f"splits each of --pos and --neg into {n_min} folds, so each "
+                              f"needs at least {n_min} samples: add samples to {path}.")
     if Counter(map(repr, items[0])) == Counter(map(repr, items[1])):
         raise ConfigError(f"--pos {pos} and --neg {neg} hold the same {len(items[0])} "
                           "samples (in some order): there is nothing to separate, and any "
                           "direction found would be noise; pass X+ and X- that differ.")
     return recs
+
+
+def _held_out_folds() -> int:
+    """The folds of the direction finders' held-out evidence (``run_finder``'s default
+    ``n_splits``, which the CLI uses): the fewest samples --pos and --neg may each hold."""
+    import inspect
+
+    from mechunlearn.directions._fit import run_finder
+
+    return int(inspect.signature(run_finder).parameters["n_splits"].default)
 
 
 def _check_positions(bridge: Any, recs: list[Any], position: int | str, pos: Path,

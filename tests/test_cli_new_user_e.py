@@ -1,0 +1,76 @@
+"""Session 6 new-user run (task E): data the model cannot read, too few samples for the
+held-out folds, and preference records where pairs are read, are refused before any
+forward pass with one line naming the option, the file and the sample's id; no output
+folder is left behind. Each test fails without its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _cli_helpers import H, cli_env, jsonl
+from typer.testing import CliRunner
+
+from mechunlearn.cli import app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("new_user_e")
+    e = cli_env(root)
+    texts = [{"id": f"t{i}", "text": f"the quick fox {i}"} for i in range(12)]
+    e.long = jsonl(root / "long.jsonl", texts + [{"id": "too-long", "text": "fox " * 300}])
+    e.blank = jsonl(root / "blank.jsonl", texts + [{"id": "blank-one", "text": "   "}])
+    e.two = jsonl(root / "two.jsonl", texts[:2])
+    return e
+
+
+def _error(r) -> str:
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert r.exit_code == 2 and len(errors) == 1, r.output
+    assert "Traceback" not in r.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("which, words", [("long", ["too-long", "context"]),
+                                          ("blank", ["blank-one", "blank"])])
+def test_extract_unreadable_sample_named_and_nothing_written(env, which, words):
+    out = env.root / f"feats_{which}"
+    path = getattr(env, which)
+    r = runner.invoke(app, ["extract", "--model", env.m0, "--data", path, "--hook", H,
+                            "--out", str(out), "--batch-size", "4"])
+    line = _error(r)
+    assert f"--data {path}" in line and all(w in line for w in words), line
+    assert not out.exists()  # the store used to be created, then left with 0 rows
+
+
+def test_directions_long_sample_named(env):
+    out = env.root / "dirs_long"
+    r = runner.invoke(app, ["directions", "--model", env.m0, "--pos", env.long, "--neg",
+                            env.neg, "--hook", H, "--out", str(out), "--permutations", "0"])
+    line = _error(r)
+    assert "--pos" in line and "too-long" in line and "max_length=" not in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("cmd", ["directions", "sweep"])
+def test_too_few_samples_for_the_folds(env, cmd):
+    out = env.root / (f"{cmd}_two" + (".csv" if cmd == "sweep" else ""))
+    r = runner.invoke(app, [cmd, "--model", env.m0, "--pos", env.two, "--neg", env.neg,
+                            "--out", str(out), *(["--hook", H] if cmd == "directions" else [])])
+    line = _error(r)
+    assert f"--pos {env.two} holds 2 sample(s)" in line and "at least 5" in line, line
+    assert "n_splits" not in line and not out.exists()
+
+
+def test_attribute_query_of_preference_records_names_query(env):
+    out = env.root / "att.csv"
+    r = runner.invoke(app, ["attribute", "--model", env.m0, "--train", env.pairs, "--query",
+                            env.prefs, "--hook", H, "--k", "2", "--out", str(out)])
+    line = _error(r)
+    assert f"--query {env.prefs}" in line, line
+    assert not Path(out).exists()
