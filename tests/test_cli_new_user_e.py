@@ -74,3 +74,12 @@ def test_attribute_query_of_preference_records_names_query(env):
     line = _error(r)
     assert f"--query {env.prefs}" in line, line
     assert not Path(out).exists()
+
+
+def test_unlearn_forget_and_retain_same_file_refused(env):
+    out = env.root / "unlearned"
+    r = runner.invoke(app, ["edit", "unlearn", "--model", env.m0, "--forget", env.pairs,
+                            "--retain", env.pairs, "--steps", "1", "--out", str(out)])
+    line = _error(r)
+    assert "--forget and --retain name the same file" in line, line
+    assert not out.exists()  # it used to warn, then train and write the model
