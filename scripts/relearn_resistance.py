@@ -3,6 +3,7 @@
 
     python scripts/relearn_resistance.py --seed 0 --out docs          # all levers
     python scripts/relearn_resistance.py --seed 1 --out docs --levers default repair15
+    python scripts/relearn_resistance.py --plot --out docs        # docs/relearn_resistance.png
 
 Per seed: load the cached ``hard`` world and run the diagnose chain once exactly as
 ``scripts/fast_unlearning.py`` does (bad cases -> attribution sweep -> forget set; methods
@@ -59,6 +60,8 @@ LEVERS: dict[str, tuple[str, dict[str, Any], Any, str | None]] = {
     "npo": ("NPO + retain KL", {}, "npo", None),
     "simnpo": ("SimNPO + retain KL", {}, "simnpo", None),
     "rmu": ("RMU at the chain's Site + retain KL", {}, "rmu", None),
+    "n_forget32": ("forget set: top 32 attributed (judge-filtered) instead of 16",
+                   {"_n_forget": 32}, None, None),
     "mlp_only": ("train MLP weights only", {}, None, "mlp"),
     "from_site": ("train blocks from the Site's block onward only", {}, None, "from_site"),
 }
@@ -187,14 +190,24 @@ def run(seed: int, out: str, levers: list[str], time_gold: bool, tag: str = "") 
     rows: list[dict[str, Any]] = []
     for name in levers:
         desc, over, obj, params = LEVERS[name]
+        over = dict(over)
+        n_f = over.pop("_n_forget", None)
         plan = replace(base, unlearn_config=UnlearnConfig(**over), objective=_objective(obj, site))
+        if n_f is not None:  # a larger forget set, filtered and kept apart from retain alike
+            more = res.attribution.top(n_f)
+            f2 = [i for i, b in zip(more, judge_all(is_bad, [tr[i].chosen for i in more])) if b]
+            s2 = {(tr[i].prompt, tr[i].chosen) for i in f2}
+            plan = replace(plan, forget=f2, retain=[i for i in retain
+                                                    if (tr[i].prompt, tr[i].chosen) not in s2])
         meas.calls = 0
         t0 = time.perf_counter()
         with _frozen(model, _trainable(model, params, site)):
             got, _ = run_edits(model, plan, meas, ("unlearn",))
         if not rows:
             rows.append({**got[0], "lever": "unedited", "what": "the tuned model"})
-        r = {**got[-1], "lever": name, "what": desc}
+        truth = set(w.truth.poisoned_ids)  # ground truth: only to count, never to choose
+        r = {**got[-1], "lever": name, "what": desc, "n_forget": len(plan.forget),
+             "n_forget_poisoned": sum(tr[i].id in truth for i in plan.forget)}
         rows.append(r)
         say(f"lever {name}: bad {r['bad_rate_heldout']:.2f} -> relearn "
             f"{r.get('relearn_bad_rate', float('nan')):.2f}, KL gold {r['kl_gold_ordinary']:.4f}, "
@@ -216,7 +229,7 @@ def run(seed: int, out: str, levers: list[str], time_gold: bool, tag: str = "") 
     e["meets_targets"] = ((e.gap_closed >= 0.95) & (e.trigger_good_vs_gold >= 0.9)
                           & (e.ordinary_good_vs_tuned >= 0.98) & (e.kl_gold_vs_tuned <= 1.2)
                           & (e.cpu_vs_gold_retrain <= 0.1))
-    e["seed"], e["site"], e["n_forget"] = seed, site.key, len(forget)
+    e["seed"], e["site"] = seed, site.key
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"relearn_resistance_s{seed}{tag and '_' + tag}.csv")
     atomic_write(path, lambda p: e.to_csv(p, index=False, float_format="%.4f"))
@@ -234,6 +247,47 @@ def run(seed: int, out: str, levers: list[str], time_gold: bool, tag: str = "") 
     return e
 
 
+def plot(out: str) -> None:
+    """Bad rate after the relearning attack against KL to gold (x tuned), one point per lever
+    and seed (filled: meets every issue-20 target), from ``<out>/relearn_resistance_s*.csv``."""
+    import glob
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mechunlearn.atomic import atomic_write
+
+    files = sorted(glob.glob(os.path.join(out, "relearn_resistance_s*.csv")))
+    if not files:
+        raise SystemExit(f"no relearn_resistance_s*.csv in {out}: run with --seed first")
+    df = pd.concat([pd.read_csv(f) for f in files]).drop_duplicates(["seed", "lever"])
+    edits = df[~df.lever.isin(("unedited", "gold"))]
+    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    marks = {0: "o", 1: "s", 2: "^"}
+    for i, (lev, g) in enumerate(edits.groupby("lever", sort=False)):
+        for _, r in g.iterrows():
+            ax.scatter(r.kl_gold_vs_tuned, r.relearn_bad_rate, marker=marks.get(int(r.seed), "x"),
+                       edgecolors=cmap(i % 20), facecolors=cmap(i % 20) if r.meets_targets
+                       else "none",
+                       label=lev if r.seed == g.seed.min() else None)
+    for _, g in df[df.lever == "unedited"].groupby("seed"):
+        ax.axhline(float(g.relearn_bad_rate.iloc[0]), ls=":", color="0.5", lw=0.8)
+    ax.axvline(1.2, ls="--", color="0.6", lw=0.8)
+    ax.set_xlabel("KL(gold || edit) on ordinary prompts, x the tuned model's (target <= 1.2)")
+    ax.set_ylabel("held-out bad rate after 20 relearning steps")
+    ax.set_title("hard world: unlearn edit levers (o/s/^ = seed 0/1/2; filled: meets every "
+                 "issue-20 target; dotted: unedited after the attack)", fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = os.path.join(out, "relearn_resistance.png")
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,9 +297,12 @@ def main() -> None:
                     help="time the gold retrain in this run (else read it from the CSV of "
                          "scripts/fast_unlearning.py)")
     ap.add_argument("--tag", default="", help="file name suffix: relearn_resistance_s<seed>_<tag>.csv")
+    ap.add_argument("--plot", action="store_true", help="only draw the plot from the CSVs")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.plot:
+        return plot(args.out)
     run(args.seed, args.out, args.levers, args.time_gold, args.tag)
 
 
