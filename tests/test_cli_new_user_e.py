@@ -83,3 +83,23 @@ def test_unlearn_forget_and_retain_same_file_refused(env):
     line = _error(r)
     assert "--forget and --retain name the same file" in line, line
     assert not out.exists()  # it used to warn, then train and write the model
+
+
+def test_diagnose_reference_same_as_model_refused_up_front(env):
+    out = env.root / "diag"
+    bad = jsonl(env.root / "bad12.jsonl", [{"text": f"the quick fox {i} "} for i in range(12)])
+    r = runner.invoke(app, ["diagnose", "--model", env.m0, "--train", env.prefs, "--bad",
+                            bad, "--judge", "fox", "--reference", env.m0 + "/",
+                            "--no-robustness", "--out", str(out)])
+    line = _error(r)
+    assert "--reference" in line and "same folder as --model" in line, line
+    assert "[1/5]" not in r.output and not out.exists()  # it failed at step 3 before
+
+
+def test_diagnose_too_few_bad_prompts_message_reads(env):
+    bad = jsonl(env.root / "bad4.jsonl", [{"text": f"the quick fox {i} "} for i in range(4)])
+    r = runner.invoke(app, ["diagnose", "--model", env.m0, "--train", env.prefs, "--bad",
+                            bad, "--judge", "fox", "--reference", env.m1, "--no-robustness",
+                            "--out", str(env.root / "diag4")])
+    line = _error(r)
+    assert "held-out evidence needs at least 5" in line and "---" not in line, line

@@ -35,6 +35,11 @@ def _check_files(model: Path, reference: Path | None, pos: Path | None, neg: Pat
         check_distinct(pos, neg, "--pos and --neg")
     check_layers(layers, model)
     if reference is not None:
+        if reference.expanduser().resolve() == model.expanduser().resolve():
+            raise ConfigError(f"--reference {reference} is the same folder as --model: the "
+                              "tuned-vs-reference contrast would be zero (the chain stopped at "
+                              "its direction step). Pass the model it was tuned from (e.g. the "
+                              "SFT model), or drop --reference.")
         check_same_tokenizer(model, reference)
 
 

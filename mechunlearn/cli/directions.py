@@ -32,9 +32,8 @@ def _check_pos_neg(pos: Path, neg: Path) -> list[Any]:
     at most a warning (before any work). Returns both files' Records."""
     from collections import Counter
 
-    from mechunlearn.data import model_inputs, read_jsonl
-
     from mechunlearn.cli.checks import check_not_triples
+    from mechunlearn.data import model_inputs, read_jsonl
 
     check_distinct(pos, neg, "--pos and --neg")
     recs = [read_jsonl(p) for p in (pos, neg)]

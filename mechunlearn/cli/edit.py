@@ -96,11 +96,11 @@ def edit_cmd(
     else:
         if forget is None or retain is None:
             raise ConfigError("edit unlearn needs --forget and --retain JSONL files.")
+        f, r = _unlearn_items(forget, retain, objective)
         if forget.expanduser().resolve() == retain.expanduser().resolve():
             raise ConfigError(f"--forget and --retain name the same file ({forget}): every "
                               "sample would be unlearned and kept at once; pass the pairs to "
                               "keep as --retain.")
-        f, r = _unlearn_items(forget, retain, objective)
         bridge = load_bridge(model)
         _unlearn(bridge, f, r, objective, steps, repair_steps)
     export_hf(bridge, out, overwrite=overwrite)

@@ -114,8 +114,8 @@ def check_contrast_size(train: Any, bad: Any, pos: Any, neg: Any, reference: Any
         got = len({prompts[i] for i in attr})
         if got < need:
             raise EmptyDataError(
-                f"{n['bad']} {bad}: the tuned-vs-{n['reference']} direction is fitted on the "
-                f"attribution half of the bad prompts, {got} distinct prompt(s) here "
+                f"{n['bad']} {bad}: the direction of the tuned model vs {n['reference']} is "
+                f"fitted on the attribution half of the bad prompts, {got} distinct prompt(s) here "
                 f"({len(set(prompts))} in the file); its held-out evidence needs at least "
                 f"{need} ({need} folds): add distinct bad prompts (about {2 * need}), or give "
                 f"{n['pos']}/{n['neg']} files.")
