@@ -62,6 +62,8 @@ LEVERS: dict[str, tuple[str, dict[str, Any], Any, str | None]] = {
     "rmu": ("RMU at the chain's Site + retain KL", {}, "rmu", None),
     "n_forget32": ("forget set: top 32 attributed (judge-filtered) instead of 16",
                    {"_n_forget": 32}, None, None),
+    "sam0.1": ("sharpness-aware steps, rho 0.1", {"sam_rho": 0.1}, None, None),
+    "sam0.5": ("sharpness-aware steps, rho 0.5", {"sam_rho": 0.5}, None, None),
     "mlp_only": ("train MLP weights only", {}, None, "mlp"),
     "from_site": ("train blocks from the Site's block onward only", {}, None, "from_site"),
 }

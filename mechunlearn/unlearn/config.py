@@ -31,6 +31,14 @@ class UnlearnConfig:
     model 1.00x the tuned model's after 5, 1.05-1.15x after 10-15 on that seed
     (scripts/fast_unlearning.py, docs/unlearning.md "Fast unlearning").
 
+    ``sam_rho``: sharpness-aware steps (SAM, Foret et al., "Sharpness-Aware Minimization for
+    Efficiently Improving Generalization", arXiv:2010.01412; for unlearning against
+    relearning attacks, Fan et al., arXiv:2502.05374) when > 0: each step's gradient is taken
+    at the weights moved by ``sam_rho`` (L2 norm over all trained parameters) along the
+    step's own gradient, then applied at the unmoved weights; it costs a second forward and
+    backward pass per step. Unlike Fan et al., who perturb along the forget loss only, the
+    perturbation follows the whole step loss (forget + retain). Default 0.0 (plain steps).
+
     ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`:
     held-out keep data, stop and roll back when kept answers change); ``None`` (default) is
     the plain loop. Opt-in because on the measured worlds it kept ordinary answers but then
@@ -51,6 +59,7 @@ class UnlearnConfig:
     seed: int = 0
     guard: GuardConfig | None = None
     eval_retain: int | None = 64
+    sam_rho: float = 0.0
 
     def __post_init__(self) -> None:
         for f in ("steps", "batch_size", "retain_batch_size", "eval_every"):
@@ -62,6 +71,10 @@ class UnlearnConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"UnlearnConfig.{f} must be a finite number, got {v!r}.")
+        if not (isinstance(self.sam_rho, (int, float)) and math.isfinite(self.sam_rho)
+                and self.sam_rho >= 0):
+            raise ConfigError(f"sam_rho must be a finite number >= 0 (0: plain steps), got "
+                              f"{self.sam_rho!r}.")
         if self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}.")
         if self.kl_budget is not None and not (math.isfinite(self.kl_budget)

@@ -13,6 +13,9 @@ or ``steps`` run out. *Repair* then runs ``repair_steps`` more steps (``repair="
 loss; ``"retain"``: the retain terms only). Stopping at the first step where the bad
 behaviour is gone leaves damage; a short repair phase removes most of it (docs/unlearning.md).
 
+With ``sam_rho > 0`` each step is sharpness-aware (:class:`UnlearnConfig`, ``sam_rho``): the
+gradient is taken at weights moved up the step's own gradient, at twice the cost per step.
+
 The returned :class:`UnlearnResult` holds the history (a DataFrame, one row per step, with
 evaluation columns on evaluation steps) and an :class:`~mechunlearn.weights.EditHandle`
 whose ``undo()`` restores every parameter bit for bit.
@@ -116,6 +119,10 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
             loss, row = _loss(model, data, obj, cfg, fi, w, ri, use_forget)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.sam_rho > 0:
+                _sam(params, cfg.sam_rho,
+                     lambda fi=fi, ri=ri, u=use_forget: _loss(model, data, obj, cfg, fi, w,
+                                                              ri, u)[0])
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             step += 1
@@ -160,6 +167,27 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
             "set (screen_forget), lower lr or raise retain_weight.", stacklevel=2)
     return UnlearnResult(handle, hist_df, stopped, step, time.perf_counter() - t0,
                          obj.to_dict(), best, summary)
+
+
+def _sam(params: list[Tensor], rho: float, loss_fn: Callable[[], Tensor]) -> None:
+    """Replace each ``p.grad`` by the gradient at ``p + rho * g / ||g||`` (SAM's ascent step;
+    ``g``: the current gradients, norm over all of them), the weights restored afterwards."""
+    live = [p for p in params if p.grad is not None]
+    norm = torch.norm(torch.stack([p.grad.detach().norm() for p in live])) if live else None
+    if norm is None or not float(norm) > 0:
+        return
+    with torch.no_grad():
+        eps = [p.grad * (rho / norm) for p in live]
+        for p, e in zip(live, eps):
+            p.add_(e)
+    for p in params:
+        p.grad = None
+    try:
+        loss_fn().backward()
+    finally:
+        with torch.no_grad():
+            for p, e in zip(live, eps):
+                p.sub_(e)
 
 
 def _guard_summary(guard: Guard | None, hist: pd.DataFrame, best: int | None) -> dict[str, Any]:
