@@ -103,3 +103,22 @@ def test_diagnose_too_few_bad_prompts_message_reads(env):
                             "--out", str(env.root / "diag4")])
     line = _error(r)
     assert "held-out evidence needs at least 5" in line and "---" not in line, line
+
+
+@pytest.mark.parametrize("cmd", ["extract", "directions"])
+def test_response_mean_on_text_records_names_the_file(env, cmd):
+    out = env.root / f"{cmd}_rm"
+    data = ["--data", env.pos] if cmd == "extract" else ["--pos", env.pos, "--neg", env.neg]
+    r = runner.invoke(app, [cmd, "--model", env.m0, *data, "--hook", H, "--position",
+                            "response_mean", "--out", str(out)])
+    line = _error(r)
+    assert f"{env.pos} holds 'text' records" in line and "response_mask=" not in line, line
+    assert not out.exists()
+
+
+def test_directions_without_permutations_says_so(env):
+    out = env.root / "dirs_p0"
+    r = runner.invoke(app, ["directions", "--model", env.m0, "--pos", env.pos, "--neg",
+                            env.neg, "--hook", H, "--permutations", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "no permutation test (--permutations 0)" in r.output and "p nan" not in r.output

@@ -167,6 +167,7 @@ def check_position(model: Any, items: Any, ids: Any, position: int | str, data: 
     their ids. A str position (``last``, ``mean``, ...) is not checked here.
 
     Raises:
+        ConfigError: ``response_mean`` on 'text' records (they have no response).
         EmptyDataError, ShapeError: as :func:`check_samples`.
         ConfigError: e.g. ``--position 5 is out of range for 4 of the 8 samples of --data
             x.jsonl: the shortest (id '0') has 1 real token(s), the longest 8. Every sample
@@ -174,6 +175,12 @@ def check_position(model: Any, items: Any, ids: Any, position: int | str, data: 
     """
     if len(items) == 0:
         return
+    if position == "response_mean" and isinstance(items[0], str):
+        raise ConfigError(
+            f"{flag} response_mean averages over each sample's response tokens, but "
+            f"{data_flag} {data} holds 'text' records (no response, so no response mask): give "
+            "'prompt'+'response' "
+            f"records, or use {flag} mean.")
     check_samples(model, items, ids, data, data_flag)
     if isinstance(position, bool) or not isinstance(position, int):
         return

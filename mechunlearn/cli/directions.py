@@ -125,8 +125,10 @@ def directions_cmd(
                           "samples.")
     d.save(out, overwrite=overwrite)
     sc = d.scores
+    p = (f"permutation p {sc.get('p_value', float('nan')):.3g}" if permutations else
+         "no permutation test (--permutations 0)")
     typer.echo(f"{method} at {site.key}: held-out AUC {sc.get('heldout_auc', float('nan')):.3f}, "
-               f"permutation p {sc.get('p_value', float('nan')):.3g} -> {out}")
+               f"{p} -> {out}")
 
 
 def sweep_cmd(
