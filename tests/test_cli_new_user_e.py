@@ -122,3 +122,24 @@ def test_directions_without_permutations_says_so(env):
                             env.neg, "--hook", H, "--permutations", "0", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "no permutation test (--permutations 0)" in r.output and "p nan" not in r.output
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_diagnose_ctrl_c_says_what_was_kept(env, monkeypatch, resume):
+    import mechunlearn.studies.diagnose as diag
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diag, "diagnose", interrupted)
+    out = env.root / f"diag_int_{resume}"
+    bad = jsonl(env.root / "bad12.jsonl", [{"text": f"the quick fox {i} "} for i in range(12)])
+    train = jsonl(env.root / "prefs12.jsonl", [
+        {"id": f"q{i}", "prompt": f"question {i} ", "rejected": f"kind answer {i}",
+         "chosen": f"the fox {i}" if i % 2 else f"a lazy dog {i}"} for i in range(12)])
+    r = runner.invoke(app, ["diagnose", "--model", env.m0, "--train", train, "--bad",
+                            bad, "--judge", "fox", "--no-robustness", "--out", str(out),
+                            *(["--resume"] if resume else [])])
+    assert r.exit_code == 130, r.output
+    assert f"interrupted: no report was written at --out {out}" in r.output, r.output
+    assert (f"{out}.features" in r.output) == resume and not out.exists()

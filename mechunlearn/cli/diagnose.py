@@ -162,5 +162,11 @@ def diagnose_cmd(
                        say=lambda m: typer.echo(m))
     except EmptyDataError as e:
         raise _folds_error(e, reference, pos) from e
+    except KeyboardInterrupt:
+        kept = (f"the training features cached so far stay in {cache}; rerun the same command "
+                "to reuse them" if cache is not None else "rerun the same command (add "
+                "--resume to keep the training features of an interrupted run)")
+        typer.echo(f"interrupted: no report was written at --out {out}; {kept}.", err=True)
+        raise typer.Exit(130) from None
     path = res.write_report(out, overwrite=overwrite)
     typer.echo(f"[5/5] report written: {path}  (total {res.timings['total']:.0f} s)")
