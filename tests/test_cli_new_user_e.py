@@ -143,3 +143,13 @@ def test_diagnose_ctrl_c_says_what_was_kept(env, monkeypatch, resume):
     assert r.exit_code == 130, r.output
     assert f"interrupted: no report was written at --out {out}" in r.output, r.output
     assert (f"{out}.features" in r.output) == resume and not out.exists()
+
+
+def test_extract_under_torchrun_names_shard_and_batch_flags(env):
+    out = env.root / "dist_bad"
+    r = runner.invoke(app, ["extract", "--model", env.m0, "--data", env.pos, "--hook", H,
+                            "--out", str(out), "--batch-size", "4", "--shard-size", "6"],
+                      env={"WORLD_SIZE": "2", "RANK": "0"})
+    line = _error(r)
+    assert "--shard-size (6) must be a multiple of --batch-size (4)" in line, line
+    assert not out.exists()

@@ -44,6 +44,12 @@ def extract_cmd(
     items = model_inputs(recs, field, "--field")
     site = make_site(hook, position)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun
+    if distributed and shard_size % batch_size:  # before loading, named as flags
+        from mechunlearn.errors import ConfigError
+
+        raise ConfigError(f"--shard-size ({shard_size}) must be a multiple of --batch-size "
+                          f"({batch_size}) under torchrun, so every rank sees the "
+                          "single-process batches.")
     if not distributed:  # refuse a bad --out before loading
         from mechunlearn.storage.format import legacy_store_files
 
