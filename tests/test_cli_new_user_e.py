@@ -153,3 +153,12 @@ def test_extract_under_torchrun_names_shard_and_batch_flags(env):
     line = _error(r)
     assert "--shard-size (6) must be a multiple of --batch-size (4)" in line, line
     assert not out.exists()
+
+
+def test_seal_max_length_beyond_the_model_context_refused(env):
+    out = env.root / "seal_long"
+    r = runner.invoke(app, ["seal", "--model", env.m0, "--data", env.prefs, "--max-length",
+                            "100000", "--out", str(out)])
+    line = _error(r)
+    assert "--max-length 100000 is longer than the context of --model" in line, line
+    assert "128 tokens" in line and not out.exists()

@@ -35,6 +35,13 @@ def seal_cmd(
         from mechunlearn.models import load_bridge
 
         body = load_bridge(model)
+        from mechunlearn.errors import ConfigError
+        from mechunlearn.tokens import context_length
+
+        n_ctx = context_length(body)
+        if max_length > n_ctx:  # else a sample fails mid-run, after the features of others
+            raise ConfigError(f"--max-length {max_length} is longer than the context of --model "
+                              f"{model} ({n_ctx} tokens): pass --max-length {n_ctx} or less.")
     run = run_seal(data, out, model=body, cache=cache, max_length=max_length, n_boot=boot,
                    say=lambda m: typer.echo(m), overwrite=overwrite)
     after = run.report.resistance.get("after, test")
