@@ -64,6 +64,8 @@ LEVERS: dict[str, tuple[str, dict[str, Any], Any, str | None]] = {
                    {"_n_forget": 32}, None, None),
     "sam0.1": ("sharpness-aware steps, rho 0.1", {"sam_rho": 0.1}, None, None),
     "sam0.5": ("sharpness-aware steps, rho 0.5", {"sam_rho": 0.5}, None, None),
+    "sam0.5_rw3": ("sharpness-aware steps, rho 0.5, retain_weight 3",
+                   {"sam_rho": 0.5, "retain_weight": 3.0}, None, None),
     "mlp_only": ("train MLP weights only", {}, None, "mlp"),
     "from_site": ("train blocks from the Site's block onward only", {}, None, "from_site"),
 }
@@ -298,7 +300,8 @@ def main() -> None:
     ap.add_argument("--time-gold", action="store_true",
                     help="time the gold retrain in this run (else read it from the CSV of "
                          "scripts/fast_unlearning.py)")
-    ap.add_argument("--tag", default="", help="file name suffix: relearn_resistance_s<seed>_<tag>.csv")
+    ap.add_argument("--tag", default="",
+                    help="file name suffix: relearn_resistance_s<seed>_<tag>.csv")
     ap.add_argument("--plot", action="store_true", help="only draw the plot from the CSVs")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args()

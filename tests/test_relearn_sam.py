@@ -33,10 +33,12 @@ def test_sam_changes_the_steps_and_undo_is_exact(tiny_bridge):
     assert same(tiny_bridge, before)
 
 
-def test_sam_gradient_is_taken_at_the_perturbed_point():
-    # loss (p - 1)^2 at p = 0: g = -2; SAM evaluates at p + rho * g/|g| = -rho -> g' = -2(1 + rho)
+def test_sam_moves_only_the_forget_term():
+    # forget (p - 1)^2, retain 2p^2, at p = 0: step gradient -2 + 0. The forget gradient -2
+    # moves p to -rho; there the forget gradient is -2(1 + rho), the retain one is kept at p:
+    # -2.5 for rho 0.25 (SAM on the whole loss would give -2(1 + rho) - 4 rho = -3.5).
     p = torch.nn.Parameter(torch.zeros(1))
-    ((p - 1) ** 2).sum().backward()
+    (((p - 1) ** 2) + 2 * p ** 2).sum().backward()
     _sam([p], 0.25, lambda: ((p - 1) ** 2).sum())
     assert torch.allclose(p.grad, torch.tensor([-2.5]))
     assert torch.equal(p.detach(), torch.zeros(1))  # weights restored

@@ -33,11 +33,13 @@ class UnlearnConfig:
 
     ``sam_rho``: sharpness-aware steps (SAM, Foret et al., "Sharpness-Aware Minimization for
     Efficiently Improving Generalization", arXiv:2010.01412; for unlearning against
-    relearning attacks, Fan et al., arXiv:2502.05374) when > 0: each step's gradient is taken
-    at the weights moved by ``sam_rho`` (L2 norm over all trained parameters) along the
-    step's own gradient, then applied at the unmoved weights; it costs a second forward and
-    backward pass per step. Unlike Fan et al., who perturb along the forget loss only, the
-    perturbation follows the whole step loss (forget + retain). Default 0.0 (plain steps).
+    relearning attacks, Fan et al., "Towards LLM Unlearning Resilient to Relearning Attacks",
+    arXiv:2502.05374) when > 0: as in Fan et al., the forget term's gradient is taken at the
+    weights moved by ``sam_rho`` (L2 norm over all trained parameters) up the forget term's
+    own gradient, the retain terms' at the unmoved weights; two more forward and backward
+    passes of the forget batch per step (none in a ``repair="retain"`` phase). Default 0.0
+    (plain steps). Measured on the toy world: no better against relearning
+    (docs/robustness.md, "Relearning resistance of the fast edits").
 
     ``guard``: the collateral-damage guard (:class:`~mechunlearn.unlearn.guard.GuardConfig`:
     held-out keep data, stop and roll back when kept answers change); ``None`` (default) is

@@ -14,7 +14,7 @@ loss; ``"retain"``: the retain terms only). Stopping at the first step where the
 behaviour is gone leaves damage; a short repair phase removes most of it (docs/unlearning.md).
 
 With ``sam_rho > 0`` each step is sharpness-aware (:class:`UnlearnConfig`, ``sam_rho``): the
-gradient is taken at weights moved up the step's own gradient, at twice the cost per step.
+forget term's gradient is taken at weights moved up its own gradient (Fan et al.).
 
 The returned :class:`UnlearnResult` holds the history (a DataFrame, one row per step, with
 evaluation columns on evaluation steps) and an :class:`~mechunlearn.weights.EditHandle`
@@ -119,10 +119,9 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
             loss, row = _loss(model, data, obj, cfg, fi, w, ri, use_forget)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.sam_rho > 0:
-                _sam(params, cfg.sam_rho,
-                     lambda fi=fi, ri=ri, u=use_forget: _loss(model, data, obj, cfg, fi, w,
-                                                              ri, u)[0])
+            if cfg.sam_rho > 0 and use_forget:
+                _sam(params, cfg.sam_rho, lambda fi=fi, ri=ri: _loss(
+                    model, data, obj, cfg, fi, w, ri, True, False)[0])
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             step += 1
@@ -169,25 +168,33 @@ def unlearn(model: Any, forget: Sequence[Any], retain: Sequence[Any],
                          obj.to_dict(), best, summary)
 
 
-def _sam(params: list[Tensor], rho: float, loss_fn: Callable[[], Tensor]) -> None:
-    """Replace each ``p.grad`` by the gradient at ``p + rho * g / ||g||`` (SAM's ascent step;
-    ``g``: the current gradients, norm over all of them), the weights restored afterwards."""
+def _sam(params: list[Tensor], rho: float, forget_fn: Callable[[], Tensor]) -> None:
+    """Sharpness-aware forget term: add ``g_f(p + rho * g_f / ||g_f||) - g_f(p)`` to each
+    ``p.grad`` (``g_f``: gradient of ``forget_fn()``, norm over all parameters), so the
+    forget term's gradient is taken at the moved weights and the rest at ``p``; the weights
+    are restored afterwards."""
     live = [p for p in params if p.grad is not None]
-    norm = torch.norm(torch.stack([p.grad.detach().norm() for p in live])) if live else None
+
+    def grads() -> list[Tensor]:
+        g = torch.autograd.grad(forget_fn(), live, allow_unused=True)
+        return [torch.zeros_like(p) if x is None else x for p, x in zip(live, g)]
+
+    g0 = grads() if live else []
+    norm = torch.norm(torch.stack([g.norm() for g in g0])) if g0 else None
     if norm is None or not float(norm) > 0:
         return
+    eps = [g * (rho / norm) for g in g0]
     with torch.no_grad():
-        eps = [p.grad * (rho / norm) for p in live]
         for p, e in zip(live, eps):
             p.add_(e)
-    for p in params:
-        p.grad = None
     try:
-        loss_fn().backward()
+        g1 = grads()
     finally:
         with torch.no_grad():
             for p, e in zip(live, eps):
                 p.sub_(e)
+    for p, a, b in zip(live, g0, g1):
+        p.grad.add_(b - a)
 
 
 def _guard_summary(guard: Guard | None, hist: pd.DataFrame, best: int | None) -> dict[str, Any]:
@@ -223,7 +230,7 @@ def _draw(w: Tensor, b: int, g: torch.Generator) -> Tensor:
 
 
 def _loss(model: Any, data: _Data, obj: Objective, cfg: UnlearnConfig, fi: Tensor, w: Tensor,
-          ri: Tensor, use_forget: bool) -> tuple[Tensor, dict[str, Any]]:
+          ri: Tensor, use_forget: bool, retain: bool = True) -> tuple[Tensor, dict[str, Any]]:
     row: dict[str, Any] = {}
     total = torch.zeros(())
     if use_forget:
@@ -235,6 +242,8 @@ def _loss(model: Any, data: _Data, obj: Objective, cfg: UnlearnConfig, fi: Tenso
         total = total + fl
         row["forget_loss"] = float(fl.detach())
         row["forget_logp"] = float((logp.detach() / ntok.clamp_min(1)).mean())
+    if not retain:  # the forget term alone (sharpness-aware steps)
+        return total, row
     ids, am, m = rows(data.rb, ri)
     lg, h = forward(model, ids, am, data.hook)
     kl = token_kl(data.ref_rows(ri, ids.shape[1]), lg, am.bool()).mean()
