@@ -162,3 +162,14 @@ def test_seal_max_length_beyond_the_model_context_refused(env):
     line = _error(r)
     assert "--max-length 100000 is longer than the context of --model" in line, line
     assert "128 tokens" in line and not out.exists()
+
+
+@pytest.mark.parametrize("cmd", ["directions", "sweep"])
+def test_permutations_beyond_the_bound_refused(env, cmd):
+    out = env.root / (f"{cmd}_perm" + (".csv" if cmd == "sweep" else ""))
+    r = runner.invoke(app, [cmd, "--model", env.m0, "--pos", env.pos, "--neg", env.neg,
+                            "--permutations", "100000000", "--out", str(out),
+                            *(["--hook", H] if cmd == "directions" else [])])
+    line = _error(r)
+    assert "--permutations" in line and "100000" in line, line
+    assert not out.exists()  # 1e8 rounds ran for hours before

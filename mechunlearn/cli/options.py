@@ -29,8 +29,12 @@ Position = Annotated[str, typer.Option("--position", help=POSITION_HELP)]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward pass.")]
 Pos = Annotated[Path, typer.Option("--pos", help="X+ samples (reinforced behaviour), JSONL.")]
 Neg = Annotated[Path, typer.Option("--neg", help="X- samples (discouraged behaviour), JSONL.")]
-Permutations = Annotated[int, typer.Option("--permutations", min=0,
-                                           help="Permutation-test rounds.")]
+#: more permutation rounds than this resolve p below 1e-5 and only take hours (1e8 rounds
+#: ran silently for good on a 40-sample set)
+MAX_PERMUTATIONS = 100_000
+Permutations = Annotated[int, typer.Option("--permutations", min=0, max=MAX_PERMUTATIONS,
+                                           help="Permutation-test rounds (0: no test; at "
+                                           "most 100000, p resolves to 1/(rounds+1)).")]
 Threads = Annotated[int, typer.Option("--threads", min=0, max=1024,
                                       help="torch threads (0: torch's default; at most "
                                       "1024).")]
