@@ -173,3 +173,18 @@ def test_permutations_beyond_the_bound_refused(env, cmd):
     line = _error(r)
     assert "--permutations" in line and "100000" in line, line
     assert not out.exists()  # 1e8 rounds ran for hours before
+
+
+@pytest.mark.parametrize("extra, expect", [(["--k", "100000"], "--k 100000 is larger than the 12"),
+                                           (["--format", "bogus"], "--format must be raw or chat")])
+def test_diagnose_odd_values_refused_up_front_by_flag(env, extra, expect):
+    bad = jsonl(env.root / "bad12.jsonl", [{"text": f"the quick fox {i} "} for i in range(12)])
+    train = jsonl(env.root / "prefs12.jsonl", [
+        {"id": f"q{i}", "prompt": f"question {i} ", "rejected": f"kind answer {i}",
+         "chosen": f"the fox {i}" if i % 2 else f"a lazy dog {i}"} for i in range(12)])
+    out = env.root / "diag_odd"
+    r = runner.invoke(app, ["diagnose", "--model", env.m0, "--train", train, "--bad", bad,
+                            "--judge", "fox", "--no-robustness", "--out", str(out), *extra])
+    line = _error(r)
+    assert expect in line and "[1/5]" not in r.output, r.output
+    assert not out.exists()

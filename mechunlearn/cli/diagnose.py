@@ -53,7 +53,13 @@ def _check_data(cfg: Any, train: Path, bad: Path, judge: str, reference: Path | 
                 ordinary: Path | None, pos: Path | None, neg: Path | None) -> None:
     """The checks that read only the JSONL files (and run the judge on the training
     responses): a contrast too small for its held-out folds, unusable ordinary prompts."""
+    from mechunlearn.studies.data import load_train
     from mechunlearn.studies.diagnose_checks import check_contrast_size, check_ordinary
+
+    n_train = len(load_train(train))
+    if cfg.k > n_train:  # the chain refused it at step 2, after decoding the bad cases
+        raise ConfigError(f"--k {cfg.k} is larger than the {n_train} training samples of "
+                          f"--train {train}: pass --k {n_train} or fewer.")
 
     check_contrast_size(train, bad, pos, neg, reference, cfg.n_forget, cfg.heldout_fraction,
                         cfg.seed, FLAGS)
@@ -149,6 +155,8 @@ def diagnose_cmd(
     if not method_list:
         raise ConfigError(f"--methods {methods!r} names no edit; give a comma-separated subset "
                           "of project,orthogonalize,unlearn,selective,u2a.")
+    if format not in ("raw", "chat"):
+        raise ConfigError(f"--format must be raw or chat, got {format!r}.")
     cfg = DiagnoseConfig(layers=layer_list, k=k, n_forget=n_forget, gradients=gradients,
                          methods=method_list, unlearn=UnlearnConfig(steps=steps),
                          robustness=robustness)
