@@ -188,3 +188,20 @@ def test_diagnose_odd_values_refused_up_front_by_flag(env, extra, expect):
     line = _error(r)
     assert expect in line and "[1/5]" not in r.output, r.output
     assert not out.exists()
+
+
+def test_unlearn_overlap_warning_names_the_record_ids(env):
+    """The retain/forget overlap warning named list positions ('0', '1') instead of the
+    records' ids; the CLI now passes Items carrying the JSONL ids."""
+    forget = jsonl(env.root / "forget_ids.jsonl", [
+        {"id": f"keepf{i}", "prompt": f"Q{i}?", "response": f" bad answer {i}"} for i in range(3)])
+    retain = jsonl(env.root / "retain_ids.jsonl", [
+        {"id": f"r{i}", "prompt": f"Q{i}?", "response": f" bad answer {i}"} for i in range(2)]
+        + [{"id": "r-other", "prompt": "Other?", "response": " fine"}])
+    out = env.root / "unlearned_ids"
+    r = runner.invoke(app, ["edit", "unlearn", "--model", env.m0, "--forget", forget,
+                            "--retain", retain, "--objective", "ga", "--steps", "1",
+                            "--repair-steps", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    warn = [ln for ln in r.output.splitlines() if "also in the forget set" in ln]
+    assert warn and "'r0'" in warn[0] and "'r1'" in warn[0] and "'0'" not in warn[0], r.output

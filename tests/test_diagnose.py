@@ -85,6 +85,12 @@ def test_diagnose_end_to_end(example, tuned, tmp_path):
     for h in ("## 1. Bad cases", "## 2. Attribution", "## 3. Bias direction", "## 4. Edits",
               "## 5. Greedy generations", res.attribution.site.key):
         assert h in md
+    # the direction is named by its hook and the contrast's own position, never by the
+    # attribution Site's position (the demo report said '@response_mean' and 'last token')
+    assert f"at hook `{res.attribution.site.hook_name}`" in md and "(last prompt token)" in md
+    assert e.loc["project", "detail"] == f"at {res.attribution.site.hook_name}, every position"
+    hook = res.attribution.site.hook_name
+    assert any(ln == f"[3/5] bias direction at hook {hook}" for ln in lines)
     csv = pd.read_csv(tmp_path / "rep" / "data" / "edits.csv").set_index("variant")
     assert csv.loc["unlearn", "bad_rate_heldout"] == pytest.approx(e.loc["unlearn", "bad_rate_heldout"])
     assert (tmp_path / "rep" / "figures" / "attribution_by_layer.png").stat().st_size > 1000

@@ -42,8 +42,13 @@ def _unlearn_items(forget: Path, retain: Path, objective: str) -> tuple[list[Any
     if OBJECTIVES[objective].needs_good and f.kind != "triple":
         raise ConfigError(f"--objective {objective} teaches a good response in place of each "
                           f"forgotten one: give --forget as {FLIP_FORMAT}.")
-    retain_items = [(p, c) for p, c, _ in r.items] if r.kind == "triple" else list(r.items)
-    return list(f.items), retain_items
+    from mechunlearn.unlearn.data import Item
+
+    # Items carry the records' ids, so warnings and results name them (not list positions)
+    forget_items = [Item(i, x[0], x[1], x[2] if f.kind == "triple" else None)
+                    for i, x in zip(f.ids, f.items)]
+    retain_items = [Item(i, x[0], x[1]) for i, x in zip(r.ids, r.items)]
+    return forget_items, retain_items
 
 
 def edit_cmd(

@@ -75,7 +75,9 @@ def fit_direction(model: Any, fmt: PromptFormat, site: Site, *, pos: Sequence[An
         raise ConfigError("Give both --pos and --neg (X+ and X−), or neither.")
     if pos is not None:
         fp, fn = _features(model, fmt, pos, site), _features(model, fmt, neg, site)
-        groups, how = _group(pos) + _group(neg), f"files: {len(pos)} X+ vs {len(neg)} X− samples"
+        at = "last prompt token" if fp.site.position == "last" else "response mean"
+        groups = _group(pos) + _group(neg)
+        how = f"files: {len(pos)} X+ vs {len(neg)} X− samples ({at})"
     elif reference is not None:
         if len(set(prompts)) < 2:
             raise EmptyDataError("The tuned-vs-reference contrast needs at least 2 prompts.")
@@ -93,7 +95,8 @@ def fit_direction(model: Any, fmt: PromptFormat, site: Site, *, pos: Sequence[An
         fp = _features(model, fmt, [(p.prompt, p.chosen) for p in trip], site)
         fn = _features(model, fmt, [(p.prompt, p.rejected) for p in trip], site)
         groups = [p.prompt for p in trip] * 2
-        how = f"attributed: chosen vs rejected of {len(trip)} attributed training pairs"
+        how = (f"attributed: chosen vs rejected of {len(trip)} attributed training pairs "
+               "(response mean)")
     md = mean_diff(fp, fn, site=fp.site, groups=groups, n_permutations=n_permutations)
     rows = [{"method": "mean_diff", **_flat(md.scores)}]
     try:

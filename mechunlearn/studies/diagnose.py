@@ -224,7 +224,7 @@ def diagnose(model: Any, train: PathLike | Sequence[Any], bad: PathLike | Sequen
     t["attribution"] = time.perf_counter() - s0
 
     s0 = time.perf_counter()
-    say(f"[3/5] bias direction at {att.site.key}")
+    say(f"[3/5] bias direction at hook {att.site.hook_name}")
     con = fit_direction(model, fmt, att.site, pos=contrast_pos, neg=contrast_neg,
                         reference=reference, prompts=list(dict.fromkeys(cases.prompts)),
                         attributed=[tr[i] for i in forget], n_permutations=cfg.n_permutations)

@@ -65,7 +65,11 @@ def build_report(res: Any, title: str = "Diagnosis of a tuned model's bad respon
     if con.direction is None:
         rep.add_text(f"No direction was fitted: {con.why_none}.")
     else:
-        rep.add_text(f"Contrast — {con.contrast}. Held-out AUC and permutation p-value are "
+        hook = res.attribution.site.hook_name
+        rep.add_text(f"Contrast — {con.contrast}, at hook `{hook}` (the "
+                     "Site's hook; the contrast's own token position is the one named here, "
+                     "and the projection edit removes the direction at every position). "
+                     "Held-out AUC and permutation p-value are "
                      "computed on held-out groups (both members of a prompt together). The "
                      "difference of means is the direction the edits remove.")
         rep.add_table("directions", con.table, "Held-out evidence per direction finder")
@@ -126,8 +130,9 @@ def _robustness(rep: Report, res: Any) -> None:
         "dynamic quantisation; `nf4`: 4-bit NormalFloat weights; `ablation_*`: the difference-"
         "of-means direction between edited and unedited activations projected out (`project`) "
         "or clamped to the unedited mean (`clamp`), strongest layer in `*_where`; `depth`: first "
-        "block whose patched residual carries half the edit's effect; `recovered_last`: share "
-        "carried after the last block; `uds`: Unlearning Depth Score against the reference "
+        "block whose patched residual carries half the edit's effect; `effect`: that total "
+        "effect, the original minus the edited model's mean log-prob of the bad responses "
+        "(nats/token); `recovered_last`: share carried after the last block; `uds`: Unlearning Depth Score against the reference "
         f"(Lee, Kim and Jo, arXiv:2605.24614). NaN: the check failed (see Notes) or does not "
         f"apply (no ablation or depth for the unedited model itself).{how} The edits' `seconds` "
         "exclude the checks (`robustness_seconds`).")

@@ -182,7 +182,8 @@ def run_edits(model: Any, plan: EditPlan, verifier: Verifier, methods: Sequence[
 
             iv = Project(plan.direction, site=plan.site, positions="all")
             record(m, t0, lambda iv=iv: apply(model, iv), True,
-                   restored=model_fingerprint(model) == before, detail=f"at {plan.site.key}")
+                   restored=model_fingerprint(model) == before,
+                   detail=f"at {plan.site.hook_name}, every position")
             continue
         if m == "orthogonalize":
             from mechunlearn.weights import orthogonalize_
