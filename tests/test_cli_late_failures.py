@@ -217,3 +217,31 @@ def test_diagnose_api_refuses_the_same_data_before_loading_the_model(env, tmp_pa
     with pytest.raises(EmptyDataError, match="calls the chosen response of all"):
         D.diagnose(env.m0, env.train, env.bad, judge=lambda r: True,
                    config=D.DiagnoseConfig(robustness=False))
+
+
+def test_merge_into_a_store_of_other_features_names_dst(tmp_path):
+    """The new-user run: ``merge SRC DST`` with DST a store of other features said 'Store at
+    DST holds ...'; it names DST."""
+    import torch
+
+    from mechunlearn.sites import Site
+    from mechunlearn.storage.distributed import run_sharded
+    from mechunlearn.storage.store import FeatureStore
+
+    site = Site(H, "mean")
+    src = tmp_path / "src"
+    run_sharded(src, ["a", "b"], site, "fp-src", 4, lambda a, z: torch.ones(z - a, 4))
+    dst = tmp_path / "dst"
+    FeatureStore.create(dst, site, "fp-other", 4)
+    msg = _error(runner.invoke(app, ["distributed", "merge", str(src), str(dst)]))
+    assert msg.startswith(f"error: DST {dst} holds"), msg
+
+
+def test_empty_truth_file_is_named(tmp_path):
+    from mechunlearn.errors import EmptyDataError
+    from mechunlearn.studies.data import load_truth
+
+    empty = tmp_path / "truth.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(EmptyDataError, match=f"Ground-truth file {empty} holds no id"):
+        load_truth(empty, [])

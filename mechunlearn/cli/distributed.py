@@ -180,7 +180,8 @@ def merge_cmd(src: Annotated[Path, typer.Argument(help="Sharded store.")],
              (f"than {src} (", f"than SRC {src} ("),
              (", not even with overwrite", ""), (f"Output folder {dst}", f"DST {dst}"),
              (f"Output path {dst}", f"DST {dst}"), (f"Merge target {dst}", f"DST {dst}"),
-             (f"No store at {src}", f"SRC {src} is not a store")]
+             (f"No store at {src}", f"SRC {src} is not a store"),
+             (f"Store at {dst}", f"DST {dst}")]
     try:
         check_new_kind(dst, "featurestore", legacy_store_files, flag="DST")  # no --overwrite
         out = merge(src, dst)

@@ -112,7 +112,9 @@ def load_truth(truth: PathLike | Sequence[str], train: Sequence[TrainPair]) -> l
     else:
         ids = [str(s) for s in truth]
     if not ids:
-        raise EmptyDataError("The ground-truth id list is empty.")
+        where = f"Ground-truth file {truth}" if _is_path(truth) else "The ground-truth id list"
+        raise EmptyDataError(f"{where} holds no id: give one training id per line (the "
+                             "planted/known bad samples), or leave the truth out.")
     known = {p.id for p in train}
     unknown = [i for i in ids if i not in known]
     if unknown:
