@@ -81,10 +81,27 @@ def plot_layers(
     if null is not None:
         fig.text(0.01, 0.005, "shaded: permutation null (label-shuffled refits)", fontsize=6)
     if save is not None:
-        from mechunlearn.atomic import atomic_write
-        from mechunlearn.outputs import check_output_file
-
-        check_output_file(save, overwrite=True)  # an explicit save path: not a folder, not under a file
-        fmt = Path(save).suffix.lstrip(".") or "png"
-        atomic_write(save, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
+        save_figure(fig, save, dpi=120)
     return fig
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 110,
+                close: bool = False) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (temporary sibling, then rename).
+
+    The format comes from the suffix (``.png`` when there is none); an existing file at
+    ``path`` is replaced (an explicit save path), a folder or a path under a file is refused
+    (:func:`mechunlearn.outputs.check_output_file`: ``OutputPathError``). ``close``: also
+    ``plt.close(fig)`` (figures made with ``pyplot``). Returns the path written.
+    """
+    from mechunlearn.atomic import atomic_write
+    from mechunlearn.outputs import check_output_file
+
+    check_output_file(path, overwrite=True)
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return out

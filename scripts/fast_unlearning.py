@@ -121,7 +121,7 @@ def plot(out: str) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from mechunlearn.atomic import atomic_write
+    from mechunlearn.plots import save_figure
 
     files = sorted(glob.glob(os.path.join(out, "unlearning_fast_hard_s*.csv")))
     if not files:
@@ -142,8 +142,7 @@ def plot(out: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out, "unlearning_fast_hard.png")
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, close=True)
     print(f"wrote {path}")
 
 

@@ -62,7 +62,7 @@ def plot(df, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mechunlearn.atomic import atomic_write
+    from mechunlearn.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for _, r in df.iterrows():
@@ -77,8 +77,7 @@ def plot(df, path: str, title: str) -> None:
     ax.set_ylabel("KL(gold || model), ordinary prompts, x tuned's")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, close=True)
 
 
 def _fmt(v) -> str:

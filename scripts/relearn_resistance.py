@@ -261,7 +261,7 @@ def plot(out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mechunlearn.atomic import atomic_write
+    from mechunlearn.plots import save_figure
 
     files = sorted(glob.glob(os.path.join(out, "relearn_resistance_s*.csv")))
     if not files:
@@ -287,8 +287,7 @@ def plot(out: str) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = os.path.join(out, "relearn_resistance.png")
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, close=True)
     print(f"wrote {path}")
 
 

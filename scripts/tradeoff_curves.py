@@ -222,7 +222,7 @@ def plot(out: str) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from mechunlearn.atomic import atomic_write
+    from mechunlearn.plots import save_figure
 
     files = sorted(glob.glob(os.path.join(out, "unlearning_tradeoff_hard_s*.csv")))
     if not files:
@@ -283,8 +283,7 @@ def plot(out: str) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = os.path.join(out, "unlearning_tradeoff_hard.png")
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, close=True)
     print(best_points(df).to_string(index=False))
     print(f"wrote {path}")
 
