@@ -18,8 +18,9 @@ not ours to delete, nor is a folder the user made in it, even an empty one
 
 Anything else is refused with a typed error and nothing is touched: a folder holding any file
 or folder mechunlearn did not write (``overwrite`` never deletes a user's), an existing regular
-file or symbolic link, a path under a regular file, ``/``, the home folder, and the working
-directory or any of its parents. Folders and files follow the user's umask.
+file or symbolic link, a path under a regular file, ``/``, the home folder, the working
+directory or its parents, and a new output inside one of ours (``report/figures/x``: the report
+could no longer be replaced) unless it lists it as nested. Files follow the user's umask.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from mechunlearn.ownership import (  # noqa: F401 (MANIFEST, FORMAT, Legacy stay
     nested_outputs,
     read_manifest,
 )
+from mechunlearn.ownership import enclosing as _enclosing
 from mechunlearn.ownership import files as _files
 from mechunlearn.ownership import folders as _folders
 from mechunlearn.ownership import foreign as _foreign
@@ -62,9 +64,9 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
     """Validate an output folder path before any work is done; returns it as an absolute path.
 
     Raises :class:`OutputPathError` for paths that can never be an output (see the module
-    doc) and :class:`OutputExistsError` for a folder that holds files or folders (even empty
-    ones) mechunlearn did not write, or (without ``overwrite``) a mechunlearn output of
-    another kind.
+    doc; among them a new output inside one of ours that does not list it as nested) and
+    :class:`OutputExistsError` for a folder that holds files or folders (even empty ones)
+    mechunlearn did not write, or (without ``overwrite``) an output of ours of another kind.
     """
     given = Path(path).expanduser()
     a = Path(os.path.abspath(given))
@@ -81,6 +83,8 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
     _refuse_under_file(given, a)
     if a.exists() and not a.is_dir():
         raise _refuse(given, "is an existing file, not a folder", sub=False)
+    if read_manifest(a) is None:  # an output already there is replaced where it is
+        _refuse_inside(given, r)
     if a.is_dir() and any(a.iterdir()):
         found, foreign = _foreign(a, legacy)
         if foreign:
@@ -92,6 +96,17 @@ def check_destination(path: str | os.PathLike[str], kind: str, overwrite: bool =
                 "replace it."
             )
     return a
+
+
+def _refuse_inside(given: Path, r: Path) -> None:
+    """Refuse ``r`` (resolved) inside an output of ours (:func:`~.ownership.enclosing`)."""
+    inside = _enclosing(r)
+    if inside is not None:
+        folder, kind = inside
+        raise OutputPathError(
+            f"Output path {given} is inside {folder}, a mechunlearn {kind!r} output, so it "
+            f"cannot be an output folder: {folder} could no longer be replaced or resumed "
+            f"(it would hold a separate output). Pick a folder outside {folder}.")
 
 
 def _refuse_under_file(given: Path, a: Path) -> None:

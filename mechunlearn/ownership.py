@@ -19,7 +19,8 @@ file the manifest names, it is a folder of a pattern, or it is a listed nested o
 sub-folder holding a manifest of ours that the parent does not list is **not** part of the
 parent: it is another output (e.g. the user's FeatureStore written into ``OUT/sub``), so its
 files count as foreign and block replacing the parent (a new-user run lost such a store when
-``OUT`` was replaced with ``--overwrite``).
+``OUT`` was replaced with ``--overwrite``). Writing a new one there is refused up front
+(:func:`enclosing`, used by ``outputs.check_destination``); only listed nested outputs may be.
 
 Compatibility with the previous release:
 
@@ -102,21 +103,29 @@ def matches(path: str, patterns: Iterable[str]) -> bool:
 _RANK = re.compile(r"rank_(\d{2,})of(\d{2,})")
 
 
-def _sharded_rank(parent: Path, sub: Path) -> bool:
-    """``sub`` is a rank sub-store exactly as the previous release wrote it into ``parent``."""
-    m = _RANK.fullmatch(sub.name)
+def _rank_name(parent: Path, name: str) -> bool:
+    """``name`` is a rank sub-store's name as the previous release wrote it into sharded store
+    ``parent``: ``rank_{r:02d}of{w:02d}``, ``r < w``, ``w`` its ``manifest.json`` world size."""
+    m = _RANK.fullmatch(name)
     if m is None:
         return False
     r, w = int(m[1]), int(m[2])
+    return (name == f"rank_{r:02d}of{w:02d}" and r < w
+            and read_json(parent / "manifest.json").get("world_size") == w)
+
+
+def _sharded_rank(parent: Path, sub: Path) -> bool:
+    """``sub`` is a rank sub-store exactly as the previous release wrote it into ``parent``."""
     own = read_manifest(sub)
-    return (sub.name == f"rank_{r:02d}of{w:02d}" and r < w
-            and read_json(parent / "manifest.json").get("world_size") == w
+    return (_rank_name(parent, sub.name)
             and own is not None and own.get("kind") == "featurestore")
 
 
 #: parent kind -> recogniser of the nested outputs an older release wrote without listing
 #: them (used only when the parent's manifest has no ``nested`` key)
 UNLISTED_NESTED: dict[str, Callable[[Path, Path], bool]] = {"sharded-store": _sharded_rank}
+#: the same, by name only (the sub-store may not exist yet): where such a parent writes them
+UNLISTED_NESTED_NAMES: dict[str, Callable[[Path, str], bool]] = {"sharded-store": _rank_name}
 
 
 #: kind -> the folders an output of that kind made in the previous release, whose manifests list
@@ -163,6 +172,27 @@ def is_nested(parent: Path, manifest: dict[str, Any], sub: Path) -> bool:
         return isinstance(listed, list) and sub.name in listed
     rule = UNLISTED_NESTED.get(str(manifest.get("kind")))
     return rule is not None and rule(parent, sub)
+
+
+def enclosing(path: Path) -> tuple[Path, str] | None:
+    """``(folder, kind)`` of the output of ours that the (resolved) ``path`` would lie inside,
+    or ``None``. Only the nearest ancestor holding our manifest counts, and not when ``path``
+    is one of the nested outputs it lists (``nested``; a previous release's sharded store: a
+    rank sub-store's name, :data:`UNLISTED_NESTED_NAMES`): those the library writes itself."""
+    for anc in path.parents:
+        man = read_manifest(anc)
+        if man is None:
+            continue
+        if path.parent == anc:
+            if "nested" in man:
+                if isinstance(man["nested"], list) and path.name in man["nested"]:
+                    return None
+            else:
+                rule = UNLISTED_NESTED_NAMES.get(str(man.get("kind")))
+                if rule is not None and rule(anc, path.name):
+                    return None
+        return anc, str(man.get("kind"))
+    return None
 
 
 def foreign(folder: Path, legacy: Legacy | None = None) -> tuple[str | None, list[str]]:
