@@ -128,7 +128,7 @@ def test_null_contrast_reports_no_evidence(tiny_bridge):
 
 
 def test_weight_edit_costs_kl_and_is_undone(tiny_bridge):
-    u = torch.randn(32)
+    u = torch.randn(32, generator=torch.Generator().manual_seed(0))  # unseeded: KL 9e-5 once
     before = {k: v.clone() for k, v in tiny_bridge.original_model.state_dict().items()}
     out = neutral_cost(tiny_bridge, WeightEdit(u), _texts("cat", 8, 4))
     assert out["kl"] > 1e-4 and out["emb_dist"] > 1e-4
