@@ -33,3 +33,12 @@ def cli_env(root: Path) -> SimpleNamespace:
                                            for i, (a, b) in enumerate(
                                                (a, b) for a in WORDS[:4] for b in WORDS[4:])])
     return e
+
+
+def cli_error(r) -> str:
+    """The one ``error: ...`` line of a CLI run that failed with exit code 2 (no traceback)."""
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert r.exit_code == 2 and len(errors) == 1, r.output
+    assert "Traceback" not in r.output
+    return errors[0]

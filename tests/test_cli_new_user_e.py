@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from _cli_helpers import H, cli_env, jsonl
+from _cli_helpers import cli_error as _error
 from typer.testing import CliRunner
 
 from mechunlearn.cli import app
@@ -26,14 +27,6 @@ def env(tmp_path_factory):
     e.blank = jsonl(root / "blank.jsonl", texts + [{"id": "blank-one", "text": "   "}])
     e.two = jsonl(root / "two.jsonl", texts[:2])
     return e
-
-
-def _error(r) -> str:
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert r.exit_code == 2 and len(errors) == 1, r.output
-    assert "Traceback" not in r.output
-    return errors[0]
 
 
 @pytest.mark.parametrize("which, words", [("long", ["too-long", "context"]),

@@ -14,6 +14,7 @@ import json
 
 import pytest
 import torch
+from _cli_helpers import cli_error as _error
 from typer.testing import CliRunner
 
 import mechunlearn.storage.distributed as D
@@ -151,14 +152,6 @@ def test_merge_never_extends_a_target_holding_other_rows(model, tmp_path):
     with pytest.raises(StoreMismatchError, match="other ids or values"):
         merge(b, tmp_path / "ma")
     assert merge(a, tmp_path / "ma").n_shards == 2  # the same source resumes
-
-
-def _error(r) -> str:
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert r.exit_code == 2 and len(errors) == 1, r.output
-    assert "Traceback" not in r.output
-    return errors[0]
 
 
 def test_cli_refuses_other_data_and_merge_names_its_own_options(model, tmp_path):
