@@ -40,7 +40,7 @@ def _check_pos_neg(pos: Path, neg: Path) -> list[Any]:
     for r, path, flag in zip(recs, (pos, neg), ("--pos", "--neg")):
         check_not_triples(r, path, flag)
     items = [model_inputs(r, None, None) for r in recs]
-    n_min = _held_out_folds()
+    from mechunlearn.directions import N_SPLITS as n_min  # each file fills every fold
     for its, path, flag in zip(items, (pos, neg), ("--pos", "--neg")):
         if len(its) < n_min:
             raise ConfigError(f"{flag} {path} holds {len(its)} sample(s); the held-out evidence "
@@ -51,16 +51,6 @@ def _check_pos_neg(pos: Path, neg: Path) -> list[Any]:
                           "samples (in some order): there is nothing to separate, and any "
                           "direction found would be noise; pass X+ and X- that differ.")
     return recs
-
-
-def _held_out_folds() -> int:
-    """The folds of the direction finders' held-out evidence (``run_finder``'s default
-    ``n_splits``, which the CLI uses): the fewest samples --pos and --neg may each hold."""
-    import inspect
-
-    from mechunlearn.directions._fit import run_finder
-
-    return int(inspect.signature(run_finder).parameters["n_splits"].default)
 
 
 def _check_positions(bridge: Any, recs: list[Any], position: int | str, pos: Path,

@@ -13,7 +13,7 @@ from mechunlearn.directions.base import (
     orthonormalize,
 )
 from mechunlearn.directions.ccs import ccs
-from mechunlearn.directions.evidence import Evidence, auc, evaluate
+from mechunlearn.directions.evidence import N_SPLITS, Evidence, auc, evaluate
 from mechunlearn.directions.leace import leace
 from mechunlearn.directions.mean_diff import mean_diff
 from mechunlearn.directions.pca_bias import bias_ratios, pca_bias
@@ -23,7 +23,7 @@ FINDERS = {"pca_bias": pca_bias, "mean_diff": mean_diff, "probe": probe, "ccs": 
            "leace": leace}
 
 __all__ = [
-    "FINDERS", "Directions", "Evidence", "NoEvidenceWarning", "RankDeficientError", "auc",
+    "FINDERS", "N_SPLITS", "Directions", "Evidence", "NoEvidenceWarning", "RankDeficientError", "auc",
     "bias_ratios", "ccs", "evaluate", "leace", "mean_diff", "near_constant_dims",
     "orthonormalize", "pca_bias", "probe",
 ]

@@ -15,7 +15,7 @@ from mechunlearn.directions.base import (
     site_of,
     warn_if_null,
 )
-from mechunlearn.directions.evidence import auc, evaluate
+from mechunlearn.directions.evidence import N_SPLITS, auc, evaluate
 from mechunlearn.errors import ConfigError
 
 BasisFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, dict[str, list[float]], Any]]
@@ -51,7 +51,7 @@ def run_finder(
     groups: Any = None,
     site: Any = None,
     settings: dict[str, Any],
-    n_splits: int = 5,
+    n_splits: int = N_SPLITS,
     n_permutations: int = 100,
     alpha: float = 0.05,
     seed: int = 0,

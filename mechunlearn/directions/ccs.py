@@ -36,7 +36,7 @@ from mechunlearn.directions.base import (
     site_of,
     warn_if_null,
 )
-from mechunlearn.directions.evidence import auc, evaluate
+from mechunlearn.directions.evidence import N_SPLITS, auc, evaluate
 from mechunlearn.errors import ConfigError, EmptyDataError, ShapeError
 
 
@@ -105,7 +105,7 @@ def ccs(
     normalize: Literal["mean", "std"] = "mean",
     groups: Any = None,
     site: Any = None,
-    n_splits: int = 5,
+    n_splits: int = N_SPLITS,
     n_permutations: int = 20,
     alpha: float = 0.05,
     seed: int = 0,

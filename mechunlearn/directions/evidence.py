@@ -20,6 +20,10 @@ import numpy as np
 
 from mechunlearn.errors import ConfigError, EmptyDataError
 
+#: folds of the held-out evidence, every finder's default ``n_splits`` (groups are held
+#: out whole, so a contrast needs at least this many distinct groups)
+N_SPLITS = 5
+
 Scorer = Callable[[np.ndarray], np.ndarray]
 FitFn = Callable[[np.ndarray, np.ndarray], Scorer]
 """``fit(train_idx [m], y [n] bool) -> scorer``; ``scorer(test_idx [t]) -> scores [t]``."""
@@ -145,7 +149,7 @@ def evaluate(
     fit: FitFn,
     y: np.ndarray,
     groups: np.ndarray | None = None,
-    n_splits: int = 5,
+    n_splits: int = N_SPLITS,
     n_permutations: int = 100,
     seed: int = 0,
 ) -> Evidence:

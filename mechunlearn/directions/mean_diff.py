@@ -8,6 +8,7 @@ import numpy as np
 
 from mechunlearn.directions._fit import run_finder
 from mechunlearn.directions.base import Directions
+from mechunlearn.directions.evidence import N_SPLITS
 from mechunlearn.errors import ConfigError
 
 
@@ -27,7 +28,7 @@ def mean_diff(
     labels: Any = None,
     groups: Any = None,
     site: Any = None,
-    n_splits: int = 5,
+    n_splits: int = N_SPLITS,
     n_permutations: int = 100,
     alpha: float = 0.05,
     seed: int = 0,

@@ -24,6 +24,7 @@ import numpy as np
 
 from mechunlearn.directions._fit import run_finder
 from mechunlearn.directions.base import Directions
+from mechunlearn.directions.evidence import N_SPLITS
 from mechunlearn.errors import ConfigError
 
 Ratio = Literal["scale_free", "literal"]
@@ -80,7 +81,7 @@ def pca_bias(
     min_var_ratio: float = 1e-6,
     groups: Any = None,
     site: Any = None,
-    n_splits: int = 5,
+    n_splits: int = N_SPLITS,
     n_permutations: int = 100,
     alpha: float = 0.05,
     seed: int = 0,

@@ -13,6 +13,7 @@ import numpy as np
 
 from mechunlearn.directions._fit import run_finder
 from mechunlearn.directions.base import Directions, near_constant_dims
+from mechunlearn.directions.evidence import N_SPLITS
 from mechunlearn.errors import ConfigError
 
 
@@ -44,7 +45,7 @@ def probe(
     max_iter: int = 1000,
     groups: Any = None,
     site: Any = None,
-    n_splits: int = 5,
+    n_splits: int = N_SPLITS,
     n_permutations: int = 100,
     alpha: float = 0.05,
     seed: int = 0,

@@ -67,13 +67,11 @@ API_NAMES = {"train": "train", "bad": "bad", "ordinary": "ordinary", "pos": "pos
 
 
 def contrast_folds() -> int:
-    """Folds of the bias direction's held-out evidence: :func:`mechunlearn.directions.mean_diff`'s
-    ``n_splits`` (``fit_direction`` keeps the default); each fold needs one distinct prompt."""
-    import inspect
+    """Folds of the bias direction's held-out evidence (``fit_direction`` keeps the finders'
+    default, :data:`mechunlearn.directions.N_SPLITS`); each fold needs one distinct prompt."""
+    from mechunlearn.directions import N_SPLITS
 
-    from mechunlearn.directions import mean_diff
-
-    return int(inspect.signature(mean_diff).parameters["n_splits"].default)
+    return N_SPLITS
 
 
 def _distinct(items: list[Any]) -> int:
