@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from _sharded import sharded
 from _tree import tree
 from typer.testing import CliRunner
 
-import mechunlearn.storage.distributed as D
 from mechunlearn.cli import app
 from mechunlearn.directions import Directions
 from mechunlearn.errors import OutputExistsError
 from mechunlearn.outputs import MANIFEST, output_folder, read_manifest
 from mechunlearn.sites import Site
 from mechunlearn.storage.format import STORE_PATTERNS, legacy_store_files
-from mechunlearn.storage.sharded import ShardedStore, open_store
+from mechunlearn.storage.sharded import open_store
 from mechunlearn.storage.store import FeatureStore
 
 SITE = Site("blocks.0.hook_resid_post", "mean")
@@ -49,26 +49,6 @@ def user_store(path: Path) -> FeatureStore:
     st.flush()
     os.rename(side, path)
     return FeatureStore.open(path)
-
-
-def sharded(monkeypatch: pytest.MonkeyPatch, path: Path, n: int = 10, world: int = 2
-            ) -> ShardedStore:
-    """A complete sharded store written by ``world`` simulated ranks (rank 0 last)."""
-    monkeypatch.setattr(D, "barrier", lambda: None)
-    monkeypatch.setattr(D, "_check_ranks_agree", lambda want: None)
-    ids = [f"id{i}" for i in range(n)]
-    store = None
-    for rank in reversed(range(world)):
-        monkeypatch.setattr(D, "rank_world", lambda r=rank: (r, world))
-        try:
-            store = D.run_sharded(path, ids, SITE, "fp", 3,
-                                  lambda a, z: torch.arange(a, z).float()[:, None].repeat(1, 3),
-                                  shard_size=3)
-        except Exception:  # noqa: BLE001 (the other ranks' stores are incomplete until rank 0)
-            store = None
-    monkeypatch.undo()
-    assert isinstance(store, ShardedStore)
-    return store
 
 
 # ------------------------------------------------------------------ the reported data loss
@@ -151,7 +131,7 @@ def test_a_nested_output_the_parent_wrote_is_replaced_with_it(tmp_path):
 # ------------------------------------------------------------------ sharded stores
 def test_sharded_store_lists_its_rank_sub_stores_and_is_replaced_whole(tmp_path, monkeypatch):
     s = tmp_path / "S"
-    store = sharded(monkeypatch, s)
+    store = sharded(monkeypatch, s, SITE)
     assert store.ids == [f"id{i}" for i in range(10)]
     assert read_manifest(s)["nested"] == ["rank_00of02", "rank_01of02"]
     directions(0).save(s, overwrite=True)  # the ranks are ours: replaced with the store
@@ -161,7 +141,7 @@ def test_sharded_store_lists_its_rank_sub_stores_and_is_replaced_whole(tmp_path,
 
 def test_sharded_store_with_user_files_inside_is_refused(tmp_path, monkeypatch):
     s = tmp_path / "S"
-    sharded(monkeypatch, s)
+    sharded(monkeypatch, s, SITE)
     user_store(s / "mine")
     (s / "rank_01of02" / "notes.txt").write_text("my notes")
     before = tree(tmp_path)
@@ -180,7 +160,7 @@ def _legacy(s: Path) -> None:
 
 def test_legacy_sharded_store_ranks_are_recognised(tmp_path, monkeypatch):
     s = tmp_path / "S"
-    sharded(monkeypatch, s)
+    sharded(monkeypatch, s, SITE)
     _legacy(s)
     assert open_store(s).ids == [f"id{i}" for i in range(10)]  # still readable
     # a user's store named like a rank of another world size, or not a FeatureStore: foreign
@@ -199,7 +179,7 @@ def test_legacy_sharded_store_ranks_are_recognised(tmp_path, monkeypatch):
 
 def test_legacy_sharded_store_rank_of_another_kind_is_refused(tmp_path, monkeypatch):
     s = tmp_path / "S"
-    sharded(monkeypatch, s)
+    sharded(monkeypatch, s, SITE)
     _legacy(s)
     m = json.loads((s / "rank_01of02" / MANIFEST).read_text())
     (s / "rank_01of02" / MANIFEST).write_text(json.dumps({**m, "kind": "report"}))
@@ -223,7 +203,7 @@ def test_temporary_files_of_a_killed_write_are_ours(tmp_path, monkeypatch):
     assert FeatureStore.open(store).ids == ["z"]
     assert not any(p.name.endswith(".tmp") for p in store.iterdir())
     s = tmp_path / "S"
-    sharded(monkeypatch, s)
+    sharded(monkeypatch, s, SITE)
     (s / ".rank_01of02.tmp-abcd").mkdir()
     (s / ".rank_01of02.tmp-abcd" / "manifest.json").write_text("{}")
     (s / "rank_00of02" / ".shard_000009.safetensors.q.tmp").write_bytes(b"x")

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import torch
 from _cli_helpers import WORDS, H, jsonl
+from _sharded import sharded
 from _tree import tree
 from typer.testing import CliRunner
 
-import mechunlearn.storage.distributed as D
 from mechunlearn.cli import app
 from mechunlearn.directions import Directions
 from mechunlearn.errors import MechUnlearnError, OutputPathError
@@ -29,7 +29,6 @@ from mechunlearn.outputs import MANIFEST, check_destination, output_folder, read
 from mechunlearn.ownership import enclosing
 from mechunlearn.report import Report
 from mechunlearn.sites import Site
-from mechunlearn.storage.sharded import ShardedStore
 from mechunlearn.storage.store import FeatureStore
 
 SITE = Site("blocks.0.hook_resid_post", "mean")
@@ -116,27 +115,9 @@ def test_cli_out_inside_an_output_is_one_line_and_writes_nothing(folder, tmp_pat
 
 
 # ------------------------------------------------------------------ legitimate nesting
-def _run_sharded(monkeypatch, path: Path, world: int = 2) -> ShardedStore:
-    monkeypatch.setattr(D, "barrier", lambda: None)
-    monkeypatch.setattr(D, "_check_ranks_agree", lambda want: None)
-    ids = [f"id{i}" for i in range(10)]
-    out = None
-    for rank in reversed(range(world)):
-        monkeypatch.setattr(D, "rank_world", lambda r=rank: (r, world))
-        try:
-            out = D.run_sharded(path, ids, SITE, "fp", 3,
-                                lambda a, z: torch.arange(a, z).float()[:, None].repeat(1, 3),
-                                shard_size=3)
-        except Exception:  # noqa: BLE001 (incomplete until rank 0 finishes)
-            out = None
-    monkeypatch.undo()
-    assert isinstance(out, ShardedStore)
-    return out
-
-
 def test_sharded_store_writes_its_listed_rank_sub_stores(tmp_path, monkeypatch):
     s = tmp_path / "S"
-    assert _run_sharded(monkeypatch, s).ids == [f"id{i}" for i in range(10)]
+    assert sharded(monkeypatch, s, SITE).ids == [f"id{i}" for i in range(10)]
     assert read_manifest(s)["nested"] == ["rank_00of02", "rank_01of02"]
     assert enclosing((s / "rank_01of02").resolve()) is None  # listed: the store's own
     with pytest.raises(OutputPathError, match="'sharded-store' output"):
@@ -147,7 +128,7 @@ def test_sharded_store_writes_its_listed_rank_sub_stores(tmp_path, monkeypatch):
 
 def test_previous_release_sharded_store_may_still_write_its_ranks(tmp_path, monkeypatch):
     s = tmp_path / "S"
-    _run_sharded(monkeypatch, s)
+    sharded(monkeypatch, s, SITE)
     m = json.loads((s / MANIFEST).read_text())
     m.pop("nested")
     (s / MANIFEST).write_text(json.dumps(m))  # the previous release listed no nested outputs
